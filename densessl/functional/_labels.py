@@ -1,0 +1,155 @@
+"""Label maps: resizing them to a feature map's size and a cross-entropy that survives
+an all-ignored batch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .._checks import check_labels, check_logits, check_mask, check_number, check_same_spatial
+
+__all__ = ["downsample_labels", "masked_cross_entropy"]
+
+
+def _size_pair(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int) and not isinstance(size, bool):
+        pair = (size, size)
+    elif isinstance(size, Sequence) and len(size) == 2 and all(isinstance(s, int) for s in size):
+        pair = (int(size[0]), int(size[1]))
+    else:
+        raise ValueError(f"size must be an int or a pair (H, W) of ints, got {size!r}")
+    if min(pair) < 1:
+        raise ValueError(f"size must be positive, got {pair}")
+    return pair
+
+
+def downsample_labels(
+    labels: torch.Tensor,
+    size: int | Sequence[int],
+    ignore_index: int = 255,
+    mode: str = "nearest",
+    num_classes: int | None = None,
+) -> torch.Tensor:
+    """Resize a label map to ``size``, keeping ``ignore_index`` meaningful.
+
+    ``"nearest"`` takes the label at each output pixel's centre (``nearest-exact``).
+    ``"majority"`` takes, for each output pixel, the most frequent non-ignored label in
+    the input area it covers (adaptive pooling of one-hot counts; ties go to the smaller
+    class); an area made only of ignored pixels becomes ``ignore_index``.
+
+    Args:
+        labels: integer class map; values ``0..K-1`` or ``ignore_index``.
+        size: output ``(H', W')`` (or one int for a square).
+        ignore_index: label of pixels that carry no class.
+        mode: ``"nearest"`` or ``"majority"``.
+        num_classes: ``K`` for ``"majority"``; inferred from the largest label if omitted.
+
+    Shapes:
+        - labels: ``[B, H, W]``
+        - returns: ``[B, H', W']``, int64
+
+    Raises:
+        ValueError: bad ``size``/``mode``, a label map of the wrong rank, or labels
+            outside ``0..K-1`` that are not ``ignore_index``.
+        TypeError: non-integer labels.
+
+    Example:
+        >>> import torch
+        >>> from densessl.functional import downsample_labels
+        >>> y = torch.tensor([[[0, 0, 1, 1],
+        ...                    [0, 1, 1, 1],
+        ...                    [255, 255, 2, 2],
+        ...                    [255, 255, 2, 0]]])
+        >>> downsample_labels(y, 2, mode="majority").tolist()
+        [[[0, 1], [255, 2]]]
+    """
+    out_hw = _size_pair(size)
+    if mode not in ("nearest", "majority"):
+        raise ValueError(f"mode must be 'nearest' or 'majority', got {mode!r}")
+    if num_classes is not None:
+        check_number("num_classes", num_classes, low=1, integer=True)
+    labels = check_labels("labels", labels, num_classes=num_classes, ignore_index=ignore_index)
+    if tuple(labels.shape[-2:]) == out_hw:
+        return labels.clone()
+    if mode == "nearest":
+        # float32 holds integers exactly up to 2**24, far above any class count.
+        resized = F.interpolate(labels[:, None].float(), size=out_hw, mode="nearest-exact")
+        return resized[:, 0].round().long()
+    valid = labels != ignore_index
+    if num_classes is None:
+        num_classes = int(labels[valid].max()) + 1 if bool(valid.any()) else 1
+    else:
+        bad = valid & (labels >= num_classes)
+        if bool(bad.any()):
+            raise ValueError(f"labels must be < num_classes={num_classes} or ignore_index, got {int(labels[bad][0])}")
+    onehot = F.one_hot(torch.where(valid, labels, 0), num_classes).permute(0, 3, 1, 2).float()
+    onehot = onehot * valid[:, None].float()
+    counts = F.adaptive_avg_pool2d(onehot, out_hw)
+    best = counts.argmax(dim=1)  # argmax returns the first maximum: ties -> smaller class
+    empty = counts.sum(dim=1) <= 0
+    return torch.where(empty, torch.full_like(best, ignore_index), best)
+
+
+def masked_cross_entropy(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    ignore_index: int = 255,
+    mask: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean pixel cross-entropy over the used pixels; zero-with-graph when none is used.
+
+    ``torch.nn.functional.cross_entropy`` with ``reduction="mean"`` returns NaN when
+    every pixel is ignored (0/0) — which is what happens with pseudo labels from a
+    freshly initialised teacher. Here the loss is ``sum / max(count, 1)``: with no used
+    pixel it is an exact zero that still depends on ``logits`` (its gradient is zero).
+    The loss is computed in float32 (or float64) even for half-precision logits.
+
+    Args:
+        logits: unnormalised class scores.
+        labels: class indices ``0..K-1`` or ``ignore_index``.
+        ignore_index: label to skip.
+        mask: optional extra selection; a pixel is used iff ``mask`` is True and its
+            label is not ``ignore_index``.
+        weight: optional per-class weights ``[K]`` (as in ``F.cross_entropy``; the
+            mean is then weighted, like torch's).
+
+    Shapes:
+        - logits: ``[B, K, H, W]``
+        - labels: ``[B, H, W]``
+        - mask: ``[B, H, W]`` bool
+        - returns: scalar
+
+    Example:
+        >>> import torch
+        >>> from densessl.functional import masked_cross_entropy
+        >>> logits = torch.zeros(1, 3, 2, 2, requires_grad=True)
+        >>> labels = torch.full((1, 2, 2), 255)
+        >>> loss = masked_cross_entropy(logits, labels)
+        >>> loss.item(), loss.requires_grad
+        (0.0, True)
+        >>> masked_cross_entropy(logits, torch.zeros(1, 2, 2, dtype=torch.long)).item()
+        1.0986...
+    """
+    check_logits("logits", logits)
+    k = logits.shape[1]
+    labels = check_labels("labels", labels, num_classes=k, ignore_index=ignore_index)
+    check_same_spatial("logits", logits, "labels", labels)
+    used = labels != ignore_index
+    if mask is not None:
+        check_mask("mask", mask, shape=labels.shape)
+        used = used & mask
+    if weight is not None and (weight.dim() != 1 or weight.shape[0] != k):
+        raise ValueError(f"weight must have shape [K={k}], got shape {tuple(weight.shape)}")
+    work = logits if logits.dtype == torch.float64 else logits.float()
+    target = torch.where(used, labels, torch.zeros_like(labels))
+    per_pixel = F.cross_entropy(work, target, weight=None if weight is None else weight.to(work), reduction="none")
+    if weight is None:
+        denom = used.sum().to(work.dtype)
+    else:  # F.cross_entropy already multiplied each pixel by weight[target]
+        denom = (weight.to(work)[target] * used).sum()
+    total = (per_pixel * used).sum()
+    # No used pixel: total is an exact 0 connected to logits; divide by 1 instead of 0.
+    return total / torch.where(denom > 0, denom, torch.ones_like(denom))
