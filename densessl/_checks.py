@@ -14,6 +14,8 @@ from collections.abc import Iterator, Sequence
 import torch
 
 __all__ = [
+    "FLOAT_DTYPES",
+    "INT_DTYPES",
     "check_features",
     "check_finite",
     "check_int_in_range",
