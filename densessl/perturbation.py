@@ -1,3 +1,211 @@
-"""Placeholder: filled in by its owner."""
+"""Density-descending feature perturbation as a module (DDFP / DPFR's FDP)."""
 
-__all__: list[str] = []
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+
+from ._checks import check_features, check_labels, check_number, check_same_spatial
+from .functional._perturbation import density_perturbation
+
+__all__ = ["DensityPerturbation"]
+
+
+@contextlib.contextmanager
+def _eval_mode(*objects: object) -> Iterator[None]:
+    """Put every submodule of the given modules in eval mode; restore each one's own flag.
+
+    Flags are restored per submodule (not with ``.train(mode)``, which would overwrite a
+    mixed train/eval tree with one value). Non-module objects are left alone.
+    """
+    saved = [(m, m.training) for obj in objects if isinstance(obj, nn.Module) for m in obj.modules()]
+    try:
+        for m, _ in saved:
+            m.training = False
+        yield
+    finally:
+        for m, flag in saved:
+            m.training = flag
+
+
+class DensityPerturbation(nn.Module):
+    r"""Move every pixel's features a fixed distance towards lower density.
+
+    ``forward(features)`` returns ``features + rho`` with
+    :math:`\rho = \xi\, g / \lVert g \rVert`, :math:`g = \nabla_x(-\log p(x))` per pixel
+    over channels (see :func:`densessl.functional.density_perturbation`). ``rho`` is a
+    constant: the result's gradient with respect to ``features`` is the identity, and
+    no parameter of ``density`` or ``head`` receives a gradient. During the gradient
+    computation ``density`` and ``head`` are put in eval mode (no BatchNorm statistics
+    update, no dropout), and each submodule's own train/eval flag is restored after.
+
+    ``density`` and ``head`` are *held, not registered* as submodules: they do not
+    appear in ``parameters()``, ``state_dict()`` or ``.to()`` of this module (or of a
+    student network that holds it). The density model is trained by its own optimiser
+    on detached features, and the head is a block of the student that the student
+    already owns; registering them would put the density into the student's optimiser
+    and checkpoints and save the head twice. Move, save and train them where they are
+    owned.
+
+    Args:
+        density: any object with ``log_prob(features) -> [B, H, W]`` (and
+            ``log_prob(features, labels)`` if ``labels`` are passed), e.g.
+            :class:`densessl.FlowDensityHead`. It must be differentiable in its input
+            and accept float32 (float64 for float64 features).
+        xi: step length per pixel (``>= 0``; DPFR uses 3, DDFP 4).
+        relative: if True the step is ``xi * ||features||`` per pixel.
+        head: optional module (or callable) applied to the perturbed tensor before the
+            density: the gradient is that of ``-log p(head(x))`` with respect to ``x``
+            (DDFP perturbs a block's input and measures density at its output).
+        eps: gradient norm at or below which a pixel counts as flat (gets ``rho = 0``).
+
+    Shapes:
+        - features: ``[B, C, H, W]``, float16/bfloat16/float32/float64
+        - mask: ``[B, H, W]`` bool, True = perturb this pixel
+        - labels: ``[B, H', W']`` integer, at the density input's size (``H, W`` without
+          a head); ``ignore_index`` where unknown, as the density defines it
+        - returns: ``[B, C, H, W]``, features' dtype
+
+    Raises:
+        TypeError: ``density`` has no callable ``log_prob``, ``head`` is not callable,
+            or inputs have wrong dtypes.
+        ValueError: ``xi < 0``, ``eps <= 0``, or inputs of the wrong shape.
+
+    References:
+        Wang et al., "Density-Descending Feature Perturbation for Semi-supervised
+        Semantic Segmentation" (DDFP), CVPR 2024.
+
+    Example:
+        >>> import torch
+        >>> from densessl import DensityPerturbation
+        >>> class StandardNormal:  # log N(x; 0, I) up to a constant, per pixel
+        ...     def log_prob(self, x):
+        ...         return -0.5 * (x ** 2).sum(dim=1)
+        >>> perturb = DensityPerturbation(StandardNormal(), xi=1.0)
+        >>> x = torch.tensor([[[[3.0]], [[4.0]]]], requires_grad=True)
+        >>> y = perturb(x)
+        >>> y.flatten()
+        tensor([3.6000, 4.8000], grad_fn=<ViewBackward0>)
+        >>> len(list(perturb.parameters()))
+        0
+    """
+
+    def __init__(
+        self,
+        density: object,
+        xi: float = 3.0,
+        relative: bool = False,
+        head: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        eps: float = 1e-12,
+    ) -> None:
+        super().__init__()
+        if not callable(getattr(density, "log_prob", None)):
+            raise TypeError(f"density must have a callable log_prob(features), got {type(density).__name__}")
+        if head is not None and not callable(head):
+            raise TypeError(f"head must be a module or callable, got {type(head).__name__}")
+        if not isinstance(relative, bool):
+            raise TypeError(f"relative must be a bool, got {type(relative).__name__}")
+        self.xi = float(check_number("xi", xi, low=0.0))
+        self.eps = float(check_number("eps", eps, low=0.0, low_inclusive=False))
+        self.relative = relative
+        # Written into __dict__ so that nn.Module.__setattr__ does not register them
+        # (see the class docstring for why).
+        self.__dict__["_density"] = density
+        self.__dict__["_head"] = head
+
+    @property
+    def density(self) -> object:
+        """The density model (held, not registered as a submodule)."""
+        return self.__dict__["_density"]
+
+    @property
+    def head(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The block applied before the density, or ``None`` (held, not registered)."""
+        return self.__dict__["_head"]
+
+    def extra_repr(self) -> str:
+        return (f"density={type(self.density).__name__}, xi={self.xi}, relative={self.relative}, "
+                f"head={None if self.head is None else type(self.head).__name__}")
+
+    def perturbation(
+        self,
+        features: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The step ``rho`` alone (no graph, features' dtype); ``forward`` adds it.
+
+        Args:
+            features: feature map to perturb.
+            mask: pixels to perturb (True).
+            labels: forwarded as ``density.log_prob(h, labels)`` (class-conditional density).
+
+        Shapes:
+            - features: ``[B, C, H, W]``
+            - mask: ``[B, H, W]`` bool
+            - labels: ``[B, H', W']`` integer, the density input's spatial size
+            - returns: ``[B, C, H, W]``, per-pixel norm ``<= xi`` (``<= xi * ||features||``
+              if relative)
+
+        Returns:
+            ``rho``.
+
+        Raises:
+            ValueError: wrong shapes (the message names the argument).
+            TypeError: wrong dtypes.
+
+        Example:
+            >>> import torch
+            >>> from densessl import DensityPerturbation
+            >>> class StandardNormal:
+            ...     def log_prob(self, x):
+            ...         return -0.5 * (x ** 2).sum(dim=1)
+            >>> rho = DensityPerturbation(StandardNormal(), xi=2.0).perturbation(torch.randn(2, 8, 4, 4))
+            >>> torch.linalg.vector_norm(rho, dim=1).max().item()
+            2.0...
+        """
+        check_features("features", features)
+        if labels is not None:
+            labels = check_labels("labels", labels, ignore_index=None)
+        density, head = self.density, self.head
+
+        def log_prob(x: torch.Tensor) -> torch.Tensor:
+            h = x if head is None else head(x)
+            if labels is None:
+                return density.log_prob(h)
+            check_same_spatial("head(features)" if head is not None else "features", h, "labels", labels)
+            return density.log_prob(h, labels)
+
+        with _eval_mode(density, head):
+            return density_perturbation(features, log_prob, self.xi, mask=mask, relative=self.relative, eps=self.eps)
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Return ``features + rho`` (gradient w.r.t. ``features``: the identity).
+
+        Args:
+            features: feature map to perturb.
+            mask: pixels to perturb (True).
+            labels: forwarded to ``density.log_prob`` (class-conditional density).
+
+        Shapes:
+            - features: ``[B, C, H, W]``
+            - mask: ``[B, H, W]`` bool
+            - labels: ``[B, H', W']`` integer
+            - returns: ``[B, C, H, W]``, features' dtype
+
+        Returns:
+            The perturbed features.
+
+        Raises:
+            ValueError: wrong shapes.
+            TypeError: wrong dtypes.
+        """
+        return features + self.perturbation(features, mask=mask, labels=labels)
