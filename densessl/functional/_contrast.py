@@ -353,7 +353,8 @@ def hard_anchor_contrast(
         num_anchors: most anchors per class (``None``: every pixel is an anchor).
         num_negatives: negatives per anchor (``None``: all other-class pixels).
         ignore_index: label of pixels to skip.
-        hard_selection: ``"auto"`` (default; confidence when ``probabilities`` are given, else distance), ``"distance"`` or ``"confidence"``.
+        hard_selection: ``"auto"`` (default; confidence when ``probabilities`` are
+            given, else distance), ``"distance"`` or ``"confidence"``.
         generator: random source for the negatives (on the embeddings' device).
         return_indices: also return the :class:`ContrastIndices` that were used.
 
