@@ -1,12 +1,55 @@
-"""densessl: density-aware semi-supervised segmentation primitives for PyTorch."""
+"""densessl: density-aware semi-supervised segmentation primitives for PyTorch.
+
+The five primitives — :class:`FlowDensityHead`, :class:`DensityPerturbation`,
+:class:`HardAnchorContrast`, :class:`EMATeacher`, :class:`EntropyPseudoLabeler` — are
+``nn.Module`` s that compose into any segmentation network; their math lives in
+:mod:`densessl.functional`, instance-segmentation metrics in :mod:`densessl.metrics`.
+"""
 
 from . import functional, metrics
 from ._checks import finite_checks, finite_checks_enabled
-from .contrast import *  # noqa: F401,F403
-from .density import *  # noqa: F401,F403
-from .flows import *  # noqa: F401,F403
-from .perturbation import *  # noqa: F401,F403
-from .pseudo_label import *  # noqa: F401,F403
-from .teacher import *  # noqa: F401,F403
+from .contrast import HardAnchorContrast, ProjectionHead
+from .density import FlowDensityHead, GaussianMixturePrior
+from .flows import (
+    ActNorm,
+    AffineCoupling,
+    FlowSequence,
+    InvertibleLinear,
+    Permutation,
+    RandomPermutation,
+    ReversePermutation,
+    glow_flow,
+)
+from .perturbation import DensityPerturbation
+from .pseudo_label import EntropyPseudoLabeler, PseudoLabels
+from .teacher import EMATeacher
 
 __version__ = "0.1.0"
+
+__all__ = [
+    # the five primitives
+    "FlowDensityHead",
+    "DensityPerturbation",
+    "HardAnchorContrast",
+    "EMATeacher",
+    "EntropyPseudoLabeler",
+    # their companions
+    "GaussianMixturePrior",
+    "ProjectionHead",
+    "PseudoLabels",
+    # flow blocks (nflows Transform interface)
+    "ActNorm",
+    "AffineCoupling",
+    "FlowSequence",
+    "InvertibleLinear",
+    "Permutation",
+    "RandomPermutation",
+    "ReversePermutation",
+    "glow_flow",
+    # submodules and switches
+    "functional",
+    "metrics",
+    "finite_checks",
+    "finite_checks_enabled",
+    "__version__",
+]

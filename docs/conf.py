@@ -47,3 +47,7 @@ html_title = f"densessl {release}"
 html_static_path = ["_static"]
 exclude_patterns = ["_build"]
 nitpicky = False
+
+# Docstring examples (">>>" blocks) are run by pytest --doctest-modules in their own
+# module's namespace; the Sphinx doctest builder runs the guides' testcode blocks.
+doctest_test_doctest_blocks = ""

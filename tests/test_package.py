@@ -1,0 +1,45 @@
+"""The package surface: public names, version, typing marker, import hygiene."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import subprocess
+import sys
+from pathlib import Path
+
+import densessl
+
+PRIMITIVES = ["FlowDensityHead", "DensityPerturbation", "HardAnchorContrast", "EMATeacher", "EntropyPseudoLabeler"]
+
+
+def test_all_lists_the_primitives_and_every_name_resolves():
+    for name in PRIMITIVES:
+        assert name in densessl.__all__
+    for name in densessl.__all__:
+        assert hasattr(densessl, name), name
+
+
+def test_version_matches_metadata_and_py_typed_ships():
+    assert densessl.__version__ == importlib.metadata.version("densessl")
+    assert (Path(densessl.__file__).parent / "py.typed").exists()
+
+
+def test_every_public_name_has_a_docstring_with_an_example():
+    modules = ["densessl.density", "densessl.flows", "densessl.perturbation", "densessl.contrast",
+               "densessl.teacher", "densessl.pseudo_label", "densessl.metrics", "densessl.functional"]
+    missing = []
+    for module_name in modules:
+        module = importlib.import_module(module_name)
+        for name in module.__all__:
+            doc = getattr(module, name).__doc__ or ""
+            if "Example" not in doc or ">>>" not in doc:
+                missing.append(f"{module_name}.{name}")
+    assert not missing, f"public names without a runnable example: {missing}"
+
+
+def test_library_does_not_import_examples_or_heavy_optional_packages():
+    code = ("import sys, densessl; bad = [m for m in ('examples', 'nflows', 'PIL', 'matplotlib') "
+            "if m in sys.modules]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
