@@ -1,3 +1,399 @@
-"""Placeholder: filled in by its owner."""
+"""Exact per-pixel log-densities of feature maps: a 1x1 normalizing flow + a class-Gaussian prior.
 
-__all__: list[str] = []
+:class:`FlowDensityHead` treats every pixel's channel vector of a feature map
+``[B, C, H, W]`` as one sample of a normalizing flow (so the density factorises over
+pixels and the log-det is exact per pixel) whose base distribution is a
+:class:`GaussianMixturePrior` with one diagonal Gaussian per class.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ._checks import check_features, check_labels, check_mask, check_number, check_same_spatial, check_tensor
+from .flows import glow_flow
+from .functional._density import diagonal_normal_log_prob, mixture_log_prob, mixture_posterior
+from .functional._pixels import flatten_pixels, unflatten_pixels
+
+__all__ = ["FlowDensityHead", "GaussianMixturePrior"]
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class GaussianMixturePrior(nn.Module):
+    """One diagonal Gaussian per class, with mixture weights: the flow's base distribution.
+
+    Means start as independent ``N(0, mean_scale^2)`` draws (so classes are
+    distinguishable from the first step), log-scales at zero (unit variance) and mixture
+    weights uniform. Scales and weights are learnable unless switched off (then they are
+    fixed buffers).
+
+    Args:
+        num_classes: number of classes ``K >= 1``.
+        features: dimension ``D`` of a sample.
+        learn_scales: learn per-class, per-dimension log standard deviations.
+        learn_weights: learn the mixture logits.
+        mean_scale: standard deviation of the random initial means.
+
+    Shapes:
+        - z: ``[N, D]``, floating point
+        - labels: ``[N]``, integer, ``0..K-1`` or ``ignore_index``
+
+    Raises:
+        ValueError: ``num_classes < 1``, ``features < 1``, ``mean_scale < 0``, or inputs of
+            the wrong shape or labels out of range.
+
+    Example:
+        >>> import torch
+        >>> from densessl.density import GaussianMixturePrior
+        >>> prior = GaussianMixturePrior(2, 3)
+        >>> z = torch.randn(5, 3)
+        >>> prior.log_prob_per_class(z).shape, prior.log_prob(z).shape, prior.posterior(z).sum(1)
+        (torch.Size([5, 2]), torch.Size([5]), tensor([1., 1., 1., 1., 1.], grad_fn=<SumBackward1>))
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        features: int,
+        learn_scales: bool = True,
+        learn_weights: bool = True,
+        mean_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.num_classes = int(check_number("num_classes", num_classes, low=1, integer=True))
+        self.features = int(check_number("features", features, low=1, integer=True))
+        scale = float(check_number("mean_scale", mean_scale, low=0.0))
+        self.means = nn.Parameter(scale * torch.randn(self.num_classes, self.features))
+        log_scales = torch.zeros(self.num_classes, self.features)
+        logits = torch.zeros(self.num_classes)
+        if learn_scales:
+            self.log_scales = nn.Parameter(log_scales)
+        else:
+            self.register_buffer("log_scales", log_scales)
+        if learn_weights:
+            self.mixture_logits = nn.Parameter(logits)
+        else:
+            self.register_buffer("mixture_logits", logits)
+
+    def _check_z(self, z: object) -> torch.Tensor:
+        z = check_tensor("z", z, ndim=2, dims="[N, D]", dtypes=_FLOATS)
+        if z.shape[1] != self.features:
+            raise ValueError(f"z must have D={self.features} columns [N, D], got shape {tuple(z.shape)}")
+        return z
+
+    def log_prob_per_class(self, z: torch.Tensor) -> torch.Tensor:
+        """``log N(z; mu_k, diag(sigma_k^2))`` for every class: ``[N, D] -> [N, K]``."""
+        z = self._check_z(z)
+        return diagonal_normal_log_prob(z, self.means, self.log_scales)
+
+    def log_prob(self, z: torch.Tensor, labels: torch.Tensor | None = None, ignore_index: int = 255) -> torch.Tensor:
+        """``log p(z | y)`` where labelled, the mixture ``log p(z)`` where ``ignore_index`` or unlabelled.
+
+        Returns ``[N]``; see :func:`densessl.functional.mixture_log_prob`.
+        """
+        return mixture_log_prob(self.log_prob_per_class(z), self.mixture_logits, labels, ignore_index)
+
+    def posterior(self, z: torch.Tensor) -> torch.Tensor:
+        """Class posterior ``p(k | z)`` by Bayes' rule: ``[N, D] -> [N, K]``."""
+        return mixture_posterior(self.log_prob_per_class(z), self.mixture_logits)
+
+
+def _uninitialized(module: nn.Module) -> bool:
+    # ActNorm-like blocks (ours and nflows') carry a boolean ``initialized`` buffer.
+    for m in module.modules():
+        flag = getattr(m, "initialized", None)
+        if isinstance(flag, torch.Tensor) and flag.numel() == 1 and not bool(flag):
+            return True
+    return False
+
+
+class FlowDensityHead(nn.Module):
+    """Exact per-pixel log-density of a feature map under a flow with a class-Gaussian prior.
+
+    Each pixel's channel vector ``x`` is mapped by a per-pixel (1x1) flow ``z = f(x)``
+    and scored as ``log p(x) = log p_prior(z) + log|det df/dx|``. The prior is a
+    :class:`GaussianMixturePrior` with one component per class, so the head gives
+    class-conditional densities ``log p(x | y)``, the marginal ``log p(x)`` and the
+    class posterior ``p(y | x)``.
+
+    The density math runs in float32 (float64 for float64 features or a float64 head)
+    with autocast disabled, whatever the caller's autocast state; outputs are float32
+    or float64. ``log_prob`` is differentiable w.r.t. the features.
+
+    Pixels are independent, so inputs with more than ``chunk_size`` pixels are pushed
+    through the flow ``chunk_size`` pixels at a time: without gradients chunk by chunk,
+    with gradients under activation checkpointing (each chunk's activations are
+    recomputed in the backward pass), which bounds the flow's memory by one chunk. In
+    training mode, uninitialised ActNorm layers are first initialised on a strided
+    subsample of at most ``chunk_size`` pixels.
+
+    Args:
+        channels: number of feature channels ``C >= 2``.
+        num_classes: number of classes ``K >= 1`` (one Gaussian each).
+        depth: number of (ActNorm, InvertibleLinear, AffineCoupling) steps of the built-in flow.
+        hidden: conditioner width of the built-in couplings.
+        clamp: soft-clamp bound of the couplings' log-scales.
+        transform: optional replacement flow: any module with the nflows ``Transform``
+            interface on ``[N, C]`` rows (e.g. an ``nflows.transforms`` object);
+            ``depth``, ``hidden`` and ``clamp`` are then unused.
+        chunk_size: pixels per flow evaluation; ``None`` never chunks.
+        ignore_index: label of unlabelled pixels.
+        learn_scales: learn the prior's per-class scales (else unit variance).
+        learn_weights: learn the prior's mixture weights (else uniform).
+
+    Shapes:
+        - features: ``[B, C, H, W]``, float16/bfloat16/float32/float64, finite
+        - labels: ``[B, H, W]``, integer, ``0..K-1`` or ``ignore_index``
+        - mask: ``[B, H, W]``, bool
+
+    Raises:
+        ValueError: bad constructor arguments; features with the wrong rank or channel
+            count; labels or mask not matching the features' batch/spatial size; labels
+            out of range.
+        TypeError: non-float features, non-integer labels, a non-bool mask, a
+            ``transform`` without the Transform interface, or float64 features given to
+            a float32 head.
+
+    References:
+        Kingma & Dhariwal, "Glow" (2018); Wang et al., "Density-Descending Feature
+        Perturbation for Semi-supervised Semantic Segmentation" (DDFP, CVPR 2024).
+
+    Example:
+        >>> import torch
+        >>> from densessl.density import FlowDensityHead
+        >>> _ = torch.manual_seed(0)
+        >>> head = FlowDensityHead(channels=4, num_classes=3, depth=1, hidden=16)
+        >>> x = torch.randn(2, 4, 5, 5)
+        >>> z, logdet = head(x)
+        >>> z.shape, logdet.shape
+        (torch.Size([2, 4, 5, 5]), torch.Size([2, 5, 5]))
+        >>> head.log_prob(x).shape, head.posterior(x).shape
+        (torch.Size([2, 5, 5]), torch.Size([2, 3, 5, 5]))
+        >>> labels = torch.randint(0, 3, (2, 5, 5))
+        >>> head.nll(x, labels).ndim, head.nll(x, labels, per_dim=True).ndim
+        (0, 0)
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        num_classes: int,
+        depth: int = 2,
+        hidden: int = 256,
+        clamp: float = 2.0,
+        transform: nn.Module | None = None,
+        chunk_size: int | None = 8192,
+        ignore_index: int = 255,
+        learn_scales: bool = True,
+        learn_weights: bool = True,
+    ) -> None:
+        super().__init__()
+        self.channels = int(check_number("channels", channels, low=2, integer=True))
+        self.num_classes = int(check_number("num_classes", num_classes, low=1, integer=True))
+        if chunk_size is not None:
+            chunk_size = int(check_number("chunk_size", chunk_size, low=1, integer=True))
+        self.chunk_size = chunk_size
+        self.ignore_index = int(check_number("ignore_index", ignore_index, integer=True))
+        if 0 <= self.ignore_index < self.num_classes:
+            raise ValueError(
+                f"ignore_index must not be a class index 0..{self.num_classes - 1}, got {self.ignore_index}"
+            )
+        if transform is None:
+            transform = glow_flow(self.channels, depth=depth, hidden=hidden, clamp=clamp)
+        elif not isinstance(transform, nn.Module) or not callable(getattr(transform, "inverse", None)):
+            raise TypeError(
+                "transform must be an nn.Module with forward(inputs, context) and inverse(inputs, context) "
+                f"(the nflows Transform interface), got {type(transform).__name__}"
+            )
+        self.transform = transform
+        self.prior = GaussianMixturePrior(self.num_classes, self.channels, learn_scales, learn_weights)
+
+    # -- plumbing -------------------------------------------------------------------
+
+    def _param_dtype(self) -> torch.dtype:
+        return self.prior.means.dtype
+
+    @contextlib.contextmanager
+    def _full_precision(self, device: torch.device) -> Iterator[None]:
+        # Density math in low precision loses the log-det and overflows exp(s): keep
+        # autocast off inside, whatever the caller's autocast state.
+        with torch.autocast(device_type=device.type, enabled=False):
+            yield
+
+    def _rows(self, features: object, name: str = "features") -> torch.Tensor:
+        features = check_features(name, features)
+        if features.shape[1] != self.channels:
+            raise ValueError(
+                f"{name} must have C={self.channels} channels [B, C, H, W], got shape {tuple(features.shape)}"
+            )
+        work = self._param_dtype()
+        if features.dtype == torch.float64 and work != torch.float64:
+            raise TypeError(
+                f"{name} has dtype float64 but the head's parameters are "
+                f"{str(work).replace('torch.', '')}; call head.double() or pass float32 features"
+            )
+        return flatten_pixels(features).to(work)
+
+    def _labels(self, features: torch.Tensor, labels: object) -> torch.Tensor:
+        labels = check_labels("labels", labels, num_classes=self.num_classes, ignore_index=self.ignore_index)
+        check_same_spatial("features", features, "labels", labels)
+        return labels.reshape(-1)
+
+    def _transform_rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = rows.shape[0]
+        if self.chunk_size is None or n <= self.chunk_size:
+            return self.transform(rows, None)
+        if self.training and _uninitialized(self.transform):
+            # Data-dependent init must see the whole batch, not the first chunk (and
+            # must not happen inside a checkpointed chunk, whose recompute would differ).
+            stride = -(-n // self.chunk_size)
+            with torch.no_grad():
+                self.transform(rows[::stride], None)
+        needs_grad = torch.is_grad_enabled() and (
+            rows.requires_grad or any(p.requires_grad for p in self.transform.parameters())
+        )
+        outputs, logdets = [], []
+        for chunk in rows.split(self.chunk_size):
+            if needs_grad:
+                z, logdet = checkpoint(self.transform, chunk, None, use_reentrant=False)
+            else:
+                z, logdet = self.transform(chunk, None)
+            outputs.append(z)
+            logdets.append(logdet)
+        return torch.cat(outputs), torch.cat(logdets)
+
+    # -- public API -----------------------------------------------------------------
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Map every pixel through the flow.
+
+        Args:
+            features: the feature map.
+
+        Shapes:
+            - features: ``[B, C, H, W]``
+            - returns: ``(z [B, C, H, W], logdet [B, H, W])``, float32 or float64
+
+        Returns:
+            The latent map and the per-pixel ``log|det df/dx|``.
+        """
+        with self._full_precision(features.device if isinstance(features, torch.Tensor) else torch.device("cpu")):
+            rows = self._rows(features)
+            z, logdet = self._transform_rows(rows)
+        b, _, h, w = features.shape
+        return unflatten_pixels(z, features.shape), logdet.reshape(b, h, w)
+
+    def _log_prob_rows(self, features: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        with self._full_precision(features.device if isinstance(features, torch.Tensor) else torch.device("cpu")):
+            rows = self._rows(features)
+            flat_labels = None if labels is None else self._labels(features, labels)
+            z, logdet = self._transform_rows(rows)
+            return self.prior.log_prob(z, flat_labels, self.ignore_index) + logdet
+
+    def log_prob(self, features: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-pixel log-density, differentiable w.r.t. ``features``.
+
+        With ``labels``: ``log p(x | y)`` at labelled pixels and the mixture ``log p(x)``
+        where the label is ``ignore_index``. Without labels: the mixture everywhere.
+
+        Args:
+            features: the feature map.
+            labels: optional class map at the features' resolution (resize it with
+                :func:`densessl.functional.downsample_labels` first).
+
+        Shapes:
+            - features: ``[B, C, H, W]``
+            - labels: ``[B, H, W]``
+            - returns: ``[B, H, W]``, float32 or float64
+
+        Returns:
+            The log-density of every pixel (in nats, summed over the ``C`` dimensions).
+        """
+        out = self._log_prob_rows(features, labels)
+        b, _, h, w = features.shape
+        return out.reshape(b, h, w)
+
+    def nll(
+        self,
+        features: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        per_dim: bool = False,
+    ) -> torch.Tensor:
+        """Mean negative log-likelihood over the used pixels: the flow's training loss.
+
+        A pixel is used when ``mask`` is True there (every pixel without a mask). Labels
+        do not drop pixels: a labelled pixel contributes ``-log p(x | y)`` and an
+        ``ignore_index`` pixel the marginal ``-log p(x)``, as in :meth:`log_prob`. With no
+        used pixel the result is an exact zero still connected to the graph (not NaN).
+
+        Args:
+            features: the feature map (usually detached teacher features).
+            labels: optional class map at the features' resolution.
+            mask: optional selection of pixels.
+            per_dim: divide by ``C`` (nats per dimension, comparable across widths).
+
+        Shapes:
+            - features: ``[B, C, H, W]``
+            - labels: ``[B, H, W]``
+            - mask: ``[B, H, W]``, bool
+            - returns: scalar, float32 or float64
+
+        Returns:
+            ``mean(-log p)`` over used pixels, or that divided by ``C`` if ``per_dim``.
+        """
+        if mask is not None:
+            check_features("features", features)
+            check_mask("mask", mask)
+            check_same_spatial("features", features, "mask", mask)
+        log_p = self._log_prob_rows(features, labels)
+        if mask is None:
+            total, count = -log_p.sum(), log_p.numel()
+        else:
+            used = mask.reshape(-1)
+            total, count = -(log_p * used).sum(), int(used.sum())
+        # No used pixel: total is an exact zero connected to the graph; divide by 1, not 0.
+        loss = total / max(count, 1)
+        return loss / self.channels if per_dim else loss
+
+    def posterior(self, features: torch.Tensor) -> torch.Tensor:
+        """Class posterior ``p(y | x)`` of every pixel (the log-det cancels in Bayes' rule).
+
+        Args:
+            features: the feature map.
+
+        Shapes:
+            - features: ``[B, C, H, W]``
+            - returns: ``[B, K, H, W]``, float32 or float64, summing to one over ``K``
+
+        Returns:
+            The per-pixel class probabilities.
+        """
+        z, _ = self.forward(features)
+        with self._full_precision(z.device):
+            post = self.prior.posterior(flatten_pixels(z))
+        return unflatten_pixels(post, z.shape)
+
+    def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        """Map latents back to features, ``x = f^-1(z)`` (unchunked).
+
+        Args:
+            z: a latent map.
+
+        Shapes:
+            - z: ``[B, C, H, W]``
+            - returns: ``[B, C, H, W]``
+
+        Returns:
+            The features whose latents are ``z``.
+        """
+        with self._full_precision(z.device if isinstance(z, torch.Tensor) else torch.device("cpu")):
+            rows = self._rows(z, "z")
+            x, _ = self.transform.inverse(rows, None)
+        return unflatten_pixels(x, z.shape)

@@ -1,3 +1,451 @@
-"""Placeholder: filled in by its owner."""
+"""Per-pixel normalizing-flow blocks with the nflows ``Transform`` interface.
 
-__all__: list[str] = []
+Every block maps a row matrix ``[N, C]`` (one row = one pixel's channel vector) and
+returns ``(outputs, logabsdet)`` with ``logabsdet`` of shape ``[N]``, from both
+``forward(inputs, context=None)`` and ``inverse(inputs, context=None)``. That is the
+interface of ``nflows.transforms.Transform``, so these blocks and nflows transforms
+can be mixed in a :class:`FlowSequence`, wrapped by an ``nflows`` ``Flow``, or passed
+to :class:`densessl.density.FlowDensityHead` — without nflows being a dependency.
+The blocks are unconditional: ``context`` is accepted and ignored.
+
+References:
+    Kingma & Dhariwal, "Glow: Generative Flow with Invertible 1x1 Convolutions" (2018).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from ._checks import check_number, check_tensor
+from .functional._density import soft_clamp
+
+__all__ = [
+    "ActNorm",
+    "AffineCoupling",
+    "FlowSequence",
+    "InvertibleLinear",
+    "Permutation",
+    "RandomPermutation",
+    "ReversePermutation",
+    "glow_flow",
+]
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_rows(inputs: object, features: int) -> torch.Tensor:
+    rows = check_tensor("inputs", inputs, ndim=2, dims="[N, C]", dtypes=_FLOATS)
+    if rows.shape[1] != features:
+        raise ValueError(f"inputs must have C={features} columns [N, C], got shape {tuple(rows.shape)}")
+    return rows
+
+
+def _check_features(features: object, minimum: int = 1) -> int:
+    return int(check_number("features", features, low=minimum, integer=True))
+
+
+class ActNorm(nn.Module):
+    """Per-channel affine normalisation ``y = x * exp(log_scale) + shift``.
+
+    On the first forward call in training mode the parameters are set from the data
+    so that the output has zero mean and unit variance per channel (GLOW's
+    data-dependent initialisation). The ``initialized`` flag is a persistent buffer:
+    a module loaded from a ``state_dict`` keeps its parameters and never
+    re-initialises. Before initialisation (e.g. in eval mode) the block is the identity.
+
+    Args:
+        features: number of channels ``C``.
+        eps: smallest standard deviation divided by at initialisation.
+
+    Shapes:
+        - inputs: ``[N, C]``, floating point
+        - returns: ``(outputs [N, C], logabsdet [N])``; ``logabsdet = sum(log_scale)``
+
+    Raises:
+        ValueError: ``features < 1``, ``eps <= 0``, or inputs of the wrong shape.
+
+    Example:
+        >>> import torch
+        >>> from densessl.flows import ActNorm
+        >>> _ = torch.manual_seed(0)
+        >>> norm = ActNorm(3)
+        >>> y, logdet = norm(5 + 2 * torch.randn(1000, 3))
+        >>> bool(norm.initialized), y.mean(0).abs().max() < 1e-4, y.std(0, unbiased=False)
+        (True, tensor(True), tensor([1.0000, 1.0000, 1.0000], grad_fn=<StdBackward0>))
+    """
+
+    initialized: torch.Tensor
+
+    def __init__(self, features: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.features = _check_features(features)
+        self.eps = float(check_number("eps", eps, low=0.0, low_inclusive=False))
+        self.log_scale = nn.Parameter(torch.zeros(self.features))
+        self.shift = nn.Parameter(torch.zeros(self.features))
+        self.register_buffer("initialized", torch.tensor(False), persistent=True)
+
+    @torch.no_grad()
+    def initialize(self, inputs: torch.Tensor) -> None:
+        """Set the parameters so that ``inputs`` come out with zero mean, unit variance.
+
+        Args:
+            inputs: a batch of rows ``[N, C]``.
+        """
+        rows = _check_rows(inputs, self.features).to(self.log_scale.dtype)
+        mean = rows.mean(dim=0)
+        std = rows.std(dim=0, unbiased=False).clamp_min(self.eps)
+        self.log_scale.copy_(-torch.log(std))
+        self.shift.copy_(-mean / std)
+        self.initialized.fill_(True)
+
+    def forward(self, inputs: torch.Tensor, context: object = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``y = x * exp(log_scale) + shift`` (initialising first, in training, if needed)."""
+        rows = _check_rows(inputs, self.features)
+        if self.training and not bool(self.initialized):
+            self.initialize(rows)
+        outputs = rows * torch.exp(self.log_scale) + self.shift
+        logabsdet = self.log_scale.sum().expand(rows.shape[0])
+        return outputs, logabsdet
+
+    def inverse(self, inputs: torch.Tensor, context: object = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x = (y - shift) * exp(-log_scale)``."""
+        rows = _check_rows(inputs, self.features)
+        outputs = (rows - self.shift) * torch.exp(-self.log_scale)
+        logabsdet = (-self.log_scale.sum()).expand(rows.shape[0])
+        return outputs, logabsdet
+
+
+class InvertibleLinear(nn.Module):
+    """An invertible ``C x C`` linear map (GLOW's 1x1 convolution), LU-parametrised.
+
+    ``W = P @ L @ (U + diag(sign * exp(log_s)))`` with a fixed permutation ``P``, a
+    unit lower-triangular ``L``, a strictly upper-triangular ``U`` and fixed signs, so
+    ``log|det W| = sum(log_s)`` costs ``O(C)``. When ``N >= C`` rows come in, ``W`` is
+    formed once per call (``2 C^3`` FLOPs) and applied with a single ``[N, C] x [C, C]``
+    product; for fewer rows (small pixel chunks) the two factors are applied one after the
+    other instead (``4 N C^2`` FLOPs, cheaper than forming ``W``). The inverse uses two
+    triangular solves. Initialised from a random orthogonal matrix (so the block starts
+    volume-preserving). ``P`` is stored as an index vector and applied by gathering.
+
+    Args:
+        features: number of channels ``C``.
+
+    Shapes:
+        - inputs: ``[N, C]``, floating point
+        - returns: ``(outputs [N, C], logabsdet [N])``
+
+    Raises:
+        ValueError: ``features < 1`` or inputs of the wrong shape.
+
+    Example:
+        >>> import torch
+        >>> from densessl.flows import InvertibleLinear
+        >>> _ = torch.manual_seed(0)
+        >>> lin = InvertibleLinear(4)
+        >>> x = torch.randn(5, 4)
+        >>> y, logdet = lin(x)
+        >>> torch.allclose(lin.inverse(y)[0], x, atol=1e-5), logdet.shape
+        (True, torch.Size([5]))
+    """
+
+    permutation: torch.Tensor
+    inverse_permutation: torch.Tensor
+    sign: torch.Tensor
+    lower_mask: torch.Tensor
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.features = d = _check_features(features)
+        q, _ = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64))
+        p, lower, upper = torch.linalg.lu(q)
+        diag = torch.diagonal(upper)
+        # P @ A == A[permutation]: row i of P has its one in column permutation[i]
+        self.register_buffer("permutation", p.argmax(dim=1))
+        self.register_buffer("inverse_permutation", torch.argsort(self.permutation))
+        self.register_buffer("sign", torch.sign(diag).float())
+        self.register_buffer("lower_mask", torch.tril(torch.ones(d, d), diagonal=-1))
+        self.lower = nn.Parameter(torch.tril(lower, diagonal=-1).float())
+        self.upper = nn.Parameter(torch.triu(upper, diagonal=1).float())
+        self.log_s = nn.Parameter(torch.log(diag.abs()).float())
+
+    def _factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        eye = torch.eye(self.features, dtype=self.lower.dtype, device=self.lower.device)
+        lower = self.lower * self.lower_mask + eye
+        upper = self.upper * self.lower_mask.T + torch.diag(self.sign * torch.exp(self.log_s))
+        return lower, upper
+
+    def weight(self) -> torch.Tensor:
+        """The matrix ``W = P L U`` (``[C, C]``); ``forward`` computes ``x @ W.T``."""
+        lower, upper = self._factors()
+        return (lower @ upper)[self.permutation]
+
+    def forward(self, inputs: torch.Tensor, context: object = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``y = x @ W.T`` with ``log|det W| = sum(log_s)``."""
+        rows = _check_rows(inputs, self.features)
+        if rows.shape[0] >= self.features:
+            outputs = nn.functional.linear(rows, self.weight())
+        else:  # y = ((x U^T) L^T) P^T
+            lower, upper = self._factors()
+            outputs = nn.functional.linear(nn.functional.linear(rows, upper), lower)[:, self.permutation]
+        return outputs, self.log_s.sum().expand(rows.shape[0])
+
+    def inverse(self, inputs: torch.Tensor, context: object = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Solve ``x @ W.T = y``: ``x = y P L^-T U^-T`` by two triangular solves."""
+        rows = _check_rows(inputs, self.features)
+        lower, upper = self._factors()
+        t = rows[:, self.inverse_permutation]  # y @ P
+        t = torch.linalg.solve_triangular(lower.T, t, upper=True, left=False, unitriangular=True)
+        outputs = torch.linalg.solve_triangular(upper.T, t, upper=False, left=False)
+        return outputs, (-self.log_s.sum()).expand(rows.shape[0])
+
+
+class Permutation(nn.Module):
+    """A fixed permutation of the channels (volume-preserving: ``logabsdet = 0``).
+
+    Args:
+        permutation: a permutation of ``0..C-1``; ``outputs[:, i] = inputs[:, permutation[i]]``.
+
+    Shapes:
+        - inputs: ``[N, C]``
+        - returns: ``(outputs [N, C], logabsdet [N])`` (zeros)
+
+    Raises:
+        ValueError: ``permutation`` is not a 1-D permutation of ``0..C-1``.
+
+    Example:
+        >>> import torch
+        >>> from densessl.flows import Permutation
+        >>> perm = Permutation(torch.tensor([2, 0, 1]))
+        >>> perm(torch.tensor([[10.0, 11.0, 12.0]]))[0]
+        tensor([[12., 10., 11.]])
+    """
+
+    permutation: torch.Tensor
+    inverse_permutation: torch.Tensor
+
+    def __init__(self, permutation: torch.Tensor) -> None:
+        super().__init__()
+        permutation = check_tensor("permutation", permutation, ndim=1, dims="[C]")
+        d = permutation.numel()
+        if d < 1 or not torch.equal(torch.sort(permutation.long()).values, torch.arange(d)):
+            raise ValueError(f"permutation must be a permutation of 0..C-1, got {permutation.tolist()}")
+        self.features = d
+        self.register_buffer("permutation", permutation.long().clone())
+        self.register_buffer("inverse_permutation", torch.argsort(self.permutation))
+
+    def forward(self, inputs: torch.Tensor, context: object = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reorder the columns."""
+        rows = _check_rows(inputs, self.features)
+        return rows[:, self.permutation], rows.new_zeros(rows.shape[0])
+
+    def inverse(self, inputs: torch.Tensor, context: object = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Undo the reordering."""
+        rows = _check_rows(inputs, self.features)
+        return rows[:, self.inverse_permutation], rows.new_zeros(rows.shape[0])
+
+
+class RandomPermutation(Permutation):
+    """A random (drawn once, then fixed and saved) permutation of the channels.
+
+    Args:
+        features: number of channels ``C``.
+        generator: optional ``torch.Generator`` for a reproducible draw.
+
+    Shapes:
+        - inputs: ``[N, C]``
+        - returns: ``(outputs [N, C], logabsdet [N])`` (zeros)
+
+    Example:
+        >>> import torch
+        >>> from densessl.flows import RandomPermutation
+        >>> perm = RandomPermutation(5, generator=torch.Generator().manual_seed(0))
+        >>> sorted(perm.permutation.tolist())
+        [0, 1, 2, 3, 4]
+    """
+
+    def __init__(self, features: int, generator: torch.Generator | None = None) -> None:
+        super().__init__(torch.randperm(_check_features(features), generator=generator))
+
+
+class ReversePermutation(Permutation):
+    """Reverse the channel order (``C-1, ..., 0``).
+
+    Args:
+        features: number of channels ``C``.
+
+    Shapes:
+        - inputs: ``[N, C]``
+        - returns: ``(outputs [N, C], logabsdet [N])`` (zeros)
+
+    Example:
+        >>> import torch
+        >>> from densessl.flows import ReversePermutation
+        >>> ReversePermutation(3)(torch.tensor([[1.0, 2.0, 3.0]]))[0]
+        tensor([[3., 2., 1.]])
+    """
+
+    def __init__(self, features: int) -> None:
+        super().__init__(torch.arange(_check_features(features) - 1, -1, -1))
+
+
+class AffineCoupling(nn.Module):
+    """GLOW affine coupling: the first half of the channels conditions the second.
+
+    ``x = [x1, x2]`` with ``x1`` the first ``C // 2`` channels (odd ``C`` is fine);
+    ``(s, t) = MLP(x1)``, ``s = soft_clamp(s, clamp)``, ``y = [x1, x2 * exp(s) + t]`` and
+    ``log|det| = sum(s)``. The MLP's last layer is zero-initialised, so the block starts
+    as the identity. Channel mixing between couplings comes from
+    :class:`InvertibleLinear` or a permutation.
+
+    Args:
+        features: number of channels ``C >= 2``.
+        hidden: width of the conditioner's two hidden layers.
+        clamp: bound of the soft clamp on ``s`` (``exp(s)`` stays in ``(e^-clamp, e^clamp)``).
+
+    Shapes:
+        - inputs: ``[N, C]``, floating point
+        - returns: ``(outputs [N, C], logabsdet [N])``
+
+    Raises:
+        ValueError: ``features < 2``, ``hidden < 1``, ``clamp <= 0``, or inputs of the wrong shape.
+
+    Example:
+        >>> import torch
+        >>> from densessl.flows import AffineCoupling
+        >>> coupling = AffineCoupling(5, hidden=8)
+        >>> x = torch.randn(3, 5)
+        >>> y, logdet = coupling(x)  # identity at initialisation
+        >>> torch.equal(y, x), logdet.tolist()
+        (True, [0.0, 0.0, 0.0])
+    """
+
+    def __init__(self, features: int, hidden: int = 256, clamp: float = 2.0) -> None:
+        super().__init__()
+        self.features = _check_features(features, minimum=2)
+        self.hidden = int(check_number("hidden", hidden, low=1, integer=True))
+        self.clamp = float(check_number("clamp", clamp, low=0.0, low_inclusive=False))
+        self.split = self.features // 2
+        out = self.features - self.split
+        self.conditioner = nn.Sequential(
+            nn.Linear(self.split, self.hidden),
+            nn.ReLU(),
+            nn.Linear(self.hidden, self.hidden),
+            nn.ReLU(),
+            nn.Linear(self.hidden, 2 * out),
+        )
+        last = self.conditioner[-1]
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+
+    def _scale_shift(self, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raw_scale, shift = self.conditioner(x1).chunk(2, dim=1)
+        return soft_clamp(raw_scale, self.clamp), shift
+
+    def forward(self, inputs: torch.Tensor, context: object = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``y2 = x2 * exp(s(x1)) + t(x1)``; ``y1 = x1``."""
+        rows = _check_rows(inputs, self.features)
+        x1, x2 = rows[:, : self.split], rows[:, self.split :]
+        log_scale, shift = self._scale_shift(x1)
+        outputs = torch.cat([x1, x2 * torch.exp(log_scale) + shift], dim=1)
+        return outputs, log_scale.sum(dim=1)
+
+    def inverse(self, inputs: torch.Tensor, context: object = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x2 = (y2 - t(y1)) * exp(-s(y1))``; ``x1 = y1``."""
+        rows = _check_rows(inputs, self.features)
+        y1, y2 = rows[:, : self.split], rows[:, self.split :]
+        log_scale, shift = self._scale_shift(y1)
+        outputs = torch.cat([y1, (y2 - shift) * torch.exp(-log_scale)], dim=1)
+        return outputs, -log_scale.sum(dim=1)
+
+
+class FlowSequence(nn.Module):
+    """Compose transforms (like ``nflows.transforms.CompositeTransform``), summing log-dets.
+
+    Any object with the nflows ``Transform`` interface may be an element (our blocks
+    or ``nflows.transforms.*``).
+
+    Args:
+        transforms: the blocks, applied in order by ``forward`` and in reverse by ``inverse``.
+
+    Shapes:
+        - inputs: ``[N, C]``
+        - returns: ``(outputs [N, C], logabsdet [N])``, the sum over all blocks
+
+    Raises:
+        ValueError: an empty sequence.
+        TypeError: an element that is not an ``nn.Module`` with an ``inverse`` method.
+
+    Example:
+        >>> import torch
+        >>> from densessl.flows import ActNorm, FlowSequence, ReversePermutation
+        >>> flow = FlowSequence([ReversePermutation(2), ActNorm(2)]).eval()  # eval: no ActNorm init
+        >>> y, logdet = flow(torch.tensor([[1.0, 2.0]]))
+        >>> y, logdet
+        (tensor([[2., 1.]], grad_fn=<AddBackward0>), tensor([0.], grad_fn=<AddBackward0>))
+    """
+
+    def __init__(self, transforms: Iterable[nn.Module]) -> None:
+        super().__init__()
+        transforms = list(transforms)
+        if not transforms:
+            raise ValueError("transforms must hold at least one transform, got an empty sequence")
+        for i, t in enumerate(transforms):
+            if not isinstance(t, nn.Module) or not callable(getattr(t, "inverse", None)):
+                raise TypeError(
+                    f"transforms[{i}] must be an nn.Module with forward/inverse (nflows Transform interface), "
+                    f"got {type(t).__name__}"
+                )
+        self.transforms = nn.ModuleList(transforms)
+
+    def forward(self, inputs: torch.Tensor, context: object = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Apply every block in order."""
+        rows = check_tensor("inputs", inputs, ndim=2, dims="[N, C]", dtypes=_FLOATS)
+        total = rows.new_zeros(rows.shape[0])
+        for transform in self.transforms:
+            rows, logabsdet = transform(rows, context)
+            total = total + logabsdet
+        return rows, total
+
+    def inverse(self, inputs: torch.Tensor, context: object = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Undo every block, last first."""
+        rows = check_tensor("inputs", inputs, ndim=2, dims="[N, C]", dtypes=_FLOATS)
+        total = rows.new_zeros(rows.shape[0])
+        for transform in reversed(self.transforms):
+            rows, logabsdet = transform.inverse(rows, context)
+            total = total + logabsdet
+        return rows, total
+
+
+def glow_flow(features: int, depth: int = 2, hidden: int = 256, clamp: float = 2.0) -> FlowSequence:
+    """A GLOW-style per-pixel flow: ``depth`` x (ActNorm, InvertibleLinear, AffineCoupling).
+
+    Args:
+        features: number of channels ``C >= 2``.
+        depth: number of (actnorm, invertible linear, coupling) steps, ``>= 1``.
+        hidden: conditioner width of every coupling.
+        clamp: soft-clamp bound of every coupling's log-scale.
+
+    Shapes:
+        - inputs: ``[N, C]``
+        - returns: ``(outputs [N, C], logabsdet [N])``
+
+    Raises:
+        ValueError: bad ``features``/``depth``/``hidden``/``clamp``.
+
+    Example:
+        >>> from densessl.flows import glow_flow
+        >>> flow = glow_flow(4, depth=2, hidden=16)
+        >>> [type(t).__name__ for t in flow.transforms][:3]
+        ['ActNorm', 'InvertibleLinear', 'AffineCoupling']
+        >>> len(flow.transforms)
+        6
+    """
+    features = _check_features(features, minimum=2)
+    depth = int(check_number("depth", depth, low=1, integer=True))
+    blocks: list[nn.Module] = []
+    for _ in range(depth):
+        blocks += [ActNorm(features), InvertibleLinear(features), AffineCoupling(features, hidden, clamp)]
+    return FlowSequence(blocks)

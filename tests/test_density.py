@@ -1,0 +1,318 @@
+"""FlowDensityHead and GaussianMixturePrior against scipy / torch.distributions / nflows
+oracles, gradients by gradcheck, chunking, autocast, training, and input validation."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from scipy.special import logsumexp
+
+from densessl.density import FlowDensityHead, GaussianMixturePrior
+from densessl.flows import ActNorm, FlowSequence, Permutation
+from densessl.functional import diagonal_normal_log_prob, flatten_pixels, mixture_log_prob, mixture_posterior
+
+
+def _perturb(module: torch.nn.Module, scale: float = 0.2, seed: int = 0) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+        for m in module.modules():
+            if isinstance(m, ActNorm):
+                m.initialized.fill_(True)
+    return module
+
+
+def _identity_head(c: int, k: int, **kwargs) -> FlowDensityHead:
+    """A head whose flow is the identity (log-det 0): log p(x) is the prior's."""
+    return FlowDensityHead(c, k, transform=FlowSequence([Permutation(torch.arange(c))]), **kwargs).double()
+
+
+# --- pure functions ------------------------------------------------------------------
+
+
+def test_diagonal_normal_log_prob_matches_torch_distributions() -> None:
+    torch.manual_seed(0)
+    z = torch.randn(7, 5, dtype=torch.float64) * 3
+    means = torch.randn(3, 5, dtype=torch.float64)
+    log_scales = torch.randn(3, 5, dtype=torch.float64) * 0.5
+    ref = torch.distributions.Normal(means[None], log_scales.exp()[None]).log_prob(z[:, None]).sum(-1)
+    torch.testing.assert_close(diagonal_normal_log_prob(z, means, log_scales), ref)
+    # float32 at D = 512 stays accurate despite the expanded quadratic form
+    z32, m32 = torch.randn(4, 512), torch.randn(2, 512)
+    ref32 = torch.distributions.Normal(m32.double()[None], 1.0).log_prob(z32.double()[:, None]).sum(-1)
+    torch.testing.assert_close(diagonal_normal_log_prob(z32, m32, torch.zeros(2, 512)).double(), ref32, rtol=1e-5, atol=1e-2)
+
+
+def test_mixture_functions_bad_shapes() -> None:
+    with pytest.raises(ValueError, match="means"):
+        diagonal_normal_log_prob(torch.zeros(2, 3), torch.zeros(1, 4), torch.zeros(1, 4))
+    with pytest.raises(ValueError, match="log_scales"):
+        diagonal_normal_log_prob(torch.zeros(2, 3), torch.zeros(1, 3), torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="mixture_logits"):
+        mixture_log_prob(torch.zeros(2, 3), torch.zeros(2))
+    with pytest.raises(ValueError, match="labels"):
+        mixture_log_prob(torch.zeros(2, 3), torch.zeros(3), labels=torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="labels"):
+        mixture_log_prob(torch.zeros(2, 3), torch.zeros(3), labels=torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="log_probs"):
+        mixture_posterior(torch.zeros(2), torch.zeros(2))
+
+
+# --- hand-computed Gaussian case (identity flow, known parameters) ---------------------
+
+
+def _known_head() -> tuple[FlowDensityHead, np.ndarray, np.ndarray, np.ndarray]:
+    head = _identity_head(2, 3)
+    means = np.array([[0.0, 0.0], [3.0, -1.0], [-2.0, 4.0]])
+    scales = np.array([[1.0, 2.0], [0.5, 1.0], [1.5, 0.7]])
+    weights = np.array([0.5, 0.3, 0.2])
+    with torch.no_grad():
+        head.prior.means.copy_(torch.from_numpy(means))
+        head.prior.log_scales.copy_(torch.from_numpy(np.log(scales)))
+        head.prior.mixture_logits.copy_(torch.from_numpy(np.log(weights)) + 7.0)  # softmax-invariant shift
+    return head, means, scales, weights
+
+
+def test_class_conditional_marginal_and_ignore_semantics() -> None:
+    head, means, scales, weights = _known_head()
+    x = torch.tensor([[0.5, -0.3], [2.0, 0.0], [-1.0, 3.0], [1.0, 1.0]], dtype=torch.float64)
+    features = x.T.reshape(1, 2, 2, 2)  # [B=1, C=2, H=2, W=2], pixels in row-major order
+    labels = torch.tensor([[[0, 1], [255, 2]]])
+    comp = np.stack([stats.multivariate_normal(means[k], np.diag(scales[k] ** 2)).logpdf(x.numpy()) for k in range(3)], 1)
+    marginal = logsumexp(comp + np.log(weights), axis=1)
+    expected = np.array([comp[0, 0], comp[1, 1], marginal[2], comp[3, 2]])
+    got = head.log_prob(features, labels).reshape(-1).detach().numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-10)
+    np.testing.assert_allclose(head.log_prob(features).reshape(-1).detach().numpy(), marginal, rtol=1e-10)
+    # posterior = Bayes by hand, sums to one
+    bayes = np.exp(comp + np.log(weights) - marginal[:, None])
+    post = head.posterior(features)
+    assert post.shape == (1, 3, 2, 2)
+    np.testing.assert_allclose(flatten_pixels(post).detach().numpy(), bayes, rtol=1e-9)
+    np.testing.assert_allclose(post.sum(1).detach().numpy(), 1.0, rtol=1e-12)
+    # nll: labelled pixels conditional, ignored pixel marginal, mask selects pixels
+    nll = head.nll(features, labels)
+    assert nll.item() == pytest.approx(-expected.mean(), rel=1e-10)
+    mask = torch.tensor([[[True, False], [True, False]]])
+    assert head.nll(features, labels, mask=mask).item() == pytest.approx(-(expected[0] + expected[2]) / 2, rel=1e-10)
+    assert head.nll(features, labels, per_dim=True).item() == pytest.approx(-expected.mean() / 2, rel=1e-10)
+
+
+def test_nll_with_no_used_pixel_is_zero_with_graph() -> None:
+    head = FlowDensityHead(3, 2, depth=1, hidden=4)
+    x = torch.randn(1, 3, 2, 2, requires_grad=True)
+    loss = head.nll(x, mask=torch.zeros(1, 2, 2, dtype=torch.bool))
+    assert loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
+    assert torch.equal(x.grad, torch.zeros_like(x)) and all(
+        p.grad is None or torch.isfinite(p.grad).all() for p in head.parameters()
+    )
+
+
+def test_prior_posterior_sums_to_one_and_learnable_flags() -> None:
+    prior = GaussianMixturePrior(4, 3, learn_scales=False, learn_weights=False)
+    names = {n for n, _ in prior.named_parameters()}
+    assert names == {"means"}
+    assert "log_scales" in prior.state_dict() and "mixture_logits" in prior.state_dict()
+    z = torch.randn(6, 3) * 4
+    torch.testing.assert_close(prior.posterior(z).sum(1), torch.ones(6))
+    # the initial means are spread out: pairwise distances well above zero
+    assert torch.pdist(prior.means).min() > 0.1
+    with pytest.raises(ValueError, match="z"):
+        prior.log_prob(torch.randn(6, 4))
+
+
+# --- nflows as an oracle and as a plug-in --------------------------------------------
+
+
+def _standard_normal_head(c: int, **kwargs) -> FlowDensityHead:
+    head = FlowDensityHead(c, 1, **kwargs)
+    with torch.no_grad():
+        head.prior.means.zero_()
+        head.prior.log_scales.zero_()
+    return head
+
+
+def test_log_prob_matches_nflows_flow_on_same_transform() -> None:
+    flows = pytest.importorskip("nflows.flows")
+    dists = pytest.importorskip("nflows.distributions")
+    torch.manual_seed(0)
+    head = _standard_normal_head(4, depth=2, hidden=8).eval()
+    _perturb(head.transform)  # the prior must stay N(0, I)
+    features = torch.randn(2, 4, 3, 3) * 2
+    oracle = flows.Flow(head.transform, dists.StandardNormal([4]))
+    expected = oracle.log_prob(flatten_pixels(features)).reshape(2, 3, 3)
+    torch.testing.assert_close(head.log_prob(features), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_actual_nflows_transform_plugs_in() -> None:
+    nt = pytest.importorskip("nflows.transforms")
+    flows = pytest.importorskip("nflows.flows")
+    dists = pytest.importorskip("nflows.distributions")
+    from nflows.nn.nets import ResidualNet
+
+    torch.manual_seed(1)
+    mask = torch.tensor([1, 0, 1, 0, 1])
+    transform = nt.CompositeTransform([
+        nt.ActNorm(5),
+        nt.LULinear(5),
+        nt.AffineCouplingTransform(mask, lambda i, o: ResidualNet(i, o, hidden_features=8, num_blocks=1)),
+    ])
+    head = _standard_normal_head(5, transform=transform, chunk_size=4)
+    features = torch.randn(1, 5, 3, 3) + 1
+    head.train()
+    head.log_prob(features)  # initialises nflows' ActNorm (on a strided subsample: chunked input)
+    assert bool(transform._transforms[0].initialized)
+    head.eval()
+    expected = flows.Flow(transform, dists.StandardNormal([5])).log_prob(flatten_pixels(features)).reshape(1, 3, 3)
+    torch.testing.assert_close(head.log_prob(features), expected, rtol=1e-5, atol=1e-5)
+
+
+# --- gradients, chunking, precision ---------------------------------------------------
+
+
+def test_log_prob_gradcheck_through_chunked_checkpointed_flow() -> None:
+    torch.manual_seed(2)
+    head = _perturb(FlowDensityHead(3, 2, depth=2, hidden=4, chunk_size=3).double()).eval()
+    features = torch.randn(1, 3, 2, 3, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([[[0, 1, 255], [1, 0, 255]]])
+    assert torch.autograd.gradcheck(lambda f: head.log_prob(f, labels), (features,))
+
+
+def test_chunked_equals_unchunked_values_and_gradients() -> None:
+    torch.manual_seed(3)
+    whole = _perturb(FlowDensityHead(4, 3, depth=2, hidden=8, chunk_size=None))
+    chunked = copy.deepcopy(whole)
+    chunked.chunk_size = 5
+    features = torch.randn(2, 4, 3, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(chunked.log_prob(features), whole.log_prob(features))
+        torch.testing.assert_close(chunked.posterior(features), whole.posterior(features))
+    grads = []
+    for head in (whole, chunked):
+        x = features.clone().requires_grad_(True)
+        head.zero_grad()
+        loss = head.log_prob(x).sum()
+        (gx,) = torch.autograd.grad(loss, x, retain_graph=True)
+        loss.backward()
+        grads.append((gx, [p.grad.clone() for p in head.parameters()]))
+    torch.testing.assert_close(grads[1][0], grads[0][0])
+    for g_chunk, g_whole in zip(grads[1][1], grads[0][1]):
+        torch.testing.assert_close(g_chunk, g_whole, rtol=1e-4, atol=1e-5)
+
+
+def test_chunked_training_initialises_actnorm_before_checkpointing() -> None:
+    head = FlowDensityHead(4, 2, depth=2, hidden=8, chunk_size=7).train()
+    features = (torch.randn(2, 4, 5, 5) * 3 + 2).requires_grad_(True)
+    head.nll(features).backward()
+    assert all(bool(m.initialized) for m in head.modules() if isinstance(m, ActNorm))
+    assert torch.isfinite(features.grad).all()
+    # the first ActNorm was fitted to the documented strided subsample of <= chunk_size
+    # pixels (50 pixels, chunk 7 -> every 8th), not to the first chunk
+    z0, _ = head.transform.transforms[0](flatten_pixels(features.detach())[::8])
+    torch.testing.assert_close(z0.mean(0), torch.zeros(4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z0.var(0, unbiased=False), torch.ones(4), atol=1e-4, rtol=0)
+
+
+def test_float32_output_and_finite_grads_under_bf16_autocast() -> None:
+    torch.manual_seed(4)
+    head = _perturb(FlowDensityHead(6, 3, depth=2, hidden=16))
+    features = torch.randn(2, 6, 4, 4, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        log_p = head.log_prob(features)
+        z, logdet = head(features.to(torch.bfloat16))
+    assert log_p.dtype == torch.float32 and z.dtype == torch.float32 and logdet.dtype == torch.float32
+    with torch.no_grad():
+        torch.testing.assert_close(log_p, head.log_prob(features))  # same as without autocast
+    (-log_p.mean()).backward()
+    assert torch.isfinite(features.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in head.parameters() if p.grad is not None)
+
+
+def test_float64_features_and_head() -> None:
+    head = FlowDensityHead(3, 2, depth=1, hidden=4).double()
+    assert head.log_prob(torch.randn(1, 3, 2, 2, dtype=torch.float64)).dtype == torch.float64
+    assert head.log_prob(torch.randn(1, 3, 2, 2)).dtype == torch.float64
+    with pytest.raises(TypeError, match="features.*float64"):
+        FlowDensityHead(3, 2, depth=1, hidden=4).log_prob(torch.randn(1, 3, 2, 2, dtype=torch.float64))
+
+
+def test_inverse_recovers_features() -> None:
+    torch.manual_seed(5)
+    head = _perturb(FlowDensityHead(5, 2, depth=2, hidden=8)).eval()
+    x = torch.randn(1, 5, 3, 2)
+    z, _ = head(x)
+    torch.testing.assert_close(head.inverse(z), x, rtol=1e-4, atol=1e-4)
+
+
+def test_training_on_two_blobs_separates_classes() -> None:
+    torch.manual_seed(0)
+    b, c, h, w = 4, 4, 8, 8
+    labels = torch.randint(0, 2, (b, h, w))
+    centres = torch.tensor([[2.0, -1.0, 0.0, 1.0], [-2.0, 1.0, 1.0, -1.0]])
+    features = centres[labels].permute(0, 3, 1, 2) + 0.7 * torch.randn(b, c, h, w)
+    head = FlowDensityHead(c, 2, depth=1, hidden=32)
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    for _ in range(200):
+        opt.zero_grad()
+        head.nll(features, labels).backward()
+        opt.step()
+    head.eval()
+    test_labels = torch.randint(0, 2, (2, h, w))
+    test_features = centres[test_labels].permute(0, 3, 1, 2) + 0.7 * torch.randn(2, c, h, w)
+    accuracy = (head.posterior(test_features).argmax(1) == test_labels).float().mean()
+    assert accuracy > 0.95
+
+
+# --- validation -------------------------------------------------------------------------
+
+
+def test_bad_inputs_name_the_argument() -> None:
+    head = FlowDensityHead(3, 2, depth=1, hidden=4)
+    x = torch.randn(1, 3, 4, 4)
+    with pytest.raises(ValueError, match="features"):
+        head.log_prob(torch.randn(3, 4, 4))
+    with pytest.raises(TypeError, match="features"):
+        head.log_prob(torch.ones(1, 3, 4, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="features.*C=3"):
+        head.log_prob(torch.randn(1, 5, 4, 4))
+    with pytest.raises(ValueError, match="features.*finite"):
+        head.log_prob(torch.full((1, 3, 4, 4), float("nan")))
+    with pytest.raises(ValueError, match="labels.*downsample_labels"):
+        head.log_prob(x, torch.zeros(1, 8, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match="labels"):
+        head.log_prob(x, torch.full((1, 4, 4), 2))
+    with pytest.raises(TypeError, match="labels"):
+        head.log_prob(x, torch.zeros(1, 4, 4))
+    with pytest.raises(TypeError, match="mask"):
+        head.nll(x, mask=torch.ones(1, 4, 4))
+    with pytest.raises(ValueError, match="mask"):
+        head.nll(x, mask=torch.ones(1, 2, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="z"):
+        head.inverse(torch.randn(1, 2, 4, 4))
+
+
+def test_bad_constructor_arguments() -> None:
+    with pytest.raises(ValueError, match="channels"):
+        FlowDensityHead(1, 2)
+    with pytest.raises(ValueError, match="num_classes"):
+        FlowDensityHead(4, 0)
+    with pytest.raises(ValueError, match="chunk_size"):
+        FlowDensityHead(4, 2, chunk_size=0)
+    with pytest.raises(ValueError, match="ignore_index"):
+        FlowDensityHead(4, 3, ignore_index=1)
+    with pytest.raises(ValueError, match="depth"):
+        FlowDensityHead(4, 2, depth=0)
+    with pytest.raises(ValueError, match="hidden"):
+        FlowDensityHead(4, 2, hidden=0)
+    with pytest.raises(ValueError, match="clamp"):
+        FlowDensityHead(4, 2, clamp=-1.0)
+    with pytest.raises(TypeError, match="transform"):
+        FlowDensityHead(4, 2, transform=torch.nn.Linear(4, 4))
+    with pytest.raises(ValueError, match="mean_scale"):
+        GaussianMixturePrior(2, 3, mean_scale=-1.0)

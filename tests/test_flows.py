@@ -1,0 +1,252 @@
+"""Flow blocks: log-dets against autograd Jacobians, exact inverses, ActNorm init and
+state, nflows interoperability, and input validation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from densessl.flows import (
+    ActNorm,
+    AffineCoupling,
+    FlowSequence,
+    InvertibleLinear,
+    Permutation,
+    RandomPermutation,
+    ReversePermutation,
+    glow_flow,
+)
+from densessl.functional import soft_clamp
+
+
+def _perturb(module: torch.nn.Module, scale: float = 0.3, seed: int = 0) -> torch.nn.Module:
+    """Move every parameter off its (often identity) initialisation."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+        for m in module.modules():
+            if isinstance(m, ActNorm):
+                m.initialized.fill_(True)
+    return module
+
+
+def _jacobian_logdets(transform, x: torch.Tensor) -> torch.Tensor:
+    """log|det J| of each row of ``transform(rows) -> (outputs, logdet)``, from autograd's full
+    Jacobian (independent of the block's own log-det)."""
+    out = []
+    for row in x:
+        jac = torch.autograd.functional.jacobian(lambda v: transform(v[None])[0][0], row)
+        out.append(torch.linalg.slogdet(jac).logabsdet)
+    return torch.stack(out)
+
+
+def _blocks(c: int) -> dict[str, torch.nn.Module]:
+    torch.manual_seed(c)
+    return {
+        "actnorm": ActNorm(c),
+        "linear": InvertibleLinear(c),
+        "coupling": AffineCoupling(c, hidden=6, clamp=1.5),
+        "random_perm": RandomPermutation(c),
+        "reverse_perm": ReversePermutation(c),
+        "glow": glow_flow(c, depth=2, hidden=6, clamp=2.0),
+    }
+
+
+@pytest.mark.parametrize("c", [2, 3, 5])
+@pytest.mark.parametrize("name", ["actnorm", "linear", "coupling", "random_perm", "reverse_perm", "glow"])
+def test_logdet_matches_autograd_jacobian(name: str, c: int) -> None:
+    block = _perturb(_blocks(c)[name].double(), seed=c).eval()
+    x = torch.randn(4, c, dtype=torch.float64)
+    _, logdet = block(x)
+    assert logdet.shape == (4,)
+    torch.testing.assert_close(logdet, _jacobian_logdets(block, x), rtol=1e-9, atol=1e-9)
+    # and the inverse's log-det is the negative, by the inverse's own Jacobian
+    y, _ = block(x)
+    _, inv_logdet = block.inverse(y)
+    jac_inv = _jacobian_logdets(block.inverse, y)
+    torch.testing.assert_close(inv_logdet, jac_inv, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(inv_logdet, -logdet, rtol=1e-9, atol=1e-9)
+
+
+def test_glow_logdet_counts_every_layer() -> None:
+    # The whole-flow log-det must include actnorm and 1x1 terms, not only couplings:
+    # a flow of only an ActNorm with log_scale = log 2 on C = 3 has log-det 3 log 2.
+    flow = glow_flow(3, depth=1, hidden=4).double().eval()
+    with torch.no_grad():
+        flow.transforms[0].log_scale.fill_(math.log(2.0))
+    x = torch.randn(2, 3, dtype=torch.float64)
+    _, logdet = flow(x)
+    lin = flow.transforms[1]
+    expected = 3 * math.log(2.0) + torch.linalg.slogdet(lin.weight()).logabsdet
+    torch.testing.assert_close(logdet, expected.expand(2))
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 9), c=st.integers(2, 7), depth=st.integers(1, 3), seed=st.integers(0, 10_000))
+def test_inverse_of_forward_is_identity(n: int, c: int, depth: int, seed: int) -> None:
+    torch.manual_seed(seed)
+    flow = _perturb(glow_flow(c, depth=depth, hidden=5).double(), seed=seed).eval()
+    x = torch.randn(n, c, dtype=torch.float64) * 3
+    y, logdet = flow(x)
+    x_back, inv_logdet = flow.inverse(y)
+    torch.testing.assert_close(x_back, x, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(inv_logdet, -logdet, rtol=1e-9, atol=1e-9)
+
+
+def test_invertible_linear_is_the_lu_product() -> None:
+    torch.manual_seed(1)
+    lin = _perturb(InvertibleLinear(4).double())
+    # W = P L U rebuilt by hand from the stored factors, with P as an explicit matrix
+    eye = torch.eye(4, dtype=torch.float64)
+    p_matrix = eye[lin.permutation]
+    lower = torch.tril(lin.lower, -1) + eye
+    upper = torch.triu(lin.upper, 1) + torch.diag(lin.sign * lin.log_s.exp())
+    w = p_matrix @ lower @ upper
+    torch.testing.assert_close(lin.weight(), w)
+    for n in (3, 10):  # fewer rows than C: factors applied in turn; more: W formed once
+        x = torch.randn(n, 4, dtype=torch.float64)
+        y, logdet = lin(x)
+        torch.testing.assert_close(y, x @ w.T)
+        torch.testing.assert_close(logdet, torch.linalg.slogdet(w).logabsdet.expand(n))
+        torch.testing.assert_close(lin.inverse(y)[0], x)
+    # starts orthogonal: volume preserving
+    fresh = InvertibleLinear(6)
+    torch.testing.assert_close(fresh.weight() @ fresh.weight().T, torch.eye(6), atol=1e-5, rtol=0)
+    assert abs(float(fresh(torch.zeros(1, 6))[1].detach())) < 1e-5
+
+
+def test_actnorm_data_dependent_init() -> None:
+    torch.manual_seed(0)
+    norm = ActNorm(4)
+    assert not bool(norm.initialized)
+    x = torch.randn(500, 4, dtype=torch.float32) * torch.tensor([0.1, 1.0, 5.0, 20.0]) + torch.tensor([-3, 0, 2, 9])
+    y, logdet = norm(x)
+    assert bool(norm.initialized)
+    torch.testing.assert_close(y.mean(0), torch.zeros(4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.var(0, unbiased=False), torch.ones(4), atol=1e-4, rtol=0)
+    # log-det is the log of the product of the scales = -sum log std (numpy-free oracle: float64 std)
+    expected = -torch.log(x.double().std(0, unbiased=False)).sum()
+    torch.testing.assert_close(logdet.double(), expected.expand(500), atol=1e-4, rtol=0)
+    # a second training call does not re-initialise
+    before = norm.log_scale.detach().clone()
+    norm(torch.randn(50, 4) + 100)
+    torch.testing.assert_close(norm.log_scale.detach(), before)
+
+
+def test_actnorm_eval_before_init_is_identity() -> None:
+    norm = ActNorm(3).eval()
+    x = torch.randn(5, 3)
+    y, logdet = norm(x)
+    assert torch.equal(y, x) and not bool(norm.initialized)
+    assert torch.equal(logdet, torch.zeros(5))
+
+
+def test_actnorm_state_dict_survives_without_reinit() -> None:
+    torch.manual_seed(0)
+    flow = glow_flow(4, depth=2, hidden=8)
+    flow(torch.randn(64, 4) * 3 + 1)  # initialises both ActNorms
+    assert "transforms.0.initialized" in flow.state_dict()
+    fresh = glow_flow(4, depth=2, hidden=8)
+    fresh.load_state_dict(flow.state_dict())
+    fresh.train()
+    other = torch.randn(10, 4) * 50 - 7  # very different data: a re-init would change outputs
+    y_ref, ld_ref = flow(other)
+    y, ld = fresh(other)
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(ld, ld_ref)
+
+
+def test_coupling_starts_as_identity_and_supports_odd_channels() -> None:
+    coupling = AffineCoupling(7, hidden=4)
+    x = torch.randn(5, 7)
+    y, logdet = coupling(x)
+    assert torch.equal(y, x) and torch.equal(logdet, torch.zeros(5))
+    assert coupling.conditioner[0].in_features == 3 and coupling.conditioner[-1].out_features == 8
+
+
+def test_coupling_log_scale_is_soft_clamped() -> None:
+    coupling = AffineCoupling(5, hidden=4, clamp=0.5)
+    with torch.no_grad():
+        coupling.conditioner[-1].bias.fill_(1e4)  # huge raw log-scales and shifts
+    x = torch.randn(3, 5)
+    _, logdet = coupling(x)
+    # 3 transformed channels, each log-scale just below the clamp 0.5
+    assert torch.all(logdet < 1.5) and torch.all(logdet > 1.49)
+
+
+def test_soft_clamp_hand_values() -> None:
+    x = torch.tensor([0.0, 2.0, -2.0, 1e9], requires_grad=True)
+    y = soft_clamp(x, 2.0)
+    # atan(1) = pi/4, so soft_clamp(c, c) = c/2
+    torch.testing.assert_close(y.detach(), torch.tensor([0.0, 1.0, -1.0, 2.0]))
+    (grad,) = torch.autograd.grad(y[0], x)
+    assert grad[0] == pytest.approx(2 / math.pi)  # d/dx c*2/pi*atan(x/c) at 0
+
+
+def test_permutation_and_inverse() -> None:
+    perm = Permutation(torch.tensor([2, 0, 1]))
+    x = torch.tensor([[1.0, 2.0, 3.0]])
+    y, _ = perm(x)
+    assert y.tolist() == [[3.0, 1.0, 2.0]]
+    assert perm.inverse(y)[0].tolist() == x.tolist()
+    assert ReversePermutation(4)(torch.arange(4.0)[None])[0].tolist() == [[3.0, 2.0, 1.0, 0.0]]
+
+
+@pytest.mark.filterwarnings("ignore:torch.triangular_solve is deprecated:UserWarning")
+def test_flow_sequence_matches_nflows_composite() -> None:
+    nflows_t = pytest.importorskip("nflows.transforms")
+    torch.manual_seed(3)
+    blocks = [ActNorm(4), nflows_t.LULinear(4), AffineCoupling(4, hidden=5), nflows_t.ReversePermutation(4)]
+    blocks = [_perturb(b, seed=i) for i, b in enumerate(blocks)]
+    ours = FlowSequence(blocks).eval()
+    theirs = nflows_t.CompositeTransform(blocks).eval()
+    x = torch.randn(6, 4)
+    y, ld = ours(x)
+    y_ref, ld_ref = theirs(x)
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(ld, ld_ref)
+    torch.testing.assert_close(ours.inverse(y)[0], x, atol=1e-4, rtol=1e-4)
+
+
+def test_bad_inputs_name_the_argument() -> None:
+    block = glow_flow(3, depth=1, hidden=4)
+    with pytest.raises(ValueError, match="inputs"):
+        block(torch.randn(2, 3, 1))
+    with pytest.raises(ValueError, match="inputs.*C=3"):
+        block(torch.randn(2, 4))
+    with pytest.raises(TypeError, match="inputs"):
+        block(torch.ones(2, 3, dtype=torch.long))
+    with pytest.raises(TypeError, match="inputs"):
+        block([[1.0, 2.0, 3.0]])
+    with pytest.raises(ValueError, match="inputs"):
+        InvertibleLinear(3).inverse(torch.randn(2, 2))
+
+
+def test_bad_constructor_arguments() -> None:
+    with pytest.raises(ValueError, match="features"):
+        ActNorm(0)
+    with pytest.raises(ValueError, match="eps"):
+        ActNorm(2, eps=0.0)
+    with pytest.raises(ValueError, match="features"):
+        AffineCoupling(1)
+    with pytest.raises(ValueError, match="hidden"):
+        AffineCoupling(4, hidden=0)
+    with pytest.raises(ValueError, match="clamp"):
+        AffineCoupling(4, clamp=0.0)
+    with pytest.raises(TypeError, match="features"):
+        InvertibleLinear(2.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="depth"):
+        glow_flow(4, depth=0)
+    with pytest.raises(ValueError, match="permutation"):
+        Permutation(torch.tensor([0, 0, 1]))
+    with pytest.raises(ValueError, match="transforms"):
+        FlowSequence([])
+    with pytest.raises(TypeError, match=r"transforms\[1\]"):
+        FlowSequence([ActNorm(2), torch.nn.Linear(2, 2)])
+    with pytest.raises(ValueError, match="clamp"):
+        soft_clamp(torch.zeros(1), -1.0)
