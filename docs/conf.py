@@ -30,7 +30,7 @@ napoleon_use_rtype = False
 napoleon_custom_sections = [("Shapes", "notes_style"), ("References", "notes_style")]
 
 autodoc_member_order = "bysource"
-autodoc_typehints = "description"
+autodoc_typehints = "signature"
 autodoc_typehints_format = "short"
 autodoc_default_options = {"members": True, "show-inheritance": False}
 autodoc_inherit_docstrings = False
