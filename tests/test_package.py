@@ -25,7 +25,11 @@ def test_version_matches_metadata_and_py_typed_ships():
     assert (Path(densessl.__file__).parent / "py.typed").exists()
 
 
-def test_every_public_name_has_a_docstring_with_an_example():
+# Public names that take or return no tensor, so have no Shapes section.
+NO_TENSORS = {"densessl.functional.ema_decay"}
+
+
+def test_every_public_name_documents_shapes_and_has_an_example():
     modules = ["densessl.density", "densessl.flows", "densessl.perturbation", "densessl.contrast",
                "densessl.teacher", "densessl.pseudo_label", "densessl.metrics", "densessl.functional"]
     missing = []
@@ -33,9 +37,12 @@ def test_every_public_name_has_a_docstring_with_an_example():
         module = importlib.import_module(module_name)
         for name in module.__all__:
             doc = getattr(module, name).__doc__ or ""
-            if "Example" not in doc or ">>>" not in doc:
-                missing.append(f"{module_name}.{name}")
-    assert not missing, f"public names without a runnable example: {missing}"
+            qualified = f"{module_name}.{name}"
+            if "Example:" not in doc or ">>>" not in doc:
+                missing.append(f"{qualified} (Example)")
+            if "Shapes:" not in doc and qualified not in NO_TENSORS:
+                missing.append(f"{qualified} (Shapes)")
+    assert not missing, f"public names with incomplete docstrings: {missing}"
 
 
 def test_library_does_not_import_examples_or_heavy_optional_packages():

@@ -46,13 +46,14 @@ class ContrastIndices(NamedTuple):
     """Which pixels :func:`hard_anchor_contrast` used, as flat pixel indices.
 
     A flat index ``i`` is pixel ``(b, h, w)`` with ``i = (b*H + h)*W + w`` (the row
-    order of :func:`~densessl.functional.flatten_pixels`). The fields:
+    order of :func:`~densessl.functional.flatten_pixels`).
 
-    - ``anchors``: ``[A]`` int64, the anchor pixels, grouped by class (ascending),
-      hardest first within a class;
-    - ``anchor_classes``: ``[A]`` int64, each anchor's class;
-    - ``negatives``: ``[A, M]`` int64, the negative pixels of each anchor, or ``None``
-      when every other-class pixel was a negative (``num_negatives=None``).
+    Shapes:
+        - anchors: ``[A]`` int64, the anchor pixels, grouped by class (ascending),
+          hardest first within a class
+        - anchor_classes: ``[A]`` int64, each anchor's class
+        - negatives: ``[A, M]`` int64, the negative pixels of each anchor, or ``None``
+          when every other-class pixel was a negative (``num_negatives=None``)
 
     Example:
         >>> import torch
