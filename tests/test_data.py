@@ -28,6 +28,7 @@ from examples.dpfr_gland.data import (
     read_instances,
     read_pair,
     write_instances,
+    write_synthetic,
 )
 from examples.dpfr_gland.synthetic import SyntheticGlands
 
@@ -319,6 +320,13 @@ def test_split_known_sizes_and_seed_dependence():
     assert not np.array_equal(a, b)
 
 
+def test_split_is_pinned_across_versions_and_platforms():
+    # The promise is the same split everywhere, not just twice in one process: pin one.
+    labelled, unlabelled = label_split(16, "1/4", seed=0)
+    assert labelled.tolist() == [2, 3, 10, 11]
+    assert unlabelled.tolist() == [0, 1, 4, 5, 6, 7, 8, 9, 12, 13, 14, 15]
+
+
 def test_parse_ratio_forms_and_errors():
     assert parse_ratio("12.5%") == parse_ratio("1/8") == parse_ratio(0.125)
     assert parse_ratio(0.1) == parse_ratio("1/10")
@@ -382,3 +390,37 @@ def test_sheet_command_writes_a_png(tmp_path):
         pixels = np.asarray(sheet)
     raw, outlined = pixels[4:44, 4:44], pixels[4:44, 44:84]
     assert (raw != outlined).any()  # the right tile carries the instance outlines
+
+
+@pytest.mark.parametrize("layout", ["glas", "crag", "folder"])
+def test_synth_into_a_used_folder_never_mixes_runs(tmp_path, layout):
+    def read_all():
+        if layout == "glas":
+            return [GlaSDataset(tmp_path, s) for s in ("train", "testA", "testB")]
+        if layout == "crag":
+            return [CRAGDataset(tmp_path, s) for s in ("train", "valid")]
+        return [FolderDataset(tmp_path / "images", tmp_path / "masks")]
+
+    write_synthetic(tmp_path, layout, 9, preset="easy", size=40, seed=0)
+    # The same run again rewrites the same files: allowed.
+    write_synthetic(tmp_path, layout, 9, preset="easy", size=40, seed=0)
+    assert sum(len(d) for d in read_all()) == 9
+    # A smaller run would leave the larger run's extra files to be read as its own samples.
+    with pytest.raises(FileExistsError, match=re.escape(str(tmp_path))):
+        write_synthetic(tmp_path, layout, 3, preset="easy", size=40, seed=1)
+    with pytest.raises(SystemExit):
+        main(["synth", "--out", str(tmp_path), "--layout", layout, "--num", "3", "--size", "40"])
+    write_synthetic(tmp_path, layout, 3, preset="easy", size=40, seed=1, overwrite=True)
+    data = read_all()
+    assert sum(len(d) for d in data) == 3
+    generator = SyntheticGlands("easy", size=40, seed=1)
+    samples = [d[i] for d in data for i in range(len(d))]
+    for index, (image, instances) in enumerate(samples):
+        np.testing.assert_array_equal(image, generator.sample(index)[0])
+        np.testing.assert_array_equal(instances, generator.sample(index)[1])
+    if layout == "glas":
+        assert all(g is not None for d in data for g in d.grades)
+    # Files that are not the layout's own are never touched.
+    (tmp_path / "notes.txt").write_text("keep")
+    write_synthetic(tmp_path, layout, 2, preset="easy", size=40, seed=1, overwrite=True)
+    assert (tmp_path / "notes.txt").read_text() == "keep"

@@ -24,3 +24,6 @@ def test_demo_runs_end_to_end(tmp_path):
     assert picture.ndim == 3 and picture.shape[1] == 4 * 96
     assert (tmp_path / "contact_sheet.png").stat().st_size > 0
     assert not list(tmp_path.glob("*.tmp*"))
+    # Rerun into the same folder, smaller and at another size: only this run's images are read.
+    again = main(["--out", str(tmp_path), "--num", "4", "--size", "48", "--steps", "2"])
+    assert again["train_images"] == 2 and again["test_images"] == 1

@@ -96,6 +96,22 @@ def test_hard_preset_has_touching_glands_and_easy_does_not():
     assert not any(easy)
 
 
+def test_presets_grow_harder_from_easy_to_medium_to_hard():
+    """Over the same indices: more glands, more touching pairs, more distractors, and a
+    larger share of the image covered by glands, strictly from easy to medium to hard."""
+    stats = []
+    for preset in ("easy", "medium", "hard"):
+        samples = [SyntheticGlands(preset, size=192, seed=3).draw(i) for i in range(6)]
+        stats.append((
+            np.mean([len(np.unique(s.instances[s.instances > 0])) for s in samples]),
+            np.mean([len(_touching_pairs(s.instances)) for s in samples]),
+            np.mean([ndimage.label(s.distractors)[1] for s in samples]),
+            np.mean([(s.instances > 0).mean() for s in samples]),
+        ))
+    for easier, harder in zip(stats, stats[1:]):
+        assert all(a < b for a, b in zip(easier, harder)), stats
+
+
 def test_distractors_are_present_and_never_labelled():
     found = 0
     for index in range(5):

@@ -233,6 +233,21 @@ def test_two_touching_squares_split_by_contour(width):
     assert set(np.unique(recovered[15, 5:20])) == {1} and set(np.unique(recovered[15, 20:35])) == {2}
 
 
+@pytest.mark.parametrize("width", [1, 2, 3])
+def test_narrowest_gland_with_an_interior_is_2w_plus_1_wide(width):
+    # The disk of radius w fits inside a band 2w + 1 wide (its centre line stays interior)
+    # but not inside one 2w wide, so such a gland has no interior and cannot come back.
+    for band, has_interior in ((2 * width, False), (2 * width + 1, True)):
+        instances = np.zeros((30, 40), dtype=np.int64)
+        instances[8 : 8 + band, 5:35] = 1
+        interior = instances_to_classes(instances, contour_width=width) == INTERIOR
+        assert interior.any() == has_interior
+        if has_interior:
+            assert (interior.sum(axis=0) <= 1).all()  # one pixel across
+        recovered = classes_to_instances(instances_to_classes(instances, width), min_size=1, dilation=width)
+        assert (recovered.max() == 1) == has_interior
+
+
 def test_image_edge_is_not_a_boundary():
     instances = np.ones((5, 5), dtype=np.int64)
     np.testing.assert_array_equal(instances_to_classes(instances, 2), np.full((5, 5), INTERIOR))

@@ -683,8 +683,24 @@ def _split_counts(num: int, weights: Sequence[int]) -> list[int]:
     return counts
 
 
+def _layout_files(out: Path, layout: str) -> set[Path]:
+    """The files under ``out`` that the reader of ``layout`` would pick up as samples."""
+    if layout == "glas":
+        folders, stem = [out], re.compile(r"^(train|testA|testB)_\d+(_anno)?$")
+    elif layout == "crag":
+        folders = [out / s / d for s in ("train", "valid") for d in ("Images", "Annotation")]
+        stem = None
+    else:
+        folders, stem = [out / "images", out / "masks"], None
+    return {
+        p for folder in folders if folder.is_dir() for p in _images_in(folder)
+        if stem is None or stem.match(p.stem)
+    }
+
+
 def write_synthetic(
-    out: str | Path, layout: str, num: int, preset: str = "medium", size: int = 256, seed: int = 0
+    out: str | Path, layout: str, num: int, preset: str = "medium", size: int = 256, seed: int = 0,
+    overwrite: bool = False,
 ) -> Path:
     """Write ``num`` synthetic gland images to ``out`` in the GlaS, CRAG or plain-folder layout.
 
@@ -694,6 +710,11 @@ def write_synthetic(
     ``images/synth_N.png`` with ``masks/synth_N.png``. Sample ``i`` of the whole run is
     ``SyntheticGlands(preset, size, seed).draw(i)``.
 
+    Files of the layout already in ``out`` that this run would not rewrite (left by an
+    earlier run with a larger ``num``, say) would be read back as samples of this run, so
+    they are an error unless ``overwrite`` is set, which deletes them first. Rewriting the
+    same files (the same command again) is always allowed.
+
     Args:
         out: the output folder (created).
         layout: ``"glas"``, ``"crag"`` or ``"folder"``.
@@ -701,12 +722,15 @@ def write_synthetic(
         preset: the :class:`~examples.dpfr_gland.synthetic.SyntheticGlands` preset.
         size: image side in pixels.
         seed: the generator seed.
+        overwrite: delete the layout's files in ``out`` that this run does not rewrite.
 
     Returns:
         ``out`` as a path.
 
     Raises:
         ValueError: unknown ``layout``, or ``num < 1``.
+        FileExistsError: ``out`` holds files of the layout that this run would not rewrite
+            and ``overwrite`` is not set (names one of them).
 
     Example:
         >>> import tempfile
@@ -726,6 +750,24 @@ def write_synthetic(
         splits = [("synth", num)]
     else:
         raise ValueError(f"layout must be 'glas', 'crag' or 'folder', got {layout!r}")
+    planned = set()
+    for split, count in splits:
+        for n in range(1, count + 1):
+            if layout == "glas":
+                planned |= {out / f"{split}_{n}.bmp", out / f"{split}_{n}_anno.bmp"}
+            elif layout == "crag":
+                planned |= {out / split / "Images" / f"{split}_{n}.png", out / split / "Annotation" / f"{split}_{n}.png"}
+            else:
+                planned |= {out / "images" / f"synth_{n}.png", out / "masks" / f"synth_{n}.png"}
+    stale = sorted(_layout_files(out, layout) - planned, key=lambda p: _natural_key(str(p)))
+    if stale and not overwrite:
+        raise FileExistsError(
+            f"{out} already holds {len(stale)} {layout}-layout file(s) this run would not rewrite, e.g. "
+            f"{stale[0]}; they would be read as samples of this run. Write to an empty folder or "
+            f"pass overwrite=True (--overwrite) to delete them"
+        )
+    for path in stale:
+        path.unlink()
     rows = []
     index = 0
     for split, count in splits:
@@ -750,7 +792,26 @@ def write_synthetic(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The data command line: ``synth`` writes synthetic glands to disk, ``sheet`` a contact sheet."""
+    """The data command line: ``synth`` writes synthetic glands to disk, ``sheet`` a contact sheet.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``); ``--help`` lists them.
+
+    Returns:
+        The exit status, 0.
+
+    Raises:
+        SystemExit: bad arguments, or ``synth`` into a folder holding files of the layout
+            that it would not rewrite, without ``--overwrite`` (see :func:`write_synthetic`);
+            argparse prints the message.
+
+    Example:
+        >>> import tempfile
+        >>> out = tempfile.mkdtemp()
+        >>> main(["synth", "--out", out, "--layout", "folder", "--num", "2", "--size", "32"])
+        wrote 2 synthetic 'medium' samples in the folder layout to ...
+        0
+    """
     parser = argparse.ArgumentParser(prog="python -m examples.dpfr_gland.data", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     synth = commands.add_parser("synth", help="write synthetic glands in the GlaS, CRAG or folder layout")
@@ -758,6 +819,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     synth.add_argument("--layout", choices=("glas", "crag", "folder"), default="glas")
     synth.add_argument("--num", type=int, default=40, help="number of images in all splits together")
     synth.add_argument("--sheet", help="also write a contact sheet PNG of the first samples here")
+    synth.add_argument("--overwrite", action="store_true",
+                       help="delete files of the layout in --out left by an earlier, larger run")
     sheet = commands.add_parser("sheet", help="write a contact sheet PNG of synthetic samples with outlines")
     sheet.add_argument("--out", required=True, help="the PNG to write")
     sheet.add_argument("--num", type=int, default=4, help="samples per preset")
@@ -771,7 +834,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.num < 1:
             parser.error(f"--num must be >= 1, got {args.num}")
         preset = args.preset or "medium"
-        out = write_synthetic(args.out, args.layout, args.num, preset=preset, size=args.size, seed=args.seed)
+        try:
+            out = write_synthetic(args.out, args.layout, args.num, preset=preset, size=args.size, seed=args.seed,
+                                  overwrite=args.overwrite)
+        except FileExistsError as error:
+            parser.error(str(error))
         print(f"wrote {args.num} synthetic '{preset}' samples in the {args.layout} layout to {out}")
         if args.sheet:
             write_contact_sheet(args.sheet, presets=(preset,), num=min(args.num, 4), size=args.size, seed=args.seed)

@@ -239,8 +239,9 @@ def classes_to_instances(
 
     Use ``dilation = contour_width`` of the targets: the interior of a gland is its erosion
     by the disk, and dilating it back by the same disk restores the gland (its opening).
-    A gland nowhere wider than ``2 * contour_width + 1`` pixels has no interior and cannot
-    come back; neither can one whose interior is smaller than ``min_size``.
+    A gland nowhere wider than ``2 * contour_width`` pixels has no interior and cannot
+    come back (a band ``2 * contour_width + 1`` wide keeps a one-pixel interior line);
+    neither can one whose interior is smaller than ``min_size``.
 
     Args:
         pred: a class map (integers in ``{0, 1, 2}``) or class scores (floats). A NumPy array
