@@ -9,8 +9,10 @@ Shape errors raise :class:`ValueError`; dtype and type errors raise :class:`Type
 from __future__ import annotations
 
 import contextlib
+import numbers
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -206,15 +208,23 @@ def check_number(
     low_inclusive: bool = True,
     high_inclusive: bool = True,
     integer: bool = False,
+    finite: bool = False,
 ) -> float | int:
-    """A real (or integer) constructor argument within ``[low, high]``; raises ``ValueError``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """A real (or integer) constructor argument within ``[low, high]``; raises ``ValueError``.
+
+    With ``finite=True`` an infinite value is refused too (NaN always is).
+    """
+    # numbers.Real / Integral also admit numpy scalars (config values often are); bools are refused.
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         kind = "an integer" if integer else "a number"
         raise TypeError(f"{name} must be {kind}, got {type(value).__name__}")
-    if integer and not isinstance(value, int):
+    if integer and not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {value!r}")
+    value = int(value) if isinstance(value, numbers.Integral) else float(value)
     if value != value:  # NaN
         raise ValueError(f"{name} must not be NaN")
+    if finite and value in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be finite, got {value}")
     if low is not None and (value < low or (not low_inclusive and value == low)):
         op = ">=" if low_inclusive else ">"
         raise ValueError(f"{name} must be {op} {low}, got {value}")

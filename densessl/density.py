@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ._checks import check_features, check_labels, check_mask, check_number, check_same_spatial, check_tensor
-from .flows import glow_flow
+from .flows import ActNorm, glow_flow
 from .functional._density import diagonal_normal_log_prob, mixture_log_prob, mixture_posterior
 from .functional._pixels import flatten_pixels, unflatten_pixels
 
@@ -43,9 +43,11 @@ class GaussianMixturePrior(nn.Module):
     Shapes:
         - z: ``[N, D]``, floating point
         - labels: ``[N]``, integer, ``0..K-1`` or ``ignore_index``
+        - returns: ``[N, K]`` (``log_prob_per_class``, ``posterior``) or ``[N]``
+          (``log_prob``), float32 (float64 for float64 ``z``), autocast disabled
 
     Raises:
-        ValueError: ``num_classes < 1``, ``features < 1``, ``mean_scale < 0``, or inputs of
+        ValueError: ``num_classes < 1``, ``features < 1``, ``mean_scale < 0`` or infinite, or inputs of
             the wrong shape or labels out of range.
 
     Example:
@@ -68,7 +70,7 @@ class GaussianMixturePrior(nn.Module):
         super().__init__()
         self.num_classes = int(check_number("num_classes", num_classes, low=1, integer=True))
         self.features = int(check_number("features", features, low=1, integer=True))
-        scale = float(check_number("mean_scale", mean_scale, low=0.0))
+        scale = float(check_number("mean_scale", mean_scale, low=0.0, finite=True))
         self.means = nn.Parameter(scale * torch.randn(self.num_classes, self.features))
         log_scales = torch.zeros(self.num_classes, self.features)
         logits = torch.zeros(self.num_classes)
@@ -105,8 +107,13 @@ class GaussianMixturePrior(nn.Module):
 
 
 def _uninitialized(module: nn.Module) -> bool:
-    # ActNorm-like blocks (ours and nflows') carry a boolean ``initialized`` buffer.
+    # ActNorm-like blocks (ours and nflows') carry a boolean ``initialized`` buffer; ours
+    # also keep a host-side mirror, so a training step does not sync on reading it.
     for m in module.modules():
+        if isinstance(m, ActNorm):
+            if not m.is_initialized():
+                return True
+            continue
         flag = getattr(m, "initialized", None)
         if isinstance(flag, torch.Tensor) and flag.numel() == 1 and not bool(flag):
             return True
@@ -349,17 +356,18 @@ class FlowDensityHead(nn.Module):
             ``mean(-log p)`` over used pixels, or that divided by ``C`` if ``per_dim``.
         """
         if mask is not None:
-            check_features("features", features)
-            check_mask("mask", mask)
-            check_same_spatial("features", features, "mask", mask)
+            features = check_features("features", features)
+            b, _, h, w = features.shape
+            check_mask("mask", mask, shape=(b, h, w))
         log_p = self._log_prob_rows(features, labels)
         if mask is None:
-            total, count = -log_p.sum(), log_p.numel()
+            loss = -log_p.sum() / max(log_p.numel(), 1)
         else:
             used = mask.reshape(-1)
-            total, count = -(log_p * used).sum(), int(used.sum())
-        # No used pixel: total is an exact zero connected to the graph; divide by 1, not 0.
-        loss = total / max(count, 1)
+            total = -torch.where(used, log_p, torch.zeros_like(log_p)).sum()
+            # No used pixel: total is an exact zero connected to the graph; divide by 1,
+            # not 0. The count stays a tensor: no host sync in the training step.
+            loss = total / used.sum().clamp_min(1).to(log_p.dtype)
         return loss / self.channels if per_dim else loss
 
     def posterior(self, features: torch.Tensor) -> torch.Tensor:

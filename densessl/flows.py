@@ -6,7 +6,9 @@ returns ``(outputs, logabsdet)`` with ``logabsdet`` of shape ``[N]``, from both
 interface of ``nflows.transforms.Transform``, so these blocks and nflows transforms
 can be mixed in a :class:`FlowSequence`, wrapped by an ``nflows`` ``Flow``, or passed
 to :class:`densessl.density.FlowDensityHead` — without nflows being a dependency.
-The blocks are unconditional: ``context`` is accepted and ignored.
+The blocks are unconditional: ``context`` is accepted and ignored. Blocks with
+parameters compute in their parameters' dtype: float16/bfloat16/float32 rows are cast
+to it, float64 rows need a float64 block (``.double()``), else ``TypeError``.
 
 References:
     Kingma & Dhariwal, "Glow: Generative Flow with Invertible 1x1 Convolutions" (2018).
@@ -34,12 +36,26 @@ __all__ = [
 ]
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_INTS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
-def _check_rows(inputs: object, features: int) -> torch.Tensor:
+def _check_rows(inputs: object, features: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Validate ``[N, C]`` rows; with ``dtype`` (the block's parameter dtype), bring them to it.
+
+    Lower-precision rows are upcast (the block's math runs in its own precision);
+    float64 rows given to a lower-precision block are refused, as by
+    :class:`~densessl.density.FlowDensityHead`, instead of failing inside a matmul.
+    """
     rows = check_tensor("inputs", inputs, ndim=2, dims="[N, C]", dtypes=_FLOATS)
     if rows.shape[1] != features:
         raise ValueError(f"inputs must have C={features} columns [N, C], got shape {tuple(rows.shape)}")
+    if dtype is not None and rows.dtype != dtype:
+        if rows.dtype == torch.float64:
+            raise TypeError(
+                f"inputs has dtype float64 but the block's parameters are {str(dtype).replace('torch.', '')}; "
+                "call .double() on the block or pass float32 inputs"
+            )
+        rows = rows.to(dtype)
     return rows
 
 
@@ -55,6 +71,9 @@ class ActNorm(nn.Module):
     data-dependent initialisation). The ``initialized`` flag is a persistent buffer:
     a module loaded from a ``state_dict`` keeps its parameters and never
     re-initialises. Before initialisation (e.g. in eval mode) the block is the identity.
+    Once seen initialised, the flag is not read back again (no device sync per training
+    step) until the next ``load_state_dict``; to re-initialise, load an uninitialised
+    state or call :meth:`initialize`.
 
     Args:
         features: number of channels ``C``.
@@ -65,7 +84,8 @@ class ActNorm(nn.Module):
         - returns: ``(outputs [N, C], logabsdet [N])``; ``logabsdet = sum(log_scale)``
 
     Raises:
-        ValueError: ``features < 1``, ``eps <= 0``, or inputs of the wrong shape.
+        ValueError: ``features < 1``, ``eps <= 0`` or infinite, or inputs of the wrong shape.
+        TypeError: non-float inputs, or float64 inputs to a float32 block.
 
     Example:
         >>> import torch
@@ -82,10 +102,25 @@ class ActNorm(nn.Module):
     def __init__(self, features: int, eps: float = 1e-6) -> None:
         super().__init__()
         self.features = _check_features(features)
-        self.eps = float(check_number("eps", eps, low=0.0, low_inclusive=False))
+        self.eps = float(check_number("eps", eps, low=0.0, low_inclusive=False, finite=True))
         self.log_scale = nn.Parameter(torch.zeros(self.features))
         self.shift = nn.Parameter(torch.zeros(self.features))
         self.register_buffer("initialized", torch.tensor(False), persistent=True)
+        # Host-side mirror of ``initialized`` once it has been seen True, so that a
+        # training forward does not read the buffer back (a device sync) every call.
+        # Reset whenever a state dict is loaded (the buffer is then read once more).
+        self._known_initialized = False
+
+    def _load_from_state_dict(self, *args: object, **kwargs: object) -> None:
+        super()._load_from_state_dict(*args, **kwargs)  # type: ignore[arg-type]
+        self._known_initialized = False
+
+    def is_initialized(self) -> bool:
+        """Whether the data-dependent initialisation has happened (reads the buffer at most
+        until it is first seen True, or again after ``load_state_dict``)."""
+        if not self._known_initialized and bool(self.initialized):
+            self._known_initialized = True
+        return self._known_initialized
 
     @torch.no_grad()
     def initialize(self, inputs: torch.Tensor) -> None:
@@ -100,11 +135,12 @@ class ActNorm(nn.Module):
         self.log_scale.copy_(-torch.log(std))
         self.shift.copy_(-mean / std)
         self.initialized.fill_(True)
+        self._known_initialized = True
 
     def forward(self, inputs: torch.Tensor, context: object = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``y = x * exp(log_scale) + shift`` (initialising first, in training, if needed)."""
-        rows = _check_rows(inputs, self.features)
-        if self.training and not bool(self.initialized):
+        rows = _check_rows(inputs, self.features, self.log_scale.dtype)
+        if self.training and not self.is_initialized():
             self.initialize(rows)
         outputs = rows * torch.exp(self.log_scale) + self.shift
         logabsdet = self.log_scale.sum().expand(rows.shape[0])
@@ -112,7 +148,7 @@ class ActNorm(nn.Module):
 
     def inverse(self, inputs: torch.Tensor, context: object = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``x = (y - shift) * exp(-log_scale)``."""
-        rows = _check_rows(inputs, self.features)
+        rows = _check_rows(inputs, self.features, self.log_scale.dtype)
         outputs = (rows - self.shift) * torch.exp(-self.log_scale)
         logabsdet = (-self.log_scale.sum()).expand(rows.shape[0])
         return outputs, logabsdet
@@ -139,6 +175,7 @@ class InvertibleLinear(nn.Module):
 
     Raises:
         ValueError: ``features < 1`` or inputs of the wrong shape.
+        TypeError: non-float inputs, or float64 inputs to a float32 block.
 
     Example:
         >>> import torch
@@ -184,7 +221,7 @@ class InvertibleLinear(nn.Module):
 
     def forward(self, inputs: torch.Tensor, context: object = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``y = x @ W.T`` with ``log|det W| = sum(log_s)``."""
-        rows = _check_rows(inputs, self.features)
+        rows = _check_rows(inputs, self.features, self.log_s.dtype)
         if rows.shape[0] >= self.features:
             outputs = nn.functional.linear(rows, self.weight())
         else:  # y = ((x U^T) L^T) P^T
@@ -194,7 +231,7 @@ class InvertibleLinear(nn.Module):
 
     def inverse(self, inputs: torch.Tensor, context: object = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Solve ``x @ W.T = y``: ``x = y P L^-T U^-T`` by two triangular solves."""
-        rows = _check_rows(inputs, self.features)
+        rows = _check_rows(inputs, self.features, self.log_s.dtype)
         lower, upper = self._factors()
         t = rows[:, self.inverse_permutation]  # y @ P
         t = torch.linalg.solve_triangular(lower.T, t, upper=True, left=False, unitriangular=True)
@@ -214,6 +251,7 @@ class Permutation(nn.Module):
 
     Raises:
         ValueError: ``permutation`` is not a 1-D permutation of ``0..C-1``.
+        TypeError: ``permutation`` is not an integer tensor.
 
     Example:
         >>> import torch
@@ -228,9 +266,11 @@ class Permutation(nn.Module):
 
     def __init__(self, permutation: torch.Tensor) -> None:
         super().__init__()
-        permutation = check_tensor("permutation", permutation, ndim=1, dims="[C]")
+        permutation = check_tensor("permutation", permutation, ndim=1, dims="[C]", dtypes=_INTS,
+                                   dtype_words="an integer type (int64 preferred)")
         d = permutation.numel()
-        if d < 1 or not torch.equal(torch.sort(permutation.long()).values, torch.arange(d)):
+        expected = torch.arange(d, device=permutation.device)
+        if d < 1 or not torch.equal(torch.sort(permutation.long()).values, expected):
             raise ValueError(f"permutation must be a permutation of 0..C-1, got {permutation.tolist()}")
         self.features = d
         self.register_buffer("permutation", permutation.long().clone())
@@ -310,7 +350,8 @@ class AffineCoupling(nn.Module):
         - returns: ``(outputs [N, C], logabsdet [N])``
 
     Raises:
-        ValueError: ``features < 2``, ``hidden < 1``, ``clamp <= 0``, or inputs of the wrong shape.
+        ValueError: ``features < 2``, ``hidden < 1``, ``clamp <= 0`` or infinite, or inputs of the wrong shape.
+        TypeError: non-float inputs, or float64 inputs to a float32 block.
 
     Example:
         >>> import torch
@@ -326,7 +367,7 @@ class AffineCoupling(nn.Module):
         super().__init__()
         self.features = _check_features(features, minimum=2)
         self.hidden = int(check_number("hidden", hidden, low=1, integer=True))
-        self.clamp = float(check_number("clamp", clamp, low=0.0, low_inclusive=False))
+        self.clamp = float(check_number("clamp", clamp, low=0.0, low_inclusive=False, finite=True))
         self.split = self.features // 2
         out = self.features - self.split
         self.conditioner = nn.Sequential(
@@ -346,7 +387,7 @@ class AffineCoupling(nn.Module):
 
     def forward(self, inputs: torch.Tensor, context: object = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``y2 = x2 * exp(s(x1)) + t(x1)``; ``y1 = x1``."""
-        rows = _check_rows(inputs, self.features)
+        rows = _check_rows(inputs, self.features, self.conditioner[0].weight.dtype)
         x1, x2 = rows[:, : self.split], rows[:, self.split :]
         log_scale, shift = self._scale_shift(x1)
         outputs = torch.cat([x1, x2 * torch.exp(log_scale) + shift], dim=1)
@@ -354,7 +395,7 @@ class AffineCoupling(nn.Module):
 
     def inverse(self, inputs: torch.Tensor, context: object = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``x2 = (y2 - t(y1)) * exp(-s(y1))``; ``x1 = y1``."""
-        rows = _check_rows(inputs, self.features)
+        rows = _check_rows(inputs, self.features, self.conditioner[0].weight.dtype)
         y1, y2 = rows[:, : self.split], rows[:, self.split :]
         log_scale, shift = self._scale_shift(y1)
         outputs = torch.cat([y1, (y2 - shift) * torch.exp(-log_scale)], dim=1)

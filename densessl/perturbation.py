@@ -72,7 +72,7 @@ class DensityPerturbation(nn.Module):
     Raises:
         TypeError: ``density`` has no callable ``log_prob``, ``head`` is not callable,
             or inputs have wrong dtypes.
-        ValueError: ``xi < 0``, ``eps <= 0``, or inputs of the wrong shape.
+        ValueError: ``xi < 0`` or infinite, ``eps <= 0``, or inputs of the wrong shape.
 
     References:
         Wang et al., "Density-Descending Feature Perturbation for Semi-supervised
@@ -108,7 +108,7 @@ class DensityPerturbation(nn.Module):
             raise TypeError(f"head must be a module or callable, got {type(head).__name__}")
         if not isinstance(relative, bool):
             raise TypeError(f"relative must be a bool, got {type(relative).__name__}")
-        self.xi = float(check_number("xi", xi, low=0.0))
+        self.xi = float(check_number("xi", xi, low=0.0, finite=True))
         self.eps = float(check_number("eps", eps, low=0.0, low_inclusive=False))
         self.relative = relative
         # Written into __dict__ so that nn.Module.__setattr__ does not register them

@@ -33,7 +33,8 @@ class EMATeacher(nn.Module):
     r"""A frozen copy of the student that follows it by exponential moving average.
 
     ``update(student)`` is update number ``t`` (``t`` = updates done before it, kept in
-    the ``num_updates`` buffer, so it is saved in ``state_dict``) and applies
+    the ``num_updates`` buffer, so it is saved in ``state_dict``; a host-side copy is
+    used in ``update`` so that no step reads the device) and applies
     :math:`\theta_T \leftarrow d_t\,\theta_T + (1 - d_t)\,\theta_S` with
     :math:`d_t = \min(1 - 1/(t+1),\ \text{decay})` to every parameter, using fused
     ``torch._foreach_*`` kernels (:func:`densessl.functional.ema_update_`). The first
@@ -99,6 +100,14 @@ class EMATeacher(nn.Module):
         self.model = copy.deepcopy(_unwrap(student))
         self.model.requires_grad_(False)
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        # Host-side copy of num_updates: the decay schedule needs t as a Python number,
+        # and reading the buffer back every step would sync the device. Refreshed from
+        # the buffer when a state dict is loaded.
+        self._step = 0
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._step = int(self.num_updates)
 
     def extra_repr(self) -> str:
         return f"decay={self.decay}, buffers={self.buffers_mode!r}"
@@ -160,7 +169,7 @@ class EMATeacher(nn.Module):
         if self.buffers_mode != "none":
             self._paired("buffers", t_bufs, s_bufs)
 
-        decay = ema_decay(int(self.num_updates), self.decay)
+        decay = ema_decay(self._step, self.decay)
         ema_update_([p for _, p in t_params], [p.detach() for _, p in s_params], decay)
         if self.buffers_mode == "copy" and t_bufs:
             torch._foreach_copy_([b for _, b in t_bufs], [b for _, b in s_bufs])
@@ -172,3 +181,4 @@ class EMATeacher(nn.Module):
             if others:
                 torch._foreach_copy_([t for t, _ in others], [s for _, s in others])
         self.num_updates += 1
+        self._step += 1

@@ -316,3 +316,90 @@ def test_bad_constructor_arguments() -> None:
         FlowDensityHead(4, 2, transform=torch.nn.Linear(4, 4))
     with pytest.raises(ValueError, match="mean_scale"):
         GaussianMixturePrior(2, 3, mean_scale=-1.0)
+
+
+# --- review fixes ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 3, 3), (3, 3), (2, 3), (1, 3, 3)])
+def test_nll_mask_of_the_wrong_shape_names_mask(shape) -> None:
+    # [B, 1, H, W] used to pass check_same_spatial and be accepted silently; [H, W] with
+    # B == H crashed in a broadcast without naming the argument.
+    head = FlowDensityHead(4, 2, depth=1, hidden=4)
+    with pytest.raises(ValueError, match="mask"):
+        head.nll(torch.randn(2, 4, 3, 3) if shape != (3, 3) else torch.randn(3, 4, 3, 3),
+                 mask=torch.ones(shape, dtype=torch.bool))
+
+
+class _NoHostReads:
+    """Make every tensor -> Python read (a device sync on GPU) raise, to pin hot paths."""
+
+    names = ("__bool__", "__int__", "__float__", "__index__", "item", "tolist")
+
+    def __init__(self, monkeypatch) -> None:
+        self.monkeypatch = monkeypatch
+
+    def __enter__(self) -> None:
+        def refuse(*args, **kwargs):
+            raise AssertionError("host read of a tensor in a hot path")
+
+        for name in self.names:
+            self.monkeypatch.setattr(torch.Tensor, name, refuse)
+
+    def __exit__(self, *exc) -> None:
+        self.monkeypatch.undo()
+
+
+@pytest.mark.parametrize("chunk_size", [None, 7])
+def test_training_step_of_the_head_reads_nothing_back_to_the_host(monkeypatch, chunk_size) -> None:
+    # ActNorm used to read its `initialized` buffer and nll its used-pixel count on every
+    # training call: a device sync per step on GPU.
+    from densessl import finite_checks
+
+    torch.manual_seed(0)
+    head = FlowDensityHead(4, 2, depth=2, hidden=8, chunk_size=chunk_size).train()
+    x = torch.randn(2, 4, 5, 5)
+    mask = torch.rand(2, 5, 5) > 0.3
+    head.nll(x, mask=mask).backward()  # initialises ActNorm (one read is fine here)
+    expected = head.nll(x, mask=mask)
+    with finite_checks(False), _NoHostReads(monkeypatch):
+        loss = head.nll(x, mask=mask)
+        loss.backward()
+        head.nll(x)
+    torch.testing.assert_close(loss, expected)
+    # a loaded state dict is read again: an uninitialised state re-initialises
+    fresh = FlowDensityHead(4, 2, depth=2, hidden=8, chunk_size=chunk_size).train()
+    head.load_state_dict(fresh.state_dict())
+    head.nll(x * 10 + 3)
+    assert all(bool(m.initialized) for m in head.modules() if isinstance(m, ActNorm))
+    z0, _ = head.transform.transforms[0](flatten_pixels(x * 10 + 3)[:: 8 if chunk_size else 1])
+    torch.testing.assert_close(z0.mean(0), torch.zeros(4), atol=1e-4, rtol=0)
+
+
+def test_prior_density_math_is_float32_under_autocast_and_for_half_inputs() -> None:
+    # GaussianMixturePrior is public: used on its own under bf16 autocast its expanded
+    # quadratic form ran in bfloat16 (errors of ~0.2 nats at D = 4, worse with D).
+    torch.manual_seed(0)
+    prior = GaussianMixturePrior(3, 16)
+    z = torch.randn(50, 16) * 3
+    labels = torch.randint(0, 3, (50,))
+    expected = prior.log_prob(z, labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = prior.log_prob(z, labels)
+        post = prior.posterior(z)
+    assert got.dtype == torch.float32 and post.dtype == torch.float32
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(post, prior.posterior(z))
+    half = prior.log_prob(z.half())
+    assert half.dtype == torch.float32
+    torch.testing.assert_close(half, prior.log_prob(z.half().float()))
+
+
+def test_infinite_constructor_numbers_are_refused() -> None:
+    # mean_scale=inf gave infinite means and NaN log-densities; clamp=inf NaN log-scales.
+    import math
+
+    with pytest.raises(ValueError, match="mean_scale.*finite"):
+        GaussianMixturePrior(2, 3, mean_scale=math.inf)
+    with pytest.raises(ValueError, match="clamp.*finite"):
+        FlowDensityHead(4, 2, clamp=math.inf)

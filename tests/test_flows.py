@@ -250,3 +250,46 @@ def test_bad_constructor_arguments() -> None:
         FlowSequence([ActNorm(2), torch.nn.Linear(2, 2)])
     with pytest.raises(ValueError, match="clamp"):
         soft_clamp(torch.zeros(1), -1.0)
+
+
+@pytest.mark.parametrize("name", ["actnorm", "linear", "coupling", "glow"])
+def test_blocks_cast_low_precision_rows_and_refuse_float64_into_float32(name: str) -> None:
+    # The blocks accepted float16/bfloat16/float64 rows in their check and then failed
+    # inside a matmul ("expected m1 and m2 to have the same dtype").
+    block = _perturb(_blocks(4)[name]).eval()
+    x = torch.randn(6, 4)
+    y_ref, ld_ref = block(x.half().float())
+    for dtype in (torch.float16, torch.bfloat16):
+        y, ld = block(x.to(dtype))
+        assert y.dtype == torch.float32 and ld.dtype == torch.float32
+        back = x.to(dtype).float()
+        torch.testing.assert_close(y, block(back)[0])
+        torch.testing.assert_close(block.inverse(y.to(dtype))[0], block.inverse(y.to(dtype).float())[0])
+    torch.testing.assert_close(block(x.half())[0], y_ref)
+    with pytest.raises(TypeError, match="inputs.*float64"):
+        block(x.double())
+    with pytest.raises(TypeError, match="inputs.*float64"):
+        block.inverse(x.double())
+    block64 = block.double()
+    assert block64(x)[0].dtype == torch.float64  # float32 rows into a float64 block: upcast
+
+
+def test_permutation_must_be_an_integer_tensor() -> None:
+    # [1.5, 0.0] used to be truncated to [1, 0] silently.
+    with pytest.raises(TypeError, match="permutation"):
+        Permutation(torch.tensor([1.5, 0.0]))
+    with pytest.raises(TypeError, match="permutation"):
+        Permutation(torch.tensor([1.0, 0.0]))
+    assert Permutation(torch.tensor([1, 0], dtype=torch.int32)).permutation.dtype == torch.long
+
+
+def test_infinite_clamp_and_eps_are_refused() -> None:
+    # clamp=inf gave soft_clamp = inf * atan(0) = NaN log-scales; eps=inf a -inf log-det.
+    with pytest.raises(ValueError, match="clamp.*finite"):
+        AffineCoupling(4, clamp=math.inf)
+    with pytest.raises(ValueError, match="clamp.*finite"):
+        soft_clamp(torch.zeros(1), math.inf)
+    with pytest.raises(ValueError, match="clamp.*finite"):
+        glow_flow(4, clamp=math.inf)
+    with pytest.raises(ValueError, match="eps.*finite"):
+        ActNorm(3, eps=math.inf)

@@ -84,11 +84,23 @@ def test_downsample_same_size_is_a_copy_and_upsampling_works():
         (dict(labels=torch.zeros(1, 4, 4, dtype=torch.long), size=2, mode="bilinear"), ValueError, "mode"),
         (dict(labels=torch.full((1, 4, 4), 7), size=2, num_classes=3, mode="majority"), ValueError, "labels"),
         (dict(labels=torch.full((1, 4, 4), -1), size=2, num_classes=3), ValueError, "labels"),
+        # negative labels are out of range even without num_classes (nearest used to pass them
+        # through silently, majority crashed in one_hot without naming the argument)
+        (dict(labels=torch.full((1, 4, 4), -3), size=2), ValueError, "labels"),
+        (dict(labels=torch.full((1, 4, 4), -3), size=2, mode="majority"), ValueError, "labels"),
+        (dict(labels=torch.full((1, 4, 4), -3), size=4), ValueError, "labels"),
     ],
 )
 def test_downsample_rejects_bad_input(kwargs, exc, word):
     with pytest.raises(exc, match=word):
         downsample_labels(**kwargs)
+
+
+def test_downsample_negative_ignore_index_is_allowed():
+    y = torch.tensor([[[-1, -1], [0, 1]]])
+    assert downsample_labels(y, 1, ignore_index=-1, mode="majority").tolist() == [[[0]]]
+    assert downsample_labels(y, (2, 1), ignore_index=-1).tolist() == [[[-1], [1]]]
+    assert downsample_labels(torch.full((1, 2, 2), -1), 1, ignore_index=-1, mode="majority").tolist() == [[[-1]]]
 
 
 # --------------------------------------------------------------------------- cross-entropy
@@ -147,6 +159,15 @@ def test_masked_ce_half_precision_logits_give_float32_loss():
         (torch.randn(1, 3, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long), {"weight": torch.ones(2)}, ValueError,
          "weight"),
         (torch.full((1, 3, 2, 2), float("nan")), torch.zeros(1, 2, 2, dtype=torch.long), {}, ValueError, "logits"),
+        # weight that is not a float [K] tensor used to raise AttributeError or be cast silently
+        (torch.randn(1, 3, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long), {"weight": [1.0, 2.0, 3.0]}, TypeError,
+         "weight"),
+        (torch.randn(1, 3, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long), {"weight": torch.ones(3, 1)}, ValueError,
+         "weight"),
+        (torch.randn(1, 3, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long), {"weight": torch.ones(3, dtype=torch.long)},
+         TypeError, "weight"),
+        (torch.randn(1, 3, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long),
+         {"weight": torch.tensor([1.0, float("nan"), 1.0])}, ValueError, "weight"),
     ],
 )
 def test_masked_ce_rejects_bad_input(logits, labels, kw, exc, word):
@@ -185,3 +206,18 @@ def test_finite_checks_can_be_switched_off_and_restore():
     with densessl.finite_checks(False):
         masked_cross_entropy(bad, labels)  # no check; the caller asked for speed
     assert densessl.finite_checks_enabled()
+
+
+def test_numpy_scalars_are_accepted_as_numbers_and_bools_are_not():
+    import densessl._checks as checks
+
+    assert checks.check_number("xi", np.float32(2.5), low=0.0) == 2.5
+    assert type(checks.check_number("n", np.int64(3), low=1, integer=True)) is int
+    with pytest.raises(TypeError, match="n must be an integer"):
+        checks.check_number("n", np.float64(3.0), integer=True)
+    with pytest.raises(TypeError, match="flag"):
+        checks.check_number("flag", np.bool_(True))
+    with pytest.raises(TypeError, match="flag"):
+        checks.check_number("flag", True)
+    layer = densessl.HardAnchorContrast(temperature=np.float64(0.5), num_anchors=np.int64(8))
+    assert layer.num_anchors == 8

@@ -392,3 +392,11 @@ def test_integration_with_flow_density_head():
     with torch.no_grad():
         flow.eval()
         assert bool((flow.log_prob(small, labels) < flow.log_prob(features, labels)).all())
+
+
+def test_infinite_xi_is_refused():
+    # xi=inf used to return infinite features (and NaN at flat pixels: 0 * inf).
+    with pytest.raises(ValueError, match="xi.*finite"):
+        DensityPerturbation(GaussianDensity(3), xi=math.inf)
+    with pytest.raises(ValueError, match="xi.*finite"):
+        density_perturbation(torch.randn(1, 3, 2, 2), lambda f: -f.square().sum(1), xi=math.inf)

@@ -230,3 +230,35 @@ def test_bad_constructor_arguments():
         EMATeacher(make_student(), buffers="average")
     with pytest.raises(TypeError, match="student"):
         EMATeacher(lambda x: x)
+
+
+def test_update_reads_nothing_back_to_the_host_and_resumes_after_load(monkeypatch):
+    # update() used to read num_updates back (int(buffer)): a device sync every step on GPU.
+    student = make_student()
+    teacher = EMATeacher(student, decay=0.9, buffers="ema")
+    opt = torch.optim.SGD(student.parameters(), lr=0.1)
+    gen = torch.Generator().manual_seed(0)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("host read of a tensor in EMATeacher.update")
+
+    train_step(student, opt, gen)
+    teacher.update(student)
+    with monkeypatch.context() as m:
+        for name in ("__bool__", "__int__", "__float__", "__index__", "item", "tolist"):
+            m.setattr(torch.Tensor, name, refuse)
+        for _ in range(3):
+            train_step(student, opt, gen)
+            teacher.update(student)
+    assert int(teacher.num_updates) == 4
+    # a loaded teacher continues the schedule at t = 4 (decay min(1 - 1/5, 0.9) = 0.8)
+    loaded = EMATeacher(make_student(seed=5), decay=0.9, buffers="ema")
+    loaded.load_state_dict(teacher.state_dict())
+    train_step(student, opt, gen)
+    before = loaded.model[0].weight.detach().clone()
+    loaded.update(student)
+    torch.testing.assert_close(loaded.model[0].weight, 0.8 * before + 0.2 * student[0].weight.detach())
+    # and loading an earlier state rewinds it (t = 0: a copy)
+    loaded.load_state_dict(EMATeacher(make_student(), decay=0.9).state_dict())
+    loaded.update(student)
+    torch.testing.assert_close(loaded.model[0].weight, student[0].weight.detach())

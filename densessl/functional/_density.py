@@ -34,7 +34,7 @@ def soft_clamp(x: torch.Tensor, clamp: float) -> torch.Tensor:
         - returns: the same shape and dtype, values in ``(-clamp, clamp)``
 
     Raises:
-        ValueError: ``clamp`` is not positive.
+        ValueError: ``clamp`` is not positive and finite.
 
     References:
         Ardizzone et al., "Guided Image Generation with Conditional Invertible Neural
@@ -46,7 +46,7 @@ def soft_clamp(x: torch.Tensor, clamp: float) -> torch.Tensor:
         >>> soft_clamp(torch.tensor([0.0, 1e6, -1e6]), 2.0)
         tensor([ 0.0000,  2.0000, -2.0000])
     """
-    check_number("clamp", clamp, low=0.0, low_inclusive=False)
+    check_number("clamp", clamp, low=0.0, low_inclusive=False, finite=True)
     return (2.0 * clamp / math.pi) * torch.atan(x / clamp)
 
 
@@ -66,7 +66,8 @@ def diagonal_normal_log_prob(z: torch.Tensor, means: torch.Tensor, log_scales: t
         - z: ``[N, D]``, floating point
         - means: ``[K, D]``
         - log_scales: ``[K, D]``
-        - returns: ``[N, K]``, dtype of ``z``
+        - returns: ``[N, K]``, float32 (float64 for float64 ``z``), computed with
+          autocast disabled
 
     Raises:
         ValueError: wrong ranks or mismatched ``D``/``K``.
@@ -88,14 +89,19 @@ def diagonal_normal_log_prob(z: torch.Tensor, means: torch.Tensor, log_scales: t
         raise ValueError(
             f"log_scales must have the shape of means {tuple(means.shape)}, got shape {tuple(log_scales.shape)}"
         )
-    means = means.to(z.dtype)
-    log_scales = log_scales.to(z.dtype)
-    inv_var = torch.exp(-2.0 * log_scales)  # [K, D]
-    # sum_d (z - mu)^2 / s^2 = z^2 . (1/s^2) - 2 z . (mu/s^2) + mu^2 . (1/s^2)
-    quad = (z * z) @ inv_var.T - 2.0 * (z @ (means * inv_var).T) + (means * means * inv_var).sum(dim=1)
-    quad = quad.clamp_min(0.0)  # rounding of the expansion can dip a hair below zero
-    const = log_scales.sum(dim=1) + 0.5 * z.shape[1] * _LOG_2PI  # [K]
-    return -0.5 * quad - const
+    # Density math in float32 (float64 for float64 z) with autocast off: the expanded
+    # quadratic form cancels catastrophically in bfloat16/float16 matrix products.
+    work = torch.float64 if z.dtype == torch.float64 else torch.float32
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        z = z.to(work)
+        means = means.to(work)
+        log_scales = log_scales.to(work)
+        inv_var = torch.exp(-2.0 * log_scales)  # [K, D]
+        # sum_d (z - mu)^2 / s^2 = z^2 . (1/s^2) - 2 z . (mu/s^2) + mu^2 . (1/s^2)
+        quad = (z * z) @ inv_var.T - 2.0 * (z @ (means * inv_var).T) + (means * means * inv_var).sum(dim=1)
+        quad = quad.clamp_min(0.0)  # rounding of the expansion can dip a hair below zero
+        const = log_scales.sum(dim=1) + 0.5 * z.shape[1] * _LOG_2PI  # [K]
+        return -0.5 * quad - const
 
 
 def _check_per_class(per_class: torch.Tensor, mixture_logits: torch.Tensor) -> None:

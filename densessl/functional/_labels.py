@@ -8,7 +8,16 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .._checks import check_labels, check_logits, check_mask, check_number, check_same_spatial
+from .._checks import (
+    FLOAT_DTYPES,
+    check_finite,
+    check_labels,
+    check_logits,
+    check_mask,
+    check_number,
+    check_same_spatial,
+    check_tensor,
+)
 
 __all__ = ["downsample_labels", "masked_cross_entropy"]
 
@@ -52,7 +61,8 @@ def downsample_labels(
 
     Raises:
         ValueError: bad ``size``/``mode``, a label map of the wrong rank, or labels
-            outside ``0..K-1`` that are not ``ignore_index``.
+            outside ``0..K-1`` that are not ``ignore_index`` (without ``num_classes``:
+            negative labels that are not ``ignore_index``).
         TypeError: non-integer labels.
 
     Example:
@@ -71,6 +81,13 @@ def downsample_labels(
     if num_classes is not None:
         check_number("num_classes", num_classes, low=1, integer=True)
     labels = check_labels("labels", labels, num_classes=num_classes, ignore_index=ignore_index)
+    if num_classes is None and labels.numel():
+        # Without K only the lower bound is known: a negative label that is not
+        # ignore_index is out of range (it would pass "nearest" silently and crash one_hot).
+        negative = (labels < 0) & (labels != ignore_index)
+        if bool(negative.any()):
+            raise ValueError(f"labels must hold class indices >= 0 or ignore_index={ignore_index}, "
+                             f"got {int(negative.sum())} value(s) outside, e.g. {int(labels[negative][0])}")
     if tuple(labels.shape[-2:]) == out_hw:
         return labels.clone()
     if mode == "nearest":
@@ -120,7 +137,16 @@ def masked_cross_entropy(
         - logits: ``[B, K, H, W]``
         - labels: ``[B, H, W]``
         - mask: ``[B, H, W]`` bool
+        - weight: ``[K]``, float, finite
         - returns: scalar
+
+    Returns:
+        The mean cross-entropy over used pixels (float32, float64 for float64 logits).
+
+    Raises:
+        ValueError: wrong ranks, mismatched sizes, labels outside ``0..K-1`` that are
+            not ``ignore_index``, non-finite logits or weight, a weight not of length ``K``.
+        TypeError: non-float logits or weight, non-integer labels, a non-bool mask.
 
     Example:
         >>> import torch
@@ -141,8 +167,12 @@ def masked_cross_entropy(
     if mask is not None:
         check_mask("mask", mask, shape=labels.shape)
         used = used & mask
-    if weight is not None and (weight.dim() != 1 or weight.shape[0] != k):
-        raise ValueError(f"weight must have shape [K={k}], got shape {tuple(weight.shape)}")
+    if weight is not None:
+        check_tensor("weight", weight, ndim=1, dims=f"[K={k}]", dtypes=FLOAT_DTYPES,
+                     dtype_words="float16, bfloat16, float32 or float64")
+        if weight.shape[0] != k:
+            raise ValueError(f"weight must have shape [K={k}], got shape {tuple(weight.shape)}")
+        check_finite("weight", weight)
     work = logits if logits.dtype == torch.float64 else logits.float()
     target = torch.where(used, labels, torch.zeros_like(labels))
     per_pixel = F.cross_entropy(work, target, weight=None if weight is None else weight.to(work), reduction="none")

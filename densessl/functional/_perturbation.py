@@ -71,7 +71,7 @@ def density_perturbation(
         The perturbation ``rho``; add it to the features yourself.
 
     Raises:
-        ValueError: bad shapes, ``xi < 0``, ``eps <= 0``, or a ``log_prob_fn`` output of
+        ValueError: bad shapes, ``xi < 0`` or infinite, ``eps <= 0``, or a ``log_prob_fn`` output of
             the wrong shape, holding NaN/Inf, or without a graph (computed under
             ``torch.no_grad()``). An output with a graph that does not reach its input
             is a flat density: ``rho`` is then all zeros.
@@ -90,7 +90,7 @@ def density_perturbation(
         tensor([0.6000, 0.8000])
     """
     check_features("features", features)
-    check_number("xi", xi, low=0.0)
+    check_number("xi", xi, low=0.0, finite=True)
     check_number("eps", eps, low=0.0, low_inclusive=False)
     if not isinstance(relative, bool):
         raise TypeError(f"relative must be a bool, got {type(relative).__name__}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 
-from .._checks import check_features, check_number
+from .._checks import check_features, check_number, check_tensor
 
 __all__ = ["flatten_pixels", "normalize_pixels", "unflatten_pixels"]
 
@@ -19,6 +19,10 @@ def flatten_pixels(features: torch.Tensor) -> torch.Tensor:
     Shapes:
         - features: ``[B, C, H, W]``
         - returns: ``[B*H*W, C]`` (row ``(b*H + h)*W + w`` is pixel ``(b, h, w)``)
+
+    Raises:
+        ValueError: ``features`` is not 4-D.
+        TypeError: ``features`` is not a floating-point tensor.
 
     Example:
         >>> import torch
@@ -46,12 +50,20 @@ def unflatten_pixels(rows: torch.Tensor, shape: torch.Size | tuple[int, int, int
         - rows: ``[B*H*W, C']``
         - returns: ``[B, C', H, W]``
 
+    Raises:
+        ValueError: ``rows`` is not ``[B*H*W, C']`` for the given ``shape``, or ``shape``
+            is not four sizes.
+        TypeError: ``rows`` is not a tensor.
+
     Example:
         >>> import torch
         >>> from densessl.functional import unflatten_pixels
         >>> unflatten_pixels(torch.zeros(12, 7), (1, 3, 3, 4)).shape
         torch.Size([1, 7, 3, 4])
     """
+    check_tensor("rows", rows)
+    if len(shape) != 4:
+        raise ValueError(f"shape must be the four sizes (B, C, H, W), got {tuple(shape)}")
     b, _, h, w = shape
     if rows.dim() != 2 or rows.shape[0] != b * h * w:
         raise ValueError(f"rows must have shape [B*H*W={b * h * w}, C], got shape {tuple(rows.shape)}")
@@ -71,6 +83,10 @@ def normalize_pixels(features: torch.Tensor, eps: float = 1e-12) -> torch.Tensor
     Shapes:
         - features: ``[B, C, H, W]``
         - returns: ``[B, C, H, W]``, each pixel with norm 1 (or 0)
+
+    Raises:
+        ValueError: ``features`` is not 4-D or holds NaN/Inf, or ``eps <= 0``.
+        TypeError: ``features`` is not a floating-point tensor.
 
     Example:
         >>> import torch
