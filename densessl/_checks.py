@@ -185,10 +185,12 @@ def check_mask(name: str, mask: object, *, shape: Sequence[int] | None = None) -
 
 
 def check_same_spatial(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
-    """Batch and spatial sizes (first and last two dims) of two maps must agree.
+    """Two maps must share a device and their batch and spatial sizes (first and last two dims).
 
     ``a`` is ``[B, *, H, W]`` or ``[B, H, W]``; so is ``b``.
     """
+    if a.device != b.device:
+        raise ValueError(f"{name_b} must be on the same device as {name_a} ({a.device}), got {b.device}")
     ba, ha, wa = a.shape[0], a.shape[-2], a.shape[-1]
     bb, hb, wb = b.shape[0], b.shape[-2], b.shape[-1]
     if (ba, ha, wa) != (bb, hb, wb):

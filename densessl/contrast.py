@@ -33,6 +33,9 @@ class HardAnchorContrast(nn.Module):
             are given, else farthest from the class mean), ``"distance"`` (lowest
             cosine to the class mean) or ``"confidence"`` (lowest probability of the
             own class; ``forward`` then needs ``probabilities``).
+        num_classes: optional ``K``; labels outside ``0..K-1`` (other than
+            ``ignore_index``) are then refused. Without it labels are only checked to be
+            ``>= 0`` (or ``< K`` of ``probabilities`` when those are given).
 
     Shapes:
         - embeddings: ``[B, D, H, W]``, float, finite
@@ -71,6 +74,7 @@ class HardAnchorContrast(nn.Module):
         num_negatives: int | None = 512,
         ignore_index: int = 255,
         hard_selection: str = "auto",
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         self.temperature = float(check_number("temperature", temperature, low=0.0, low_inclusive=False))
@@ -82,6 +86,8 @@ class HardAnchorContrast(nn.Module):
         if hard_selection not in HARD_SELECTIONS:
             raise ValueError(f"hard_selection must be one of {HARD_SELECTIONS}, got {hard_selection!r}")
         self.hard_selection = hard_selection
+        self.num_classes = None if num_classes is None else int(
+            check_number("num_classes", num_classes, low=1, integer=True))
 
     def forward(
         self,
@@ -115,7 +121,7 @@ class HardAnchorContrast(nn.Module):
         loss = hard_anchor_contrast(
             embeddings, labels, mask=mask, probabilities=probabilities, temperature=self.temperature,
             num_anchors=self.num_anchors, num_negatives=self.num_negatives, ignore_index=self.ignore_index,
-            hard_selection=self.hard_selection, generator=generator,
+            hard_selection=self.hard_selection, generator=generator, num_classes=self.num_classes,
         )
         assert isinstance(loss, torch.Tensor)
         return loss
@@ -123,7 +129,7 @@ class HardAnchorContrast(nn.Module):
     def extra_repr(self) -> str:
         return (f"temperature={self.temperature}, num_anchors={self.num_anchors}, "
                 f"num_negatives={self.num_negatives}, ignore_index={self.ignore_index}, "
-                f"hard_selection={self.hard_selection!r}")
+                f"hard_selection={self.hard_selection!r}, num_classes={self.num_classes}")
 
 
 class ProjectionHead(nn.Module):

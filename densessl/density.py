@@ -239,6 +239,10 @@ class FlowDensityHead(nn.Module):
             raise ValueError(
                 f"{name} must have C={self.channels} channels [B, C, H, W], got shape {tuple(features.shape)}"
             )
+        device = self.prior.means.device
+        if features.device != device:
+            raise ValueError(f"{name} must be on the head's device ({device}), got {features.device}; "
+                             "move the head with .to(device)")
         work = self._param_dtype()
         if features.dtype == torch.float64 and work != torch.float64:
             raise TypeError(

@@ -503,3 +503,18 @@ def test_projection_head_bad_inputs():
         head(torch.randn(1, 3, 2, 2))
     with pytest.raises(ValueError, match="features"):
         head(torch.randn(3, 2, 2))
+
+
+def test_num_classes_bounds_labels_and_must_match_probabilities():
+    emb = torch.randn(1, 4, 3, 3)
+    labels = torch.tensor([[[0, 1, 2], [0, 1, 2], [0, 1, 7]]])
+    with pytest.raises(ValueError, match="labels"):
+        HardAnchorContrast(num_classes=3)(emb, labels)
+    ok = labels.clone()
+    ok[0, 2, 2] = 255
+    assert torch.isfinite(HardAnchorContrast(num_classes=3)(emb, ok))
+    probs = torch.full((1, 4, 3, 3), 0.25)
+    with pytest.raises(ValueError, match="probabilities"):
+        HardAnchorContrast(num_classes=3)(emb, ok, probabilities=probs)
+    with pytest.raises(ValueError, match="num_classes"):
+        HardAnchorContrast(num_classes=0)

@@ -11,6 +11,7 @@ import torch
 from scipy import stats
 from scipy.special import logsumexp
 
+import densessl
 from densessl.density import FlowDensityHead, GaussianMixturePrior
 from densessl.flows import ActNorm, FlowSequence, Permutation
 from densessl.functional import diagonal_normal_log_prob, flatten_pixels, mixture_log_prob, mixture_posterior
@@ -403,3 +404,12 @@ def test_infinite_constructor_numbers_are_refused() -> None:
         GaussianMixturePrior(2, 3, mean_scale=math.inf)
     with pytest.raises(ValueError, match="clamp.*finite"):
         FlowDensityHead(4, 2, clamp=math.inf)
+
+
+def test_features_on_another_device_name_features():
+    head = FlowDensityHead(channels=3, num_classes=2, depth=1, hidden=8)
+    # No second real device on CI: a meta tensor stands in for "features on cuda, head on
+    # cpu"; the check sits in the row conversion every public method goes through.
+    x = torch.randn(1, 3, 2, 2, device="meta")
+    with densessl.finite_checks(False), pytest.raises(ValueError, match="features must be on the head's device"):
+        head._rows(x)

@@ -221,3 +221,13 @@ def test_numpy_scalars_are_accepted_as_numbers_and_bools_are_not():
         checks.check_number("flag", True)
     layer = densessl.HardAnchorContrast(temperature=np.float64(0.5), num_anchors=np.int64(8))
     assert layer.num_anchors == 8
+
+
+def test_labels_on_another_device_are_named():
+    # A meta tensor stands in for a second device (CI has no GPU).
+    from densessl._checks import check_same_spatial
+
+    logits = torch.randn(1, 3, 2, 2)
+    labels = torch.zeros(1, 2, 2, dtype=torch.long, device="meta")
+    with pytest.raises(ValueError, match="labels must be on the same device as logits"):
+        check_same_spatial("logits", logits, "labels", labels)

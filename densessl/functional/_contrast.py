@@ -321,6 +321,7 @@ def hard_anchor_contrast(
     hard_selection: str = "auto",
     generator: torch.Generator | None = None,
     return_indices: bool = False,
+    num_classes: int | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, ContrastIndices]:
     """Hard-anchor pixel contrast with detached class-mean positives (ReCo / U2PL).
 
@@ -358,10 +359,12 @@ def hard_anchor_contrast(
             given, else distance), ``"distance"`` or ``"confidence"``.
         generator: random source for the negatives (on the embeddings' device).
         return_indices: also return the :class:`ContrastIndices` that were used.
+        num_classes: optional ``K``: labels must then lie in ``0..K-1`` (or be
+            ``ignore_index``); taken from ``probabilities`` when those are given.
 
     Shapes:
         - embeddings: ``[B, D, H, W]``, float, finite
-        - labels: ``[B, H, W]``, integer, ``>= 0`` or ``ignore_index``
+        - labels: ``[B, H, W]``, integer, ``0..K-1`` (``>= 0`` without ``K``) or ``ignore_index``
         - mask: ``[B, H, W]``, bool
         - probabilities: ``[B, K, H, W]``, in ``[0, 1]``, summing to 1 over ``K``
         - returns: scalar, float32 (float64 for float64 embeddings), ``>= 0``
@@ -394,7 +397,13 @@ def hard_anchor_contrast(
     if probabilities is not None:
         check_probabilities("probabilities", probabilities)
         check_same_spatial("embeddings", embeddings, "probabilities", probabilities)
-    num_classes = None if probabilities is None else probabilities.shape[1]
+    if num_classes is not None:
+        num_classes = int(check_number("num_classes", num_classes, low=1, integer=True))
+        if probabilities is not None and probabilities.shape[1] != num_classes:
+            raise ValueError(f"probabilities must have K=num_classes={num_classes} classes in dim 1, "
+                             f"got shape {tuple(probabilities.shape)}")
+    elif probabilities is not None:
+        num_classes = probabilities.shape[1]
     labels = check_labels("labels", labels, num_classes=num_classes, ignore_index=ignore_index)
     check_same_spatial("embeddings", embeddings, "labels", labels)
     used = labels != ignore_index
@@ -423,7 +432,7 @@ def hard_anchor_contrast(
                             pixel_index.new_zeros(0, num_negatives))
     if row_labels.numel() == 0:
         return (zero, empty) if return_indices else zero
-    k = int(row_labels.max()) + 1
+    k = num_classes if num_classes is not None else int(row_labels.max()) + 1
     counts = torch.bincount(row_labels, minlength=k)
     if int((counts > 0).sum()) < 2:
         return (zero, empty) if return_indices else zero
