@@ -15,14 +15,21 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ._checks import check_features, check_labels, check_mask, check_number, check_same_spatial, check_tensor
+from ._checks import (
+    FLOAT_DTYPES,
+    check_features,
+    check_labels,
+    check_mask,
+    check_number,
+    check_same_spatial,
+    check_tensor,
+)
 from .flows import ActNorm, glow_flow
 from .functional._density import diagonal_normal_log_prob, mixture_log_prob, mixture_posterior
 from .functional._pixels import flatten_pixels, unflatten_pixels
 
 __all__ = ["FlowDensityHead", "GaussianMixturePrior"]
 
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 class GaussianMixturePrior(nn.Module):
@@ -84,7 +91,7 @@ class GaussianMixturePrior(nn.Module):
             self.register_buffer("mixture_logits", logits)
 
     def _check_z(self, z: object) -> torch.Tensor:
-        z = check_tensor("z", z, ndim=2, dims="[N, D]", dtypes=_FLOATS)
+        z = check_tensor("z", z, ndim=2, dims="[N, D]", dtypes=FLOAT_DTYPES)
         if z.shape[1] != self.features:
             raise ValueError(f"z must have D={self.features} columns [N, D], got shape {tuple(z.shape)}")
         return z

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ._checks import check_number, check_tensor
+from ._checks import FLOAT_DTYPES, INT_DTYPES, check_number, check_tensor
 from .functional._density import soft_clamp
 
 __all__ = [
@@ -35,9 +35,6 @@ __all__ = [
     "glow_flow",
 ]
 
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_INTS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
-
 
 def _check_rows(inputs: object, features: int, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Validate ``[N, C]`` rows; with ``dtype`` (the block's parameter dtype), bring them to it.
@@ -46,7 +43,7 @@ def _check_rows(inputs: object, features: int, dtype: torch.dtype | None = None)
     float64 rows given to a lower-precision block are refused, as by
     :class:`~densessl.density.FlowDensityHead`, instead of failing inside a matmul.
     """
-    rows = check_tensor("inputs", inputs, ndim=2, dims="[N, C]", dtypes=_FLOATS)
+    rows = check_tensor("inputs", inputs, ndim=2, dims="[N, C]", dtypes=FLOAT_DTYPES)
     if rows.shape[1] != features:
         raise ValueError(f"inputs must have C={features} columns [N, C], got shape {tuple(rows.shape)}")
     if dtype is not None and rows.dtype != dtype:
@@ -266,7 +263,7 @@ class Permutation(nn.Module):
 
     def __init__(self, permutation: torch.Tensor) -> None:
         super().__init__()
-        permutation = check_tensor("permutation", permutation, ndim=1, dims="[C]", dtypes=_INTS,
+        permutation = check_tensor("permutation", permutation, ndim=1, dims="[C]", dtypes=INT_DTYPES,
                                    dtype_words="an integer type (int64 preferred)")
         d = permutation.numel()
         expected = torch.arange(d, device=permutation.device)
@@ -443,7 +440,7 @@ class FlowSequence(nn.Module):
 
     def forward(self, inputs: torch.Tensor, context: object = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Apply every block in order."""
-        rows = check_tensor("inputs", inputs, ndim=2, dims="[N, C]", dtypes=_FLOATS)
+        rows = check_tensor("inputs", inputs, ndim=2, dims="[N, C]", dtypes=FLOAT_DTYPES)
         total = rows.new_zeros(rows.shape[0])
         for transform in self.transforms:
             rows, logabsdet = transform(rows, context)
@@ -452,7 +449,7 @@ class FlowSequence(nn.Module):
 
     def inverse(self, inputs: torch.Tensor, context: object = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Undo every block, last first."""
-        rows = check_tensor("inputs", inputs, ndim=2, dims="[N, C]", dtypes=_FLOATS)
+        rows = check_tensor("inputs", inputs, ndim=2, dims="[N, C]", dtypes=FLOAT_DTYPES)
         total = rows.new_zeros(rows.shape[0])
         for transform in reversed(self.transforms):
             rows, logabsdet = transform.inverse(rows, context)
