@@ -7,7 +7,7 @@ import importlib
 import sys
 import time
 
-BENCHMARKS = ["bench_density", "bench_contrast", "bench_metrics", "bench_synthetic"]
+BENCHMARKS = ["bench_density", "bench_contrast", "bench_metrics", "bench_synthetic", "quality_targets"]
 
 
 def main(argv: list[str] | None = None) -> None:
