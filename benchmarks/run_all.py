@@ -7,7 +7,7 @@ import importlib
 import sys
 import time
 
-BENCHMARKS = ["bench_density", "bench_contrast", "bench_metrics", "bench_synthetic", "quality_targets"]
+BENCHMARKS = ["bench_density", "bench_contrast", "bench_metrics", "bench_synthetic", "quality_targets", "bench_model"]
 
 
 def main(argv: list[str] | None = None) -> None:
