@@ -515,3 +515,11 @@ def test_other_input_channels():
     net = CENet(in_channels=1, num_classes=2).eval()
     with torch.no_grad():
         assert net(torch.randn(1, 1, 32, 32)).logits.shape == (1, 2, 32, 32)
+
+
+def test_module_conversions_work():
+    # torch's .to()/.half()/.double() go through nn.Module._apply; CENet must not shadow it.
+    model = CENet(backbone="resnet34").double()
+    assert next(model.parameters()).dtype == torch.float64
+    model.to(torch.float32).to("cpu")
+    assert next(model.parameters()).dtype == torch.float32

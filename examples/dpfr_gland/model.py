@@ -521,7 +521,7 @@ class CENet(nn.Module):
         return images
 
     @staticmethod
-    def _apply(perturb: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    def _run_perturb(perturb: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         out = perturb(x)
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"perturb must return a torch.Tensor, got {type(out).__name__}")
@@ -562,7 +562,7 @@ class CENet(nn.Module):
             raise TypeError(f"perturb must be callable [B, C, h, w] -> [B, C, h, w], got {type(perturb).__name__}")
         e1, e2, e3, e4 = self.encoder(images)
         if self.perturb_at == "bottleneck" and perturb is not None:
-            e4 = self._apply(perturb, e4)
+            e4 = self._run_perturb(perturb, e4)
         features = e4
         x = self.rmp(self.dac(e4))
         d4 = self.decoder4(x) + e3
@@ -571,6 +571,6 @@ class CENet(nn.Module):
         d1 = self.decoder1(d2)
         if self.perturb_at == "decoder":
             if perturb is not None:
-                d1 = self._apply(perturb, d1)
+                d1 = self._run_perturb(perturb, d1)
             features = d1
         return CENetOutput(self.head(d1), features, d1)

@@ -1,0 +1,648 @@
+"""Evaluation for the DPFR recipe: sliding-window prediction, GlaS scores, pictures, a CLI.
+
+- :func:`predict`: class probabilities of a full-size image from a network trained on crops,
+  by a sliding window (tiles a multiple of 32, overlapping, image padded by reflection to a
+  multiple of 32, softmax probabilities averaged over the overlaps);
+- :func:`evaluate`: over any dataset of ``(image uint8 [H, W, 3], instances [H, W])`` pairs,
+  predictions are turned into instances by :func:`~examples.dpfr_gland.targets.classes_to_instances`
+  and scored with :func:`densessl.metrics.glas_metrics` (pooled, the official GlaS numbers,
+  and the per-image mean) and a pixel Dice;
+- :func:`save_predictions`: side-by-side pictures (image with ground-truth outlines | image
+  with predicted outlines), written atomically.
+
+Command line (the checkpoint is the training script's: a dict with the network's state dict
+under ``"teacher"``, ``"model"`` or ``"student"``, the teacher preferred, and a ``"config"`` dict
+holding at least ``backbone``)::
+
+    python -m examples.dpfr_gland.evaluate --checkpoint CKPT --data DIR --layout glas --split testA --out DIR
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "evaluate",
+    "load_checkpoint_model",
+    "main",
+    "predict",
+    "predict_instances",
+    "save_predictions",
+]
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from tqdm import tqdm
+
+from densessl._checks import FLOAT_DTYPES, check_finite, check_int_in_range, check_tensor
+from densessl.metrics import glas_metrics
+
+from .augment import IMAGENET_MEAN, IMAGENET_STD, to_tensor
+from .synthetic import draw_outlines
+from .targets import classes_to_instances
+
+_MULTIPLE = 32  # CE-Net downsamples 5 times
+
+
+# ----------------------------------------------------------------------------- prediction
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _logits_of(output: object) -> torch.Tensor:
+    """The logits of a model's output: a tensor, an object with ``.logits``, or a tuple's first item."""
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(
+        "model output must be a logits tensor [B, K, H, W], an object with a .logits tensor, or a tuple "
+        f"whose first item is the logits, got {type(output).__name__}"
+    )
+
+
+def _reflect_pad(x: torch.Tensor, bottom: int, right: int) -> torch.Tensor:
+    """Pad ``[B, C, H, W]`` at the bottom and right by reflection, repeatedly if the pad exceeds the size."""
+    while bottom > 0 or right > 0:
+        h, w = x.shape[-2:]
+        step_b, step_r = min(bottom, h - 1), min(right, w - 1)
+        if (bottom and step_b == 0) or (right and step_r == 0):  # a single row/column: replicate
+            return F.pad(x, (0, right, 0, bottom), mode="replicate")
+        x = F.pad(x, (0, step_r, 0, step_b), mode="reflect")
+        bottom, right = bottom - step_b, right - step_r
+    return x
+
+
+def _starts(size: int, tile: int, stride: int) -> list[int]:
+    """Window starts covering ``0..size`` with windows of ``tile``, the last one flush with the end."""
+    if size <= tile:
+        return [0]
+    starts = list(range(0, size - tile, stride))
+    return starts + [size - tile]
+
+
+def _restore_modes(model: nn.Module, modes: list[bool]) -> None:
+    for module, mode in zip(model.modules(), modes):
+        module.training = mode
+
+
+def predict(
+    model: nn.Module,
+    image: torch.Tensor,
+    tile: int = 256,
+    overlap: int | None = None,
+    batch_size: int = 4,
+    amp: bool = True,
+) -> torch.Tensor:
+    """Class probabilities of a full image by a sliding window over tiles.
+
+    1. The image is padded at the bottom and right by reflection to a multiple of 32 (the
+       network's total stride), ``Hp x Wp``.
+    2. Tiles of ``min(tile, Hp) x min(tile, Wp)`` pixels start every ``tile - overlap``
+       pixels, the last one flush with the padded edge, so every pixel is covered; tiles
+       are run in batches of ``batch_size``.
+    3. The softmax probabilities of the tiles are averaged where they overlap, cropped back
+       to ``H x W``.
+
+    The model runs in eval mode under ``torch.no_grad()`` (each submodule's train/eval mode
+    is restored afterwards), on the device of its parameters, and under
+    ``torch.autocast`` (bfloat16 where supported, else float16) on CUDA when ``amp`` is set;
+    probabilities are accumulated in float32. The model may return the logits, an object
+    with a ``.logits`` attribute (e.g. ``CENetOutput``) or a tuple whose first item is the logits.
+
+    Args:
+        model: the segmentation network, ``[b, 3, h, w] -> [b, K, h, w]`` logits.
+        image: one normalised image (:func:`~examples.dpfr_gland.augment.to_tensor`) or a batch.
+        tile: tile side in pixels, a positive multiple of 32.
+        overlap: pixels a tile shares with the next one, ``0 <= overlap < tile``
+            (``None``: ``tile // 4``).
+        batch_size: tiles per forward pass, ``>= 1``.
+        amp: use autocast on CUDA (ignored on the CPU).
+
+    Shapes:
+        - image: ``[3, H, W]`` or ``[B, 3, H, W]``, float, finite, any ``H, W >= 1``
+        - returns: ``[K, H, W]`` or ``[B, K, H, W]``, float32, on ``image``'s device, in
+          ``[0, 1]``, summing to 1 over ``K``
+
+    Returns:
+        The class probabilities.
+
+    Raises:
+        TypeError: ``model`` is not a module, ``image`` is not a float tensor, or the model's
+            output has no logits.
+        ValueError: ``image`` has the wrong rank or NaN/Inf, an option out of range, or the
+            model's logits do not match the tile's batch and spatial size.
+
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Conv2d(3, 3, kernel_size=1)
+        >>> probs = predict(model, torch.zeros(3, 50, 70), tile=32, overlap=16)
+        >>> probs.shape, bool(torch.allclose(probs.sum(0), torch.ones(50, 70)))
+        (torch.Size([3, 50, 70]), True)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    image = check_tensor("image", image, ndim=(3, 4), dims="[3, H, W] or [B, 3, H, W]", dtypes=FLOAT_DTYPES,
+                         dtype_words="float16, bfloat16, float32 or float64")
+    check_finite("image", image)
+    tile = check_int_in_range("tile", tile, _MULTIPLE)
+    if tile % _MULTIPLE:
+        raise ValueError(f"tile must be a multiple of {_MULTIPLE}, got {tile}")
+    overlap = tile // 4 if overlap is None else check_int_in_range("overlap", overlap, 0, tile - 1)
+    batch_size = check_int_in_range("batch_size", batch_size, 1)
+
+    single = image.dim() == 3
+    images = image[None] if single else image
+    b, _, h, w = images.shape
+    device = _model_device(model)
+    padded_h, padded_w = math.ceil(h / _MULTIPLE) * _MULTIPLE, math.ceil(w / _MULTIPLE) * _MULTIPLE
+    tile_h, tile_w = min(tile, padded_h), min(tile, padded_w)
+    stride = tile - overlap
+    windows = [(top, left) for top in _starts(padded_h, tile_h, stride) for left in _starts(padded_w, tile_w, stride)]
+    use_amp = amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+
+    modes = [module.training for module in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            results = []
+            for index in range(b):
+                x = _reflect_pad(images[index : index + 1].to(device, torch.float32), padded_h - h, padded_w - w)
+                total: torch.Tensor | None = None
+                count = torch.zeros(1, 1, padded_h, padded_w, device=device)
+                for first in range(0, len(windows), batch_size):
+                    chunk = windows[first : first + batch_size]
+                    tiles = torch.cat([x[..., t : t + tile_h, s : s + tile_w] for t, s in chunk])
+                    with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
+                        logits = _logits_of(model(tiles))
+                    if logits.dim() != 4 or logits.shape[0] != len(chunk) or logits.shape[-2:] != tiles.shape[-2:]:
+                        raise ValueError(
+                            f"model output (logits) must be [{len(chunk)}, K, {tile_h}, {tile_w}] for tiles of "
+                            f"shape {tuple(tiles.shape)}, got shape {tuple(logits.shape)}"
+                        )
+                    check_finite("model output (logits)", logits)
+                    probs = logits.float().softmax(dim=1)
+                    if total is None:
+                        total = torch.zeros(1, probs.shape[1], padded_h, padded_w, device=device)
+                    for k, (t, s) in enumerate(chunk):
+                        total[..., t : t + tile_h, s : s + tile_w] += probs[k]
+                        count[..., t : t + tile_h, s : s + tile_w] += 1
+                assert total is not None
+                results.append((total / count)[..., :h, :w])
+    finally:
+        _restore_modes(model, modes)
+    out = torch.cat(results).to(image.device)
+    return out[0] if single else out
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+def _samples(dataset: object, limit: int | None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """``(index, image, instances)`` of a map-style dataset or any iterable of pairs."""
+    if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
+        count = len(dataset) if limit is None else min(limit, len(dataset))
+        source: Any = (dataset[i] for i in range(count))
+    else:
+        source = iter(dataset)  # type: ignore[call-overload]
+    for index, sample in enumerate(source):
+        if limit is not None and index >= limit:
+            return
+        if not (isinstance(sample, (tuple, list)) and len(sample) >= 2):
+            raise TypeError(f"dataset[{index}] must be a pair (image, instances), got {type(sample).__name__}")
+        image, instances = np.asarray(sample[0]), np.asarray(sample[1])
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"dataset[{index}] image must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
+        if instances.shape != image.shape[:2] or instances.dtype.kind not in "iu":
+            raise ValueError(
+                f"dataset[{index}] instances must be an integer [H, W] map of the image's size "
+                f"{image.shape[:2]}, got {instances.dtype} {instances.shape}"
+            )
+        yield index, image, instances
+
+
+def _length(dataset: object, limit: int | None) -> int | None:
+    try:
+        n = len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        return limit
+    return n if limit is None else min(n, limit)
+
+
+def _names(dataset: object) -> list[str] | None:
+    names = getattr(dataset, "names", None)
+    return [str(n) for n in names] if isinstance(names, Sequence) and not isinstance(names, str) else None
+
+
+def predict_instances(
+    model: nn.Module,
+    image: np.ndarray,
+    tile: int = 256,
+    overlap: int | None = None,
+    batch_size: int = 4,
+    min_size: int = 16,
+    dilation: int = 2,
+    amp: bool = True,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> np.ndarray:
+    """Gland instances of one RGB picture: :func:`predict`, then ``classes_to_instances``.
+
+    Args:
+        model: a 3-class (background, interior, contour) segmentation network.
+        image: the RGB picture.
+        tile: see :func:`predict`.
+        overlap: see :func:`predict`.
+        batch_size: see :func:`predict`.
+        min_size: smallest interior component kept, in pixels.
+        dilation: growth of the interiors back to glands, in pixels (the targets' contour width).
+        amp: see :func:`predict`.
+        mean: normalisation mean (:func:`~examples.dpfr_gland.augment.to_tensor`).
+        std: normalisation standard deviation.
+
+    Shapes:
+        - image: ``[H, W, 3]``, uint8
+        - returns: ``[H, W]``, int32, 0 = background, ``1..n`` the glands
+
+    Returns:
+        The predicted instance map.
+
+    Raises:
+        TypeError: see :func:`predict` and :func:`~examples.dpfr_gland.augment.to_tensor`.
+        ValueError: the model does not give 3 classes, or as in :func:`predict`.
+
+    Example:
+        >>> import numpy as np, torch
+        >>> model = torch.nn.Conv2d(3, 3, kernel_size=1)
+        >>> predict_instances(model, np.zeros((40, 40, 3), np.uint8), tile=32).shape
+        (40, 40)
+    """
+    probs = predict(model, to_tensor(image, mean, std), tile=tile, overlap=overlap, batch_size=batch_size,
+                    amp=amp)
+    if probs.shape[0] != 3:
+        raise ValueError(
+            f"model output (logits) must have 3 classes (background, interior, contour), got {probs.shape[0]}"
+        )
+    return classes_to_instances(probs.cpu(), min_size=min_size, dilation=dilation).numpy()
+
+
+def _side_by_side(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, gap: int = 4) -> np.ndarray:
+    h, w = gt.shape
+    canvas = np.full((h, 2 * w + gap, 3), 255, dtype=np.uint8)
+    canvas[:, :w] = draw_outlines(image, gt.astype(np.int64))
+    canvas[:, w + gap :] = draw_outlines(image, pred.astype(np.int64))
+    return canvas
+
+
+def _write_png(path: Path, picture: np.ndarray) -> None:
+    """Write a PNG atomically: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            Image.fromarray(picture).save(handle, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _check_options(min_size: int, dilation: int, limit: int | None) -> tuple[int, int, int | None]:
+    min_size = check_int_in_range("min_size", min_size, 0)
+    dilation = check_int_in_range("dilation", dilation, 0)
+    limit = None if limit is None else check_int_in_range("limit", limit, 1)
+    return min_size, dilation, limit
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: object,
+    tile: int = 256,
+    overlap: int | None = None,
+    batch_size: int = 4,
+    min_size: int = 16,
+    dilation: int = 2,
+    amp: bool = True,
+    limit: int | None = None,
+    out: str | Path | None = None,
+    progress: bool = False,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> dict[str, float]:
+    """Score a 3-class gland segmenter on a dataset with the GlaS object metrics and pixel Dice.
+
+    Each image is predicted by :func:`predict` (sliding window), turned into instances by
+    :func:`~examples.dpfr_gland.targets.classes_to_instances` (``min_size``, ``dilation``) and
+    compared with its ground-truth instances. Keys of the result:
+
+    - ``pooled_f1``, ``pooled_dice``, ``pooled_hausdorff``: the official GlaS aggregation
+      (objects of all images pooled; :func:`densessl.metrics.glas_metrics` ``"pooled"``);
+    - ``per_image_f1``, ``per_image_dice``, ``per_image_hausdorff``: the mean over images;
+    - ``pixel_dice``: foreground (any gland) Dice of the predicted instance maps, with the
+      pixel counts pooled over all images;
+    - ``num_images``.
+
+    Hausdorff distances are in pixels of the images as given.
+
+    Args:
+        model: the network (see :func:`predict`); it must give 3 classes.
+        dataset: a map-style dataset (``len``, ``[i]``) or an iterable of
+            ``(image, instances)`` pairs, e.g. :class:`~examples.dpfr_gland.data.GlaSDataset`.
+        tile: see :func:`predict`.
+        overlap: see :func:`predict`.
+        batch_size: see :func:`predict`.
+        min_size: smallest interior component kept, in pixels, ``>= 0``.
+        dilation: growth of the interiors back to glands (the targets' contour width), ``>= 0``.
+        amp: see :func:`predict`.
+        limit: score only the first ``limit`` images (``None``: all).
+        out: when given, also write the pictures of :func:`save_predictions` into this folder.
+        progress: show a tqdm progress bar.
+        mean: normalisation mean (:func:`~examples.dpfr_gland.augment.to_tensor`).
+        std: normalisation standard deviation.
+
+    Shapes:
+        - dataset items: ``(image uint8 [H, W, 3], instances [H, W] any integer dtype)``
+
+    Returns:
+        The scores as a dict of Python floats (``num_images`` an int).
+
+    Raises:
+        TypeError: see :func:`predict`; a dataset item that is not a pair.
+        ValueError: an empty dataset, a malformed item, options out of range, a model that
+            does not give 3 classes.
+
+    Example:
+        >>> import numpy as np, torch
+        >>> gt = np.zeros((32, 32), np.int32)
+        >>> model = torch.nn.Conv2d(3, 3, kernel_size=1)
+        >>> scores = evaluate(model, [(np.zeros((32, 32, 3), np.uint8), gt)], tile=32)
+        >>> sorted(scores)
+        ['num_images', 'per_image_dice', 'per_image_f1', 'per_image_hausdorff', 'pixel_dice', 'pooled_dice', 'pooled_f1', 'pooled_hausdorff']
+
+    References:
+        Sirinukunwattana et al., "Gland segmentation in colon histology images: The GlaS
+        challenge contest", Medical Image Analysis 35, 2017.
+    """
+    min_size, dilation, limit = _check_options(min_size, dilation, limit)
+    names = _names(dataset)
+    folder = None if out is None else Path(out)
+    preds, gts = [], []
+    tp = fp = fn = 0
+    samples = _samples(dataset, limit)
+    for index, image, gt in tqdm(samples, total=_length(dataset, limit), disable=not progress, desc="evaluate"):
+        pred = predict_instances(model, image, tile=tile, overlap=overlap, batch_size=batch_size,
+                                 min_size=min_size, dilation=dilation, amp=amp, mean=mean, std=std)
+        preds.append(pred)
+        gts.append(gt)
+        p, g = pred > 0, gt > 0
+        tp += int(np.count_nonzero(p & g))
+        fp += int(np.count_nonzero(p & ~g))
+        fn += int(np.count_nonzero(~p & g))
+        if folder is not None:
+            name = names[index] if names is not None and index < len(names) else f"{index:04d}"
+            _write_png(folder / f"{name}.png", _side_by_side(image, gt, pred))
+    if not preds:
+        raise ValueError("dataset holds no images: nothing to evaluate")
+    pooled = glas_metrics(preds, gts, aggregate="pooled")
+    per_image = glas_metrics(preds, gts, aggregate="per_image")
+    scores: dict[str, float] = {f"pooled_{k}": v for k, v in pooled.items()}
+    scores.update({f"per_image_{k}": v for k, v in per_image.items()})
+    scores["pixel_dice"] = 1.0 if tp + fp + fn == 0 else 2.0 * tp / (2 * tp + fp + fn)
+    scores["num_images"] = len(preds)
+    return scores
+
+
+def save_predictions(
+    model: nn.Module,
+    dataset: object,
+    out: str | Path,
+    tile: int = 256,
+    overlap: int | None = None,
+    batch_size: int = 4,
+    min_size: int = 16,
+    dilation: int = 2,
+    amp: bool = True,
+    limit: int | None = None,
+    progress: bool = True,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> list[Path]:
+    """Write one side-by-side PNG per image: ground-truth outlines | predicted outlines.
+
+    The left half is the image with each ground-truth gland's outline, the right half the
+    image with each predicted gland's outline (a 4-pixel white gap between). Files are named
+    after ``dataset.names`` when the dataset has them (else ``0000.png``, ...), written to a
+    temporary file and renamed, so a reader never sees half a picture.
+
+    Args:
+        model: the network (see :func:`predict`).
+        dataset: as in :func:`evaluate`.
+        out: the output folder (created).
+        tile: see :func:`predict`.
+        overlap: see :func:`predict`.
+        batch_size: see :func:`predict`.
+        min_size: see :func:`evaluate`.
+        dilation: see :func:`evaluate`.
+        amp: see :func:`predict`.
+        limit: only the first ``limit`` images (``None``: all).
+        progress: show a tqdm progress bar.
+        mean: normalisation mean.
+        std: normalisation standard deviation.
+
+    Shapes:
+        - each picture: ``[H, 2 W + 4, 3]``, uint8 RGB
+
+    Returns:
+        The paths written, in dataset order.
+
+    Raises:
+        TypeError: as in :func:`evaluate`.
+        ValueError: as in :func:`evaluate`.
+
+    Example:
+        >>> import tempfile, numpy as np, torch
+        >>> model = torch.nn.Conv2d(3, 3, kernel_size=1)
+        >>> data = [(np.zeros((32, 40, 3), np.uint8), np.zeros((32, 40), np.int32))]
+        >>> paths = save_predictions(model, data, tempfile.mkdtemp(), tile=32, progress=False)
+        >>> [p.name for p in paths]
+        ['0000.png']
+    """
+    min_size, dilation, limit = _check_options(min_size, dilation, limit)
+    folder = Path(out)
+    names = _names(dataset)
+    written = []
+    samples = _samples(dataset, limit)
+    for index, image, gt in tqdm(samples, total=_length(dataset, limit), disable=not progress, desc="pictures"):
+        pred = predict_instances(model, image, tile=tile, overlap=overlap, batch_size=batch_size,
+                                 min_size=min_size, dilation=dilation, amp=amp, mean=mean, std=std)
+        name = names[index] if names is not None and index < len(names) else f"{index:04d}"
+        path = folder / f"{name}.png"
+        _write_png(path, _side_by_side(image, gt, pred))
+        written.append(path)
+    return written
+
+
+# ----------------------------------------------------------------------------- checkpoints and CLI
+
+
+def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Undo wrappers' key prefixes: DDP ``module.``, ``torch.compile`` ``_orig_mod.``, EMATeacher ``model.``."""
+    state = {k: v for k, v in state.items() if k != "num_updates"}  # EMATeacher's step counter
+    changed = True
+    while changed and state:
+        changed = False
+        for prefix in ("module.", "_orig_mod.", "model."):
+            if all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix) :]: v for k, v in state.items()}
+                changed = True
+    return state
+
+
+def load_checkpoint_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Build a ``CENet`` from a training checkpoint (teacher weights preferred) in eval mode.
+
+    The checkpoint is a dict saved by ``torch.save`` and read with ``weights_only=True``:
+    the first of ``"teacher"``, ``"model"``, ``"student"`` present holds the network's state
+    dict (DDP, ``torch.compile`` and ``EMATeacher`` key prefixes are removed), ``"config"`` a
+    dict with at least ``backbone`` (optionally ``num_classes``, default 3, and ``perturb_at``).
+
+    Args:
+        path: the checkpoint file.
+        device: where to put the model.
+
+    Returns:
+        ``(model, config)``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the checkpoint lacks a state dict or a config, or the weights do not fit
+            the network (the missing / unexpected keys are named).
+
+    Example:
+        >>> load_checkpoint_model("no/such/file.pt")
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: checkpoint no/such/file.pt does not exist
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"checkpoint {path} must hold a dict, got {type(checkpoint).__name__}")
+    key = next((k for k in ("teacher", "model", "student") if isinstance(checkpoint.get(k), dict)), "model")
+    state = checkpoint.get(key)
+    config = checkpoint.get("config")
+    if not isinstance(state, dict) or not isinstance(config, dict):
+        raise ValueError(
+            f"checkpoint {path} must hold a 'teacher', 'model' or 'student' state dict and a 'config' dict, "
+            f"got keys {sorted(checkpoint)}"
+        )
+    if "backbone" not in config:
+        raise ValueError(f"checkpoint {path} config lacks 'backbone', got keys {sorted(config)}")
+    from .model import CENet  # imported here: the rest of this module does not need the model
+
+    kwargs = dict(num_classes=int(config.get("num_classes", 3)), backbone=str(config["backbone"]))
+    if "perturb_at" in config:
+        kwargs["perturb_at"] = str(config["perturb_at"])
+    model = CENet(**kwargs)
+    result = model.load_state_dict(_strip_prefixes(state), strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"checkpoint {path} ({key!r}) does not fit CENet({kwargs}): missing keys "
+            f"{result.missing_keys[:8]}{'...' if len(result.missing_keys) > 8 else ''}, unexpected keys "
+            f"{result.unexpected_keys[:8]}{'...' if len(result.unexpected_keys) > 8 else ''}"
+        )
+    if torch.device(device) != torch.device("cpu"):  # built on the CPU already
+        model = model.to(device)
+    return model.eval(), config
+
+
+def _dataset(data: str, layout: str, split: str) -> object:
+    from .data import CRAGDataset, FolderDataset, GlaSDataset
+
+    root = Path(data)
+    if layout == "glas":
+        return GlaSDataset(root, split)
+    if layout == "crag":
+        return CRAGDataset(root, split)
+    return FolderDataset(root / "images", root / "masks")
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, float]:
+    """The command line: score a checkpoint on a dataset, write ``metrics.json`` and pictures.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The scores of :func:`evaluate`.
+
+    Example:
+        >>> main(["--help"])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        SystemExit: 0
+    """
+    parser = argparse.ArgumentParser(prog="python -m examples.dpfr_gland.evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="training checkpoint (.pt)")
+    parser.add_argument("--data", required=True, help="dataset root")
+    parser.add_argument("--layout", choices=("glas", "crag", "folder"), default="glas",
+                        help="glas: flat GlaS release; crag: SPLIT/Images + Annotation; folder: images/ + masks/")
+    parser.add_argument("--split", default="testA", help="testA / testB / train (GlaS), valid / train (CRAG)")
+    parser.add_argument("--out", required=True, help="output folder: metrics.json and pictures/")
+    parser.add_argument("--tile", type=int, default=None, help="tile side, a multiple of 32 (default: config or 256)")
+    parser.add_argument("--overlap", type=int, default=None, help="tile overlap in pixels (default: config or tile/4)")
+    parser.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
+    parser.add_argument("--min-size", type=int, default=None, help="smallest gland interior kept (default: config or 16)")
+    parser.add_argument("--dilation", type=int, default=None,
+                        help="interior growth (default: config contour_width or 2)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N images")
+    parser.add_argument("--no-pictures", action="store_true", help="do not write pictures")
+    args = parser.parse_args(argv)
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    model, config = load_checkpoint_model(args.checkpoint, device)
+    dataset = _dataset(args.data, args.layout, args.split)
+    tile = args.tile if args.tile is not None else int(config.get("eval_tile", 256))
+    overlap = args.overlap if args.overlap is not None else config.get("eval_overlap")
+    min_size = args.min_size if args.min_size is not None else int(config.get("min_size", 16))
+    dilation = args.dilation if args.dilation is not None else int(config.get("contour_width", 2))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    scores = evaluate(model, dataset, tile=tile, overlap=overlap, batch_size=args.batch_size,
+                      min_size=min_size, dilation=dilation, limit=args.limit,
+                      out=None if args.no_pictures else out / "pictures", progress=True)
+    record = {"checkpoint": str(args.checkpoint), "data": str(args.data), "layout": args.layout,
+              "split": args.split, "tile": tile, "overlap": overlap, "min_size": min_size,
+              "dilation": dilation, "scores": scores}
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=".metrics.", suffix=".json")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(record, handle, indent=2)
+    os.replace(tmp, out / "metrics.json")
+    print(json.dumps(scores, indent=2))
+    return scores
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])
