@@ -1,0 +1,444 @@
+"""Tests of the DPFR training recipe (examples/dpfr_gland/train.py).
+
+Oracles: EMA arithmetic recomputed in float64 from parameter snapshots; gradient snapshots
+taken at the flow's own optimiser step; forward-hook counts; a pixelwise label oracle for
+CutMix alignment; uninterrupted runs for exact resume; index bookkeeping for the batch stream.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from examples.dpfr_gland import train as T
+from examples.dpfr_gland.model import CENetOutput
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(
+    synthetic_size=80, synthetic_train=6, synthetic_test=1, crop_size=64, batch_labelled=2, batch_unlabelled=2,
+    flow_hidden=32, flow_warmup=1, supervised_warmup=0, rampup=0, projection_hidden=16, projection_dim=8,
+    num_anchors=16, num_negatives=32, log_every=1, eval_pictures=0, label_ratio="1/3",
+)
+
+
+def tiny_config(**overrides: object) -> T.TrainConfig:
+    return T.TrainConfig(**{**TINY, **overrides})
+
+
+def batches(seed: int = 0, n_l: int = 2, n_u: int = 2, size: int = 64):
+    g = torch.Generator().manual_seed(seed)
+    labelled = (torch.randn(n_l, 3, size, size, generator=g), torch.randint(0, 3, (n_l, size, size), generator=g))
+    return labelled, torch.randn(n_u, 3, size, size, generator=g)
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+def test_config_defaults_follow_the_paper():
+    config = T.TrainConfig()
+    assert (config.alpha_perturbed, config.alpha_contrast, config.xi) == (0.5, 0.3, 3.0)
+    assert (config.num_anchors, config.temperature, config.flow_lr) == (256, 0.5, 1e-3)
+
+
+@pytest.mark.parametrize("name", ["demo_cpu", "glas_full", "crag_full"])
+def test_shipped_configs_load(name):
+    config = T.load_config(ROOT / "examples" / "dpfr_gland" / "configs" / f"{name}.json")
+    assert config.method == "dpfr"
+    if name != "demo_cpu":
+        assert config.backbone == "resnet50" and config.crop_size >= 256 and config.device == "auto"
+    else:
+        assert config.dataset == "synthetic" and config.iterations <= 500
+
+
+def test_load_config_errors_name_the_key(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"itrations": 3}))
+    with pytest.raises(ValueError, match="'itrations'.*iterations"):
+        T.load_config(path)
+    path.write_text(json.dumps({"iterations": "3"}))
+    with pytest.raises(TypeError, match="iterations must be a int, got str"):
+        T.load_config(path)
+    path.write_text(json.dumps({"cutmix": 1}))
+    with pytest.raises(TypeError, match="cutmix"):
+        T.load_config(path)
+    path.write_text(json.dumps([1, 2]))
+    with pytest.raises(ValueError, match="JSON object"):
+        T.load_config(path)
+    path.write_text("{nope")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        T.load_config(path)
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        T.load_config(tmp_path / "missing.json")
+    path.write_text(json.dumps({"_comment": "skipped", "lr": 1}))
+    assert T.load_config(path).lr == 1.0 and isinstance(T.load_config(path).lr, float)
+
+
+def test_overrides_convert_to_field_types():
+    config = T.apply_overrides(T.TrainConfig(), ["iterations=7", "lr=2e-3", "cutmix=no", "method=fr", "data=a=b"])
+    assert (config.iterations, config.lr, config.cutmix, config.method, config.data) == (7, 2e-3, False, "fr", "a=b")
+    assert T.TrainConfig().iterations != 7  # the input is not modified
+
+
+@pytest.mark.parametrize("assignment, pattern", [
+    ("iterations=abc", "iterations: expected int"),
+    ("lr=fast", "lr: expected float"),
+    ("amp=maybe", "amp: expected a bool"),
+    ("nosuchkey=1", "'nosuchkey'"),
+    ("xi", "key=value"),
+    ("method=teacher", "method must be one of"),
+    ("crop_size=100", "crop_size must be a positive multiple of 32"),
+    ("iterations=0", "iterations must be >= 1"),
+    ("lr=nan", "lr must be a finite number"),
+    ("ema_decay=1.5", "ema_decay"),
+    ("label_ratio=2", "label_ratio"),
+    ("flow_warmup=0", "flow_warmup"),
+])
+def test_override_errors_name_the_key(assignment, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        T.apply_overrides(T.TrainConfig(), [assignment])
+
+
+def test_cli_reports_bad_set(tmp_path, capsys):
+    path = tmp_path / "c.json"
+    path.write_text("{}")
+    with pytest.raises(SystemExit):
+        T.main(["--config", str(path), "--set", "batch_labeled=2"])
+    assert "batch_labeled" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        T.main(["--config", str(path), "--out", str(tmp_path), "--resume"])
+    assert "checkpoint.pt does not exist" in capsys.readouterr().err
+
+
+def test_real_data_needs_a_path():
+    with pytest.raises(ValueError, match="data must name the glas folder"):
+        T.build_datasets(T.TrainConfig(dataset="glas"))
+
+
+def test_unsupervised_weight_schedule():
+    # hand-computed: exp(-5 (1 - r)^2)
+    assert T.unsupervised_weight(0, 10, 10) == 0.0
+    assert T.unsupervised_weight(9, 10, 10) == 0.0
+    assert T.unsupervised_weight(10, 10, 10) == pytest.approx(np.exp(-5.0))
+    assert T.unsupervised_weight(15, 10, 10) == pytest.approx(np.exp(-1.25))
+    assert T.unsupervised_weight(20, 10, 10) == 1.0
+    assert T.unsupervised_weight(0, 0, 0) == 1.0
+    values = [T.unsupervised_weight(t, 3, 7) for t in range(15)]
+    assert values == sorted(values)
+
+
+# ----------------------------------------------------------------------------- batch stream
+
+
+@settings(max_examples=30, deadline=None)
+@given(size=st.integers(1, 9), batch=st.integers(1, 4), start=st.integers(0, 12), world=st.integers(1, 3),
+       seed=st.integers(0, 5))
+def test_batch_stream_resumes_and_covers(size, batch, start, world, seed):
+    streams = [iter(T.BatchStream(size, batch, seed, rank, world)) for rank in range(world)]
+    full = [[next(s) for _ in range(start + 3)] for s in streams]
+    for rank in range(world):
+        resumed = iter(T.BatchStream(size, batch, seed, rank, world, start=start))
+        assert [next(resumed) for _ in range(3)] == full[rank][start:]  # skipping = starting later
+        serials = [serial for b in full[rank] for _, serial in b]
+        assert serials == list(range(len(serials)))
+    # each epoch, the ranks together visit every index (DistributedSampler pads by repeating)
+    per_rank = -(-size // world)
+    first_epoch = [k for rank in range(world) for b in full[rank] for k, s in b if s < per_rank]
+    if all(len(full[r]) * batch >= per_rank for r in range(world)):
+        assert set(first_epoch) == set(range(size))
+
+
+def test_batch_stream_rejects_empty():
+    with pytest.raises(ValueError, match="size"):
+        T.BatchStream(0, 2)
+
+
+def test_view_dataset_is_deterministic_per_serial():
+    train_set, _ = T.build_datasets(tiny_config())
+    views = T.ViewDataset(train_set, [0, 1], 64, seed=3, contour_width=2)
+    image, classes = views[(1, 5)]
+    again, classes_again = views[(1, 5)]
+    assert image.shape == (3, 64, 64) and image.dtype == torch.float32
+    assert classes.dtype == torch.int64 and set(classes.unique().tolist()) <= {0, 1, 2}
+    assert torch.equal(image, again) and torch.equal(classes, classes_again)
+    assert not torch.equal(image, views[(1, 6)][0])
+
+
+# ----------------------------------------------------------------------------- the step
+
+
+def test_teacher_gets_no_gradient_and_moves_only_by_ema():
+    torch.manual_seed(0)
+    trainer = T.Trainer(tiny_config(method="dpfr", ema_decay=0.9))
+    teacher = trainer.teacher.model
+    assert all(not p.requires_grad for p in teacher.parameters())
+    student_ids = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert not student_ids & {id(p) for p in teacher.parameters()}
+    before = [p.detach().double().clone() for p in teacher.parameters()]
+    for step in range(3):
+        trainer.step(*batches(step))
+        after = [p.detach().double() for p in teacher.parameters()]
+        student = [p.detach().double() for p in trainer.student.parameters()]
+        decay = min(1 - 1 / (step + 1), 0.9)  # d_t = min(1 - 1/(t+1), decay)
+        for b, a, s in zip(before, after, student):
+            torch.testing.assert_close(a, decay * b + (1 - decay) * s, rtol=1e-5, atol=1e-6)
+        assert all(p.grad is None for p in teacher.parameters())
+        before = [a.clone() for a in after]
+    # BatchNorm statistics are copied from the student
+    for (name, bt), (_, bs) in zip(teacher.named_buffers(), trainer.student.named_buffers()):
+        assert torch.equal(bt, bs), name
+
+
+def test_flow_changes_only_through_its_own_optimiser(monkeypatch):
+    torch.manual_seed(0)
+    trainer = T.Trainer(tiny_config(method="dpfr", flow_warmup=1, threshold=1.2))  # keeps every pixel
+    flow_ids = {id(p) for p in trainer.flow.parameters()}
+    assert not flow_ids & {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    trainer.step(*batches(0))  # fits the flow once; perturbation starts at t = 1
+    snapshots = {}
+    real_step = trainer.flow_optimizer.step
+
+    def recording_step(*args, **kwargs):
+        snapshots["grads"] = [None if p.grad is None else p.grad.clone() for p in trainer.flow.parameters()]
+        snapshots["params"] = [p.detach().clone() for p in trainer.flow.parameters()]
+        out = real_step(*args, **kwargs)
+        snapshots["stepped"] = [p.detach().clone() for p in trainer.flow.parameters()]
+        return out
+
+    monkeypatch.setattr(trainer.flow_optimizer, "step", recording_step)
+    calls = []
+    real_perturb = trainer.perturbation.forward
+    monkeypatch.setattr(trainer.perturbation, "forward", lambda f, *a, **k: calls.append(f.shape) or real_perturb(f))
+    logs = trainer.step(*batches(1))
+    assert calls and calls[0][0] == 2  # the perturbed branch ran, on the unlabelled images only
+    assert float(logs["fdp"]) > 0
+    changed = any(not torch.equal(a, b) for a, b in zip(snapshots["params"], snapshots["stepped"]))
+    assert changed  # the flow's own step moved it
+    for p, grad, stepped in zip(trainer.flow.parameters(), snapshots["grads"], snapshots["stepped"]):
+        # the student's backward (after the flow's step) added nothing to the flow's gradients ...
+        assert (p.grad is None and grad is None) or torch.equal(p.grad, grad)
+        # ... and nothing but the flow's optimiser changed its parameters
+        assert torch.equal(p.detach(), stepped)
+
+
+def test_one_teacher_pass_per_step_on_the_unlabelled_batch():
+    torch.manual_seed(0)
+    trainer = T.Trainer(tiny_config(method="dpfr"))
+    seen = []
+    trainer.teacher.model.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape[0]))
+    student_inputs = []
+    trainer.student.register_forward_hook(lambda module, inputs, output: student_inputs.append(inputs[0].shape[0]))
+    for step in range(3):
+        trainer.step(*batches(step, n_l=2, n_u=3))
+    assert seen == [3, 3, 3]  # exactly one teacher forward per step, on the 3 unlabelled images only
+    # one student forward per step: labelled + clean unlabelled (+ perturbed unlabelled from t >= 1)
+    assert student_inputs == [5, 8, 8]
+
+
+def _majority(labels: np.ndarray, block: int) -> np.ndarray:
+    """Naive per-block majority vote (ties to the smaller class), the oracle of the flow's labels."""
+    b, h, w = labels.shape
+    out = np.zeros((b, h // block, w // block), dtype=np.int64)
+    for i in range(b):
+        for y in range(h // block):
+            for x in range(w // block):
+                cell = labels[i, y * block:(y + 1) * block, x * block:(x + 1) * block]
+                out[i, y, x] = np.bincount(cell.ravel(), minlength=3).argmax()
+    return out
+
+
+def test_flow_fits_detached_teacher_and_labelled_features(monkeypatch):
+    torch.manual_seed(0)
+    trainer = T.Trainer(tiny_config(method="fdp", flow_noise=0.0))
+    teacher_features = []
+    trainer.teacher.model.register_forward_hook(lambda m, i, out: teacher_features.append(out.features))
+    student_features = []
+    trainer.student.register_forward_hook(lambda m, i, out: student_features.append(out.features))
+    seen = []
+    real_nll = trainer.flow.nll
+    monkeypatch.setattr(trainer.flow, "nll", lambda f, y, **k: seen.append((f, y)) or real_nll(f, y, **k))
+    labelled, unlabelled = batches(0)
+    trainer.step(labelled, unlabelled)
+    (features, labels), = seen
+    c = trainer.flow.channels
+    expected = torch.cat([teacher_features[0], student_features[0][:2]]).permute(0, 2, 3, 1).reshape(-1, c)
+    assert not features.requires_grad  # detached
+    torch.testing.assert_close(features.reshape(c, -1).t(), expected.detach())
+    truth = _majority(labelled[1].numpy(), 32).reshape(-1)  # 64 px crops, bottleneck stride 32
+    assert labels.reshape(-1)[-truth.size:].tolist() == truth.tolist()
+    # at most flow_pixels pixels per step
+    trainer.config.flow_pixels = 5
+    seen.clear()
+    trainer.step(*batches(1))
+    assert seen[0][0].shape == (1, c, 1, 5) and seen[0][1].shape == (1, 1, 5)
+
+
+class _ImageTeacher:
+    """A stand-in teacher whose pseudo labels are a pixelwise function of its input image."""
+
+    def __init__(self) -> None:
+        self.model = torch.nn.Identity()
+
+    @staticmethod
+    def labels_of(images: torch.Tensor) -> torch.Tensor:
+        return (images[:, 0] > 0).long() + (images[:, 1] > 0).long()
+
+    def __call__(self, images: torch.Tensor) -> CENetOutput:
+        logits = 30.0 * torch.nn.functional.one_hot(self.labels_of(images), 3).permute(0, 3, 1, 2).float()
+        return CENetOutput(logits, images[:, :, ::32, ::32], images)
+
+    def update(self, student: torch.nn.Module) -> None:
+        pass
+
+
+def test_cutmix_keeps_pseudo_labels_aligned_with_student_pixels(monkeypatch):
+    torch.manual_seed(0)
+    trainer = T.Trainer(tiny_config(method="mean_teacher"))
+    trainer.teacher = _ImageTeacher()
+    augment = T.augment
+    monkeypatch.setattr(augment, "strong_from_weak", lambda images, generator: images.clone())
+    boxes = []
+    real_cutmix = augment.cutmix
+
+    def recording_cutmix(*args, **kwargs):
+        out = real_cutmix(*args, **kwargs)
+        boxes.append(out[-1])
+        return out
+
+    monkeypatch.setattr(augment, "cutmix", recording_cutmix)
+    inputs, targets = [], []
+    trainer.student.register_forward_pre_hook(lambda module, args: inputs.append(args[0].detach().clone()))
+    real_ce = T.masked_cross_entropy
+    monkeypatch.setattr(T, "masked_cross_entropy", lambda logits, labels, **k: targets.append(labels) or real_ce(
+        logits, labels, **k))
+    labelled, unlabelled = batches(0, n_l=2, n_u=4)
+    trainer.step(labelled, unlabelled)
+    student_unlabelled = inputs[0][2:6]
+    used_labels = targets[1]  # sup, then the Mean Teacher CE on the unlabelled part
+    assert boxes[0].any(dim=(1, 2)).all()  # every image got a pasted box
+    assert not torch.equal(student_unlabelled, unlabelled)  # the student saw mixed images
+    mismatched = int((used_labels != _ImageTeacher.labels_of(student_unlabelled)).sum())
+    assert mismatched == 0  # labels aligned with the student's pixels everywhere
+
+
+def test_contrast_is_positive_with_several_pseudo_classes():
+    torch.manual_seed(0)
+    trainer = T.Trainer(tiny_config(method="fr"))
+    trainer.teacher = _ImageTeacher()  # pseudo labels of all three classes
+    logs = trainer.step(*batches(0))
+    assert float(logs["contrast"]) > 0 and torch.isfinite(logs["loss"])
+    trainer.teacher.labels_of = staticmethod(lambda images: torch.zeros_like(images[:, 0], dtype=torch.long))
+    assert float(trainer.step(*batches(1))["contrast"]) == 0.0  # one class: a zero, not NaN
+
+
+def test_relative_step_scales_with_the_features():
+    trainer = T.Trainer(tiny_config(method="fdp", xi=0.5, xi_relative=True))
+    features = 10.0 * torch.randn(2, trainer.flow.channels, 2, 2)
+    step = trainer.perturbation(features) - features
+    torch.testing.assert_close(step.norm(dim=1), 0.5 * features.norm(dim=1), rtol=1e-4, atol=1e-4)
+
+
+def test_semi_supervised_step_needs_unlabelled():
+    trainer = T.Trainer(tiny_config(method="mean_teacher"))
+    labelled, _ = batches(0)
+    with pytest.raises(ValueError, match="unlabelled"):
+        trainer.step(labelled, None)
+
+
+def test_supervised_step_has_no_teacher_flow_or_head():
+    torch.manual_seed(0)
+    trainer = T.Trainer(tiny_config(method="supervised"))
+    assert trainer.teacher is None and trainer.flow is None and trainer.projector is None
+    logs = trainer.step(batches(0)[0], None)
+    assert set(logs) == {"loss", "sup", "weight"} and torch.isfinite(logs["loss"])
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def _finite_history(history):
+    return all(np.isfinite(v) for row in history for v in row.values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", T.METHODS)
+def test_every_method_runs_and_writes_files(method, tmp_path):
+    pictures = 1 if method == "dpfr" else 0
+    result = T.train(tiny_config(method=method, iterations=3, eval_pictures=pictures), tmp_path, progress=False)
+    assert [row["iteration"] for row in result["history"]] == [0, 1, 2]
+    assert _finite_history(result["history"])
+    expected = {"supervised": set(), "mean_teacher": {"mt", "kept"}, "fdp": {"mt", "kept", "fdp", "flow_nll_per_dim"},
+                "fr": {"mt", "kept", "contrast"}, "dpfr": {"mt", "kept", "fdp", "contrast", "flow_nll_per_dim"}}
+    assert set(result["history"][-1]) == {"iteration", "loss", "sup", "weight"} | expected[method]
+    for name in ("checkpoint.pt", "metrics.json", "losses.png", "config.json", "log.jsonl"):
+        assert (tmp_path / name).is_file(), name
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["method"] == method and metrics["iterations"] == 3
+    assert {"pooled_f1", "pooled_dice", "pooled_hausdorff", "pixel_dice"} <= set(metrics)
+    assert ("student" in metrics) == (method != "supervised")
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["iteration"] == 3 and state["config"]["method"] == method
+    assert len(list((tmp_path / "predictions").glob("*.png"))) == pictures
+    assert ("flow" in state) == (method in ("fdp", "dpfr")) and ("projector" in state) == (method in ("fr", "dpfr"))
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(tmp_path):
+    torch.use_deterministic_algorithms(True)
+    try:
+        config = tiny_config(method="dpfr", iterations=4, flow_warmup=1, supervised_warmup=1, rampup=2)
+        straight = T.train(config, tmp_path / "straight", progress=False)["history"]
+        T.train(T.apply_overrides(config, ["iterations=2"]), tmp_path / "split", progress=False)
+        state = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
+        assert state["iteration"] == 2 and len(state["history"]) == 2
+        resumed = T.train(config, tmp_path / "split", resume=tmp_path / "split" / "checkpoint.pt",
+                          progress=False)["history"]
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert [row["iteration"] for row in resumed] == [0, 1, 2, 3]
+    assert resumed == straight  # the same losses, bit for bit, after the interruption
+    final = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
+    reference = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
+    for part in ("student", "teacher", "flow", "projector"):
+        for key, value in reference[part].items():
+            assert torch.equal(final[part][key], value), (part, key)
+
+
+def test_resume_refuses_another_method(tmp_path):
+    T.train(tiny_config(method="supervised", iterations=1, synthetic_train=2, label_ratio="1/2"), tmp_path,
+            progress=False)
+    with pytest.raises(ValueError, match="method='supervised'"):
+        T.train(tiny_config(method="mean_teacher", iterations=2, synthetic_train=2, label_ratio="1/2"),
+                tmp_path / "b", resume=tmp_path / "checkpoint.pt", progress=False)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(tmp_path):
+    config = dict(TINY, method="dpfr", iterations=2, synthetic_train=4, label_ratio="1/2", batch_labelled=1,
+                  batch_unlabelled=2, device="cpu")
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "examples.dpfr_gland.train", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "out"),
+         "--no-progress"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "2 process(es)" in result.stdout
+    assert result.stdout.count("[train] it 2/2") == 1  # rank 0 alone logs
+    out = tmp_path / "out"
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [row["iteration"] for row in rows] == [0, 1]  # written once, not once per rank
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["checkpoint.pt", "config.json", "log.jsonl", "losses.png", "metrics.json"])
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["iteration"] == 2 and not any(k.startswith("module.") for k in state["student"])
