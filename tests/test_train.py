@@ -336,7 +336,11 @@ def test_contrast_is_positive_with_several_pseudo_classes():
     logs = trainer.step(*batches(0))
     assert float(logs["contrast"]) > 0 and torch.isfinite(logs["loss"])
     trainer.teacher.labels_of = staticmethod(lambda images: torch.zeros_like(images[:, 0], dtype=torch.long))
-    assert float(trainer.step(*batches(1))["contrast"]) == 0.0  # one class: a zero, not NaN
+    (x_l, y_l), x_u = batches(1)
+    # Pseudo labels of one class: the labelled pixels' true classes still make a contrast.
+    assert float(trainer.step((x_l, y_l), x_u)["contrast"]) > 0
+    # Everything one class: a zero, not NaN.
+    assert float(trainer.step((x_l, torch.zeros_like(y_l)), x_u)["contrast"]) == 0.0
 
 
 def test_relative_step_scales_with_the_features():

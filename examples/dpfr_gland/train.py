@@ -36,7 +36,9 @@ One iteration ``t`` (labelled batch :math:`(x_l, y_l)`, unlabelled weak batch :m
    :class:`densessl.HardAnchorContrast` (:math:`\tau = 0.5`, 256 anchors per class) on
    :class:`densessl.ProjectionHead` embeddings of the perturbed branch's last decoder map
    :math:`d_u^{\rho}` (of the clean branch before :math:`t_{flow}` or for ``method="fr"``),
-   with :math:`\tilde y` downsampled by majority vote. :math:`w(t)` is 0 during the
+   with :math:`\tilde y` downsampled by majority vote, together with the labelled images'
+   decoder maps and their true labels (so the loss has two classes to contrast before the
+   teacher is confident about glands). :math:`w(t)` is 0 during the
    supervised warm-up, then ramps up as :math:`\exp(-5(1 - r)^2)`, :math:`r \in [0, 1]`.
 5. **Flow** (:class:`densessl.FlowDensityHead`, own Adam, lr 1e-3), after the student's
    forward so that the perturbation of step ``t`` used the flow of step ``t - 1``:
@@ -893,11 +895,16 @@ class Trainer:
             unsup = unsup + config.alpha_perturbed * fdp
             logs["fdp"] = fdp.detach()
         if self.projector is not None and self.contrast is not None:
-            branch = out.decoder[n_l + n_u:] if perturb_on else out.decoder[n_l:n_l + n_u]
+            unlabelled_decoder = out.decoder[n_l + n_u:] if perturb_on else out.decoder[n_l:n_l + n_u]
+            # Labelled pixels (true labels) join the pseudo-labelled ones: early on the teacher is
+            # confident about background only, and a contrast over a single class is zero.
             with self._autocast():
-                embeddings = self.projector(branch)
-            labels_c = downsample_labels(y_u, embeddings.shape[-2:], ignore_index=_IGNORE, mode="majority",
-                                         num_classes=self.num_classes)
+                embeddings = self.projector(torch.cat([out.decoder[:n_l], unlabelled_decoder]))
+            size = embeddings.shape[-2:]
+            labels_c = torch.cat([
+                downsample_labels(y, size, ignore_index=_IGNORE, mode="majority", num_classes=self.num_classes)
+                for y in (y_l, y_u)
+            ])
             contrast = self.contrast(embeddings.float(), labels_c, generator=self._generator(t, 4))
             unsup = unsup + config.alpha_contrast * contrast
             logs["contrast"] = contrast.detach()
@@ -1151,7 +1158,8 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
                     for row in rows:
                         handle.write(json.dumps(row) + "\n")
                 last = rows[-1]
-                text = " ".join(f"{k}={v:.4g}" for k, v in last.items() if k != "iteration")
+                # "+ 0.0" turns the -0.0 of graph-connected zeros into 0 for the log line
+                text = " ".join(f"{k}={v + 0.0:.4g}" for k, v in last.items() if k != "iteration")
                 rate = (done - start) / max(time.perf_counter() - started, 1e-9)
                 message = f"[train] it {done}/{config.iterations} {text} ({rate:.2f} it/s)"
                 if bar is not None:
