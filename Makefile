@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   -- the DPFR demo on built-in synthetic glands (CPU, demo size)
+#   make demo   -- the DPFR recipe at demo size on built-in synthetic glands (CPU)
 #   make test   -- everything: unit/property/doctests, slow end-to-end runs, docs with -W
 .PHONY: test demo docs bench clean
 
