@@ -446,3 +446,19 @@ def test_two_process_ddp_on_cpu(tmp_path):
         ["checkpoint.pt", "config.json", "log.jsonl", "losses.png", "metrics.json"])
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["iteration"] == 2 and not any(k.startswith("module.") for k in state["student"])
+
+
+def test_flow_gradient_is_clipped_to_the_configured_norm(monkeypatch):
+    torch.manual_seed(0)
+    trainer = T.Trainer(tiny_config(method="fdp", flow_grad_clip=0.25))
+    norms_after = []
+    real_step = trainer.flow_optimizer.step
+
+    def recording_step(*args, **kwargs):
+        grads = [p.grad for p in trainer.flow.parameters() if p.grad is not None]
+        norms_after.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer.flow_optimizer, "step", recording_step)
+    trainer.step(*batches(0))
+    assert norms_after and all(n <= 0.25 + 1e-5 for n in norms_after)
