@@ -416,6 +416,32 @@ def test_resume_continues_exactly(tmp_path):
             assert torch.equal(final[part][key], value), (part, key)
 
 
+@pytest.mark.slow
+def test_resume_keeps_history_and_log_when_checkpoints_and_logs_interleave(tmp_path, monkeypatch):
+    # checkpoint_every not a multiple of log_every: the checkpoint at 2 must hold rows 0 and 1,
+    # and rows logged after it (row 2) must not appear twice in log.jsonl after the resume.
+    config = tiny_config(method="supervised", iterations=4, log_every=3, checkpoint_every=2, synthetic_train=2,
+                         label_ratio="1/2")
+    straight = T.train(config, tmp_path / "straight", progress=False)["history"]
+    real_step = T.Trainer.step
+
+    def crash_at_3(self, *args, **kwargs):
+        if self.iteration == 3:
+            raise KeyboardInterrupt
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(T.Trainer, "step", crash_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(config, tmp_path / "split", progress=False)
+    monkeypatch.setattr(T.Trainer, "step", real_step)
+    assert [row["iteration"] for row in torch.load(tmp_path / "split" / "checkpoint.pt",
+                                                   weights_only=True)["history"]] == [0, 1]
+    resumed = T.train(config, tmp_path / "split", resume=tmp_path / "split" / "checkpoint.pt", progress=False)
+    assert resumed["history"] == straight and [row["iteration"] for row in straight] == [0, 1, 2, 3]
+    logged = [json.loads(line) for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
+    assert logged == straight
+
+
 def test_resume_refuses_another_method(tmp_path):
     T.train(tiny_config(method="supervised", iterations=1, synthetic_train=2, label_ratio="1/2"), tmp_path,
             progress=False)

@@ -384,7 +384,28 @@ def load_config(path: str | Path) -> TrainConfig:
 
 
 def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
-    """Build a :class:`TrainConfig` from a plain dict (as in a checkpoint); unknown keys are errors."""
+    """Build a :class:`TrainConfig` from a plain dict (as in a checkpoint); unknown keys are errors.
+
+    Keys starting with ``_`` are comments and skipped; missing keys keep their defaults.
+
+    Args:
+        raw: field names to values.
+
+    Returns:
+        The validated configuration.
+
+    Raises:
+        ValueError: an unknown key (named, with close matches) or a value out of range.
+        TypeError: a value of the wrong type (names the key).
+
+    Example:
+        >>> config_from_dict({"_note": "skipped", "method": "fr", "iterations": 5}).iterations
+        5
+        >>> config_from_dict({"iteratons": 5})
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown config key 'iteratons'; did you mean iterations?
+    """
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {}
     for key, value in raw.items():
@@ -772,7 +793,15 @@ class Trainer:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` (strictly: every part this method has must be there)."""
+        """Restore :meth:`state_dict` (strictly: every part this method has must be there).
+
+        Args:
+            state: a dict from :meth:`state_dict` (e.g. of :func:`load_checkpoint`).
+
+        Raises:
+            KeyError: a part this trainer's method has is missing from ``state``.
+            RuntimeError: weights that do not fit the networks (``load_state_dict``'s message).
+        """
         _unwrap(self.student).load_state_dict(state["student"])
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
@@ -972,6 +1001,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
     Raises:
         FileNotFoundError: no such file.
+
+    Example:
+        >>> load_checkpoint("no/such/checkpoint.pt")
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: checkpoint no/such/checkpoint.pt does not exist
     """
     path = Path(path)
     if not path.is_file():
@@ -1067,7 +1102,8 @@ def train(config: TrainConfig, out: str | Path, resume: str | Path | None = None
     Args:
         config: the run's configuration.
         out: the output folder (``checkpoint.pt``, ``metrics.json``, ``losses.png``, ``log.jsonl``).
-        resume: a checkpoint to continue from (its iteration, weights, optimisers).
+        resume: a checkpoint to continue from (its iteration, weights, optimisers, history;
+            ``log.jsonl`` is rewritten from that history, dropping rows logged after it).
         progress: show a tqdm bar on rank 0.
 
     Returns:
@@ -1128,6 +1164,8 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
             config.num_workers, pin)
     if main_process:
         _write_text(out / "config.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+        if resume is not None:  # rows logged after the checkpoint will be logged again: drop them
+            _write_text(out / "log.jsonl", "".join(json.dumps(row) + "\n" for row in history))
         print(f"[train] {config.method} on {config.dataset}: {len(labelled_idx)} labelled / "
               f"{len(unlabelled_idx)} unlabelled images, {world_size} process(es) on {device}, "
               f"iterations {start}..{config.iterations}", flush=True)
@@ -1152,7 +1190,11 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
         unlabelled = next(unlabelled_loader) if unlabelled_loader is not None else None
         pending.append((t, trainer.step(labelled, unlabelled)))
         done = trainer.iteration
-        if done % config.log_every == 0 or done == config.iterations:
+        checkpoint_due = bool(config.checkpoint_every) and done % config.checkpoint_every == 0 \
+            and done < config.iterations
+        # Flush before every checkpoint too: rows still pending when a checkpoint is written
+        # would be missing from its history (and from log.jsonl) after a resume.
+        if done % config.log_every == 0 or done == config.iterations or checkpoint_due:
             rows = _gather_logs(pending, world_size, device)
             pending = []
             history.extend(rows)
@@ -1174,7 +1216,7 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
                     print(message, flush=True)
         if bar is not None:
             bar.update(1)
-        if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.iterations:
+        if checkpoint_due:
             save()
     if bar is not None:
         bar.close()
