@@ -15,17 +15,7 @@ import densessl
 from densessl.density import FlowDensityHead, GaussianMixturePrior
 from densessl.flows import ActNorm, FlowSequence, Permutation
 from densessl.functional import diagonal_normal_log_prob, flatten_pixels, mixture_log_prob, mixture_posterior
-
-
-def _perturb(module: torch.nn.Module, scale: float = 0.2, seed: int = 0) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
-        for m in module.modules():
-            if isinstance(m, ActNorm):
-                m.initialized.fill_(True)
-    return module
+from flow_helpers import perturb_parameters
 
 
 def _identity_head(c: int, k: int, **kwargs) -> FlowDensityHead:
@@ -144,7 +134,7 @@ def test_log_prob_matches_nflows_flow_on_same_transform() -> None:
     dists = pytest.importorskip("nflows.distributions")
     torch.manual_seed(0)
     head = _standard_normal_head(4, depth=2, hidden=8).eval()
-    _perturb(head.transform)  # the prior must stay N(0, I)
+    perturb_parameters(head.transform, scale=0.2)  # the prior must stay N(0, I)
     features = torch.randn(2, 4, 3, 3) * 2
     oracle = flows.Flow(head.transform, dists.StandardNormal([4]))
     expected = oracle.log_prob(flatten_pixels(features)).reshape(2, 3, 3)
@@ -179,7 +169,7 @@ def test_actual_nflows_transform_plugs_in() -> None:
 
 def test_log_prob_gradcheck_through_chunked_checkpointed_flow() -> None:
     torch.manual_seed(2)
-    head = _perturb(FlowDensityHead(3, 2, depth=2, hidden=4, chunk_size=3).double()).eval()
+    head = perturb_parameters(FlowDensityHead(3, 2, depth=2, hidden=4, chunk_size=3).double(), scale=0.2).eval()
     features = torch.randn(1, 3, 2, 3, dtype=torch.float64, requires_grad=True)
     labels = torch.tensor([[[0, 1, 255], [1, 0, 255]]])
     assert torch.autograd.gradcheck(lambda f: head.log_prob(f, labels), (features,))
@@ -187,7 +177,7 @@ def test_log_prob_gradcheck_through_chunked_checkpointed_flow() -> None:
 
 def test_chunked_equals_unchunked_values_and_gradients() -> None:
     torch.manual_seed(3)
-    whole = _perturb(FlowDensityHead(4, 3, depth=2, hidden=8, chunk_size=None))
+    whole = perturb_parameters(FlowDensityHead(4, 3, depth=2, hidden=8, chunk_size=None), scale=0.2)
     chunked = copy.deepcopy(whole)
     chunked.chunk_size = 5
     features = torch.randn(2, 4, 3, 4)
@@ -222,7 +212,7 @@ def test_chunked_training_initialises_actnorm_before_checkpointing() -> None:
 
 def test_float32_output_and_finite_grads_under_bf16_autocast() -> None:
     torch.manual_seed(4)
-    head = _perturb(FlowDensityHead(6, 3, depth=2, hidden=16))
+    head = perturb_parameters(FlowDensityHead(6, 3, depth=2, hidden=16), scale=0.2)
     features = torch.randn(2, 6, 4, 4, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         log_p = head.log_prob(features)
@@ -245,7 +235,7 @@ def test_float64_features_and_head() -> None:
 
 def test_inverse_recovers_features() -> None:
     torch.manual_seed(5)
-    head = _perturb(FlowDensityHead(5, 2, depth=2, hidden=8)).eval()
+    head = perturb_parameters(FlowDensityHead(5, 2, depth=2, hidden=8), scale=0.2).eval()
     x = torch.randn(1, 5, 3, 2)
     z, _ = head(x)
     torch.testing.assert_close(head.inverse(z), x, rtol=1e-4, atol=1e-4)

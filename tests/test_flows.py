@@ -21,18 +21,7 @@ from densessl.flows import (
     glow_flow,
 )
 from densessl.functional import soft_clamp
-
-
-def _perturb(module: torch.nn.Module, scale: float = 0.3, seed: int = 0) -> torch.nn.Module:
-    """Move every parameter off its (often identity) initialisation."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
-        for m in module.modules():
-            if isinstance(m, ActNorm):
-                m.initialized.fill_(True)
-    return module
+from flow_helpers import perturb_parameters
 
 
 def _jacobian_logdets(transform, x: torch.Tensor) -> torch.Tensor:
@@ -60,7 +49,7 @@ def _blocks(c: int) -> dict[str, torch.nn.Module]:
 @pytest.mark.parametrize("c", [2, 3, 5])
 @pytest.mark.parametrize("name", ["actnorm", "linear", "coupling", "random_perm", "reverse_perm", "glow"])
 def test_logdet_matches_autograd_jacobian(name: str, c: int) -> None:
-    block = _perturb(_blocks(c)[name].double(), seed=c).eval()
+    block = perturb_parameters(_blocks(c)[name].double(), seed=c, scale=0.3).eval()
     x = torch.randn(4, c, dtype=torch.float64)
     _, logdet = block(x)
     assert logdet.shape == (4,)
@@ -90,7 +79,7 @@ def test_glow_logdet_counts_every_layer() -> None:
 @given(n=st.integers(1, 9), c=st.integers(2, 7), depth=st.integers(1, 3), seed=st.integers(0, 10_000))
 def test_inverse_of_forward_is_identity(n: int, c: int, depth: int, seed: int) -> None:
     torch.manual_seed(seed)
-    flow = _perturb(glow_flow(c, depth=depth, hidden=5).double(), seed=seed).eval()
+    flow = perturb_parameters(glow_flow(c, depth=depth, hidden=5).double(), seed=seed, scale=0.3).eval()
     x = torch.randn(n, c, dtype=torch.float64) * 3
     y, logdet = flow(x)
     x_back, inv_logdet = flow.inverse(y)
@@ -100,7 +89,7 @@ def test_inverse_of_forward_is_identity(n: int, c: int, depth: int, seed: int) -
 
 def test_invertible_linear_is_the_lu_product() -> None:
     torch.manual_seed(1)
-    lin = _perturb(InvertibleLinear(4).double())
+    lin = perturb_parameters(InvertibleLinear(4).double(), scale=0.3)
     # W = P L U rebuilt by hand from the stored factors, with P as an explicit matrix
     eye = torch.eye(4, dtype=torch.float64)
     p_matrix = eye[lin.permutation]
@@ -202,7 +191,7 @@ def test_flow_sequence_matches_nflows_composite() -> None:
     nflows_t = pytest.importorskip("nflows.transforms")
     torch.manual_seed(3)
     blocks = [ActNorm(4), nflows_t.LULinear(4), AffineCoupling(4, hidden=5), nflows_t.ReversePermutation(4)]
-    blocks = [_perturb(b, seed=i) for i, b in enumerate(blocks)]
+    blocks = [perturb_parameters(b, seed=i, scale=0.3) for i, b in enumerate(blocks)]
     ours = FlowSequence(blocks).eval()
     theirs = nflows_t.CompositeTransform(blocks).eval()
     x = torch.randn(6, 4)
@@ -256,7 +245,7 @@ def test_bad_constructor_arguments() -> None:
 def test_blocks_cast_low_precision_rows_and_refuse_float64_into_float32(name: str) -> None:
     # The blocks accepted float16/bfloat16/float64 rows in their check and then failed
     # inside a matmul ("expected m1 and m2 to have the same dtype").
-    block = _perturb(_blocks(4)[name]).eval()
+    block = perturb_parameters(_blocks(4)[name], scale=0.3).eval()
     x = torch.randn(6, 4)
     y_ref, ld_ref = block(x.half().float())
     for dtype in (torch.float16, torch.bfloat16):
