@@ -314,14 +314,40 @@ def test_invariant_to_positive_per_pixel_rescaling(seed, log_scale):
     torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
-@FAST
-@given(seed=st.integers(0, 10_000), tau=st.floats(0.05, 5.0))
-def test_loss_bounds(seed, tau):
-    # 0 <= loss; each anchor's term <= log(1 + n) + 2/tau since cosines lie in [-1, 1].
-    emb, labels = random_case(seed, ignore_frac=0.0)
-    loss, idx = hard_anchor_contrast(emb, labels, temperature=tau, num_anchors=2, num_negatives=7,
-                                     generator=torch.Generator().manual_seed(0), return_indices=True)
-    assert 0.0 <= loss.item() <= math.log(1 + 7) + 2 / tau + 1e-9
+@pytest.mark.parametrize("tau", [0.1, 0.5, 2.0])
+@pytest.mark.parametrize("negatives", [1, 7])
+def test_loss_equals_hand_computed_value_for_orthogonal_and_opposite_classes(tau, negatives):
+    # Every pixel of class c is the same unit vector e_c, so each anchor's cosine to its
+    # positive (the class mean) is 1 and to every negative is cos(e_c, e_c'):
+    # loss = log(1 + M exp((cos - 1) / tau)) exactly, for M negatives.
+    h = w = 4
+    labels = torch.zeros(1, h, w, dtype=torch.long)
+    labels[..., w // 2:] = 1
+    for cos in (0.0, -1.0):
+        e0 = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+        e1 = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64) if cos == 0.0 else -e0
+        emb = torch.where(labels[:, None] == 0, e0[None, :, None, None], e1[None, :, None, None]) * 3.0
+        loss = hard_anchor_contrast(emb, labels, temperature=tau, num_anchors=3, num_negatives=negatives,
+                                    generator=torch.Generator().manual_seed(0))
+        expected = math.log1p(negatives * math.exp((cos - 1.0) / tau))
+        assert loss.item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_infinite_temperature_is_refused():
+    with pytest.raises(ValueError, match="temperature.*finite"):
+        HardAnchorContrast(temperature=math.inf)
+    with pytest.raises(ValueError, match="temperature.*finite"):
+        hard_anchor_contrast(torch.randn(1, 2, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long), temperature=math.inf)
+
+
+def test_mask_is_keyword_only():
+    emb, labels = torch.randn(1, 4, 3, 3), torch.randint(0, 2, (1, 3, 3))
+    mask = torch.ones(1, 3, 3, dtype=torch.bool)
+    with pytest.raises(TypeError):
+        HardAnchorContrast()(emb, labels, mask)
+    with pytest.raises(TypeError):
+        hard_anchor_contrast(emb, labels, mask)
+    HardAnchorContrast()(emb, labels, mask=mask)
 
 
 def test_temperature_behaviour():

@@ -4,6 +4,7 @@ oracles, gradients by gradcheck, chunking, autocast, training, and input validat
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from scipy.special import logsumexp
 
 import densessl
 from densessl.density import FlowDensityHead, GaussianMixturePrior
-from densessl.flows import ActNorm, FlowSequence, Permutation
+from densessl.flows import ActNorm, FlowSequence, Permutation, glow_flow
 from densessl.functional import diagonal_normal_log_prob, flatten_pixels, mixture_log_prob, mixture_posterior
 from flow_helpers import perturb_parameters
 
@@ -129,16 +130,33 @@ def _standard_normal_head(c: int, **kwargs) -> FlowDensityHead:
     return head
 
 
-def test_log_prob_matches_nflows_flow_on_same_transform() -> None:
-    flows = pytest.importorskip("nflows.flows")
-    dists = pytest.importorskip("nflows.distributions")
+def test_log_prob_is_the_change_of_variables_by_autograd_jacobian_and_scipy() -> None:
+    # Independent oracle: z from the flow's forward only, log|det J| from autograd's full
+    # per-pixel Jacobian (not the blocks' own log-dets), the mixture from scipy.
     torch.manual_seed(0)
-    head = _standard_normal_head(4, depth=2, hidden=8).eval()
-    perturb_parameters(head.transform, scale=0.2)  # the prior must stay N(0, I)
-    features = torch.randn(2, 4, 3, 3) * 2
-    oracle = flows.Flow(head.transform, dists.StandardNormal([4]))
-    expected = oracle.log_prob(flatten_pixels(features)).reshape(2, 3, 3)
-    torch.testing.assert_close(head.log_prob(features), expected, rtol=1e-5, atol=1e-5)
+    c, k = 4, 3
+    head = FlowDensityHead(c, k, depth=2, hidden=8).double().eval()
+    perturb_parameters(head, scale=0.2)
+    features = torch.randn(2, c, 3, 3, dtype=torch.float64) * 2
+    rows = flatten_pixels(features)
+    z = head.transform(rows)[0].detach().numpy()
+    jac_logdet = np.array([
+        torch.linalg.slogdet(torch.autograd.functional.jacobian(lambda v: head.transform(v[None])[0][0], r)).logabsdet.item()
+        for r in rows
+    ])
+    means = head.prior.means.detach().numpy()
+    scales = head.prior.log_scales.detach().exp().numpy()
+    log_pi = torch.log_softmax(head.prior.mixture_logits.detach(), 0).numpy()
+    per_class = np.stack([stats.norm(means[j], scales[j]).logpdf(z).sum(1) for j in range(k)], 1)
+    expected_marginal = logsumexp(per_class + log_pi, axis=1) + jac_logdet
+    np.testing.assert_allclose(head.log_prob(features).reshape(-1).detach().numpy(), expected_marginal,
+                               rtol=1e-9, atol=1e-9)
+    labels = torch.randint(0, k, (2, 3, 3))
+    labels[0, 0, 0] = 255
+    flat = labels.reshape(-1).numpy()
+    cond = np.where(flat == 255, expected_marginal, per_class[np.arange(flat.size), np.minimum(flat, k - 1)] + jac_logdet)
+    np.testing.assert_allclose(head.log_prob(features, labels).reshape(-1).detach().numpy(), cond,
+                               rtol=1e-9, atol=1e-9)
 
 
 def test_actual_nflows_transform_plugs_in() -> None:
@@ -403,3 +421,201 @@ def test_features_on_another_device_name_features():
     x = torch.randn(1, 3, 2, 2, device="meta")
     with densessl.finite_checks(False), pytest.raises(ValueError, match="features must be on the head's device"):
         head._rows(x)
+
+
+# --- issue 6: masked ActNorm init, learnt mixture weights, precision, transforms --------
+
+
+def test_masked_nll_initialises_actnorm_on_used_pixels_only() -> None:
+    # Padding (masked out) used to take part in ActNorm's data-dependent initialisation.
+    torch.manual_seed(0)
+    head = FlowDensityHead(4, 2, depth=1, hidden=8).train()
+    x = torch.randn(2, 4, 6, 6)
+    mask = torch.ones(2, 6, 6, dtype=torch.bool)
+    mask[:, :, 3:] = False
+    padded = torch.where(mask[:, None], x, torch.full_like(x, 1e3))
+    head.nll(padded, mask=mask).backward()
+    norm = head.transform.transforms[0]
+    used_rows = flatten_pixels(x)[mask.reshape(-1)]
+    out, _ = norm(used_rows)
+    torch.testing.assert_close(out.mean(0), torch.zeros(4), atol=1e-4, rtol=0)
+    torch.testing.assert_close(out.std(0, unbiased=False), torch.ones(4), atol=1e-4, rtol=0)
+    loss = head.nll(torch.randn(2, 4, 6, 6))
+    assert math.isfinite(float(loss)) and float(loss) < 50.0
+
+
+def test_masked_nll_with_too_few_used_pixels_leaves_actnorm_uninitialised() -> None:
+    head = FlowDensityHead(4, 2, depth=1, hidden=8).train()
+    mask = torch.zeros(1, 5, 5, dtype=torch.bool)
+    mask[0, 0, 0] = True
+    head.nll(torch.randn(1, 4, 5, 5) * 100, mask=mask)
+    assert not bool(head.transform.transforms[0].initialized)
+
+
+def test_mixture_weights_learn_from_labelled_pixels_and_posterior_is_bayes() -> None:
+    # Labelled pixels scored log p(z | y) without log pi_y, so pi stayed at 1/2 on 90/10 data.
+    scipy_stats = pytest.importorskip("scipy.stats")
+    torch.manual_seed(0)
+    n = 4000
+    labels = (torch.rand(n) < 0.1).long()  # 10 % class 1
+    x = torch.randn(n, 2) * 0.5 + torch.where(labels[:, None] == 1, 2.0, -2.0)
+    features = x.T.reshape(1, 2, 1, n)
+    head = FlowDensityHead(2, 2, depth=1, hidden=8)
+    opt = torch.optim.Adam(head.parameters(), lr=0.05)
+    for _ in range(300):
+        opt.zero_grad()
+        head.nll(features, labels.reshape(1, 1, n)).backward()
+        opt.step()
+    pi = torch.softmax(head.prior.mixture_logits.detach(), 0)
+    frequency = labels.float().mean()
+    torch.testing.assert_close(pi, torch.stack([1 - frequency, frequency]), atol=0.02, rtol=0)
+    # posterior = Bayes' rule with the learnt pi, by scipy on the latents
+    head.eval()
+    probe = torch.randn(1, 2, 3, 4) * 2
+    z = flatten_pixels(head(probe)[0]).double().detach().numpy()
+    means = head.prior.means.detach().double().numpy()
+    scales = head.prior.log_scales.detach().double().exp().numpy()
+    joint = np.stack([pi[k].item() * scipy_stats.norm(means[k], scales[k]).pdf(z).prod(1) for k in range(2)], 1)
+    expected = joint / joint.sum(1, keepdims=True)
+    got = flatten_pixels(head.posterior(probe)).double().detach().numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+    # log_prob(x, y) stays the class-conditional density: no log pi_y in it
+    cond = head.log_prob(probe, torch.ones(1, 3, 4, dtype=torch.long))
+    expected_cond = scipy_stats.norm(means[1], scales[1]).logpdf(z).sum(1) + head(probe)[1].reshape(-1).double().detach().numpy()
+    np.testing.assert_allclose(cond.reshape(-1).double().detach().numpy(), expected_cond, rtol=1e-5, atol=1e-4)
+
+
+def test_mixture_log_prob_joint_adds_the_mixture_weight() -> None:
+    from densessl.functional import mixture_log_prob
+
+    lp = torch.log(torch.tensor([[0.2, 0.6], [0.2, 0.6]]))
+    logits = torch.log(torch.tensor([0.25, 0.75]))
+    got = mixture_log_prob(lp, logits, labels=torch.tensor([1, 255]), joint=True).exp()
+    torch.testing.assert_close(got, torch.tensor([0.75 * 0.6, 0.25 * 0.2 + 0.75 * 0.6]))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_head_is_refused_with_a_clear_error(dtype) -> None:
+    # A bf16 head computed the flow in bf16 (errors of several nats at C = 256) although
+    # the docs promise float32 density math.
+    head = FlowDensityHead(4, 2, depth=1, hidden=8).to(dtype)
+    with pytest.raises(TypeError, match=r"head.*(bfloat16|float16).*\.float\(\)"):
+        head.log_prob(torch.randn(1, 4, 2, 2))
+    with pytest.raises(TypeError, match=r"transform.*(bfloat16|float16)"):
+        FlowDensityHead(4, 2, transform=glow_flow(4, depth=1, hidden=8).to(dtype))
+    # low-precision *features* are fine: computed in float32
+    out = FlowDensityHead(4, 2, depth=1, hidden=8).log_prob(torch.randn(1, 4, 2, 2).to(dtype))
+    assert out.dtype == torch.float32
+
+
+def test_transform_with_builtin_flow_options_is_refused() -> None:
+    with pytest.raises(ValueError, match="depth.*transform"):
+        FlowDensityHead(4, 2, transform=glow_flow(4, depth=1, hidden=8), depth=3)
+    with pytest.raises(ValueError, match="hidden.*transform"):
+        FlowDensityHead(4, 2, transform=glow_flow(4, depth=1, hidden=8), hidden=16)
+    with pytest.raises(ValueError, match="clamp.*transform"):
+        FlowDensityHead(4, 2, transform=glow_flow(4, depth=1, hidden=8), clamp=1.0)
+
+
+def test_transform_of_the_wrong_width_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"transform.*C=6"):
+        FlowDensityHead(6, 2, transform=glow_flow(4, depth=1, hidden=8))
+
+
+def test_transform_with_batch_statistics_is_refused() -> None:
+    # nflows' BatchNorm made chunked and unchunked log-densities differ by up to 4.65 nats
+    # and updated its running statistics once per chunk and recompute.
+    nt = pytest.importorskip("nflows.transforms")
+    with pytest.raises(ValueError, match="batch statistics"):
+        FlowDensityHead(4, 2, transform=nt.CompositeTransform([nt.BatchNorm(4), nt.LULinear(4)]))
+
+    class WithTorchBatchNorm(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bn = torch.nn.BatchNorm1d(4)
+
+        def forward(self, x, context=None):
+            return self.bn(x), x.new_zeros(x.shape[0])
+
+        def inverse(self, x, context=None):
+            return x, x.new_zeros(x.shape[0])
+
+    with pytest.raises(ValueError, match="batch statistics.*bn"):
+        FlowDensityHead(4, 2, transform=WithTorchBatchNorm())
+
+
+@pytest.mark.parametrize("backward", [False, True])
+def test_lu_weight_is_formed_once_per_call_not_per_chunk(backward) -> None:
+    # W = L U was rebuilt in every chunk and every checkpoint recompute (+25-55 % FLOPs).
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    c, side = 64, 16  # 256 pixels
+    features = torch.randn(1, c, side, side, requires_grad=backward)
+    unchunked = FlowDensityHead(c, 2, depth=2, hidden=8, chunk_size=None).eval()
+    chunked = FlowDensityHead(c, 2, depth=2, hidden=8, chunk_size=64).eval()
+    chunked.load_state_dict(unchunked.state_dict())
+
+    def flops(head) -> int:
+        with FlopCounterMode(display=False) as counter:
+            out = head.log_prob(features)
+            if backward:
+                out.sum().backward()
+        return counter.get_total_flops()
+
+    base, split = flops(unchunked), flops(chunked)
+    # the only extra work chunking may add is the checkpoint recompute of each chunk's
+    # forward (never another W = L U: that is 2 C^3 = 524k FLOPs per layer and chunk)
+    if not backward:
+        assert split == base
+    else:
+        with FlopCounterMode(display=False) as counter:
+            unchunked.log_prob(features)
+        forward = counter.get_total_flops()
+        lu_product = 2 * c ** 3
+        assert split <= base + forward - 2 * lu_product  # the recompute re-forms no W
+    # small calls (fewer pixels than channels) never form W at all
+    few = torch.randn(1, c, 2, 3)
+    with FlopCounterMode(display=False) as counter:
+        unchunked.log_prob(few)
+    assert counter.get_total_flops() < 2 * 2 * c ** 3
+
+
+def test_labelled_calls_and_perturbation_read_nothing_back_to_the_host(monkeypatch) -> None:
+    # Label range checks read back to the host twice per labelled call, even with the
+    # finiteness checks off; value checks now live under one switch.
+    from densessl import DensityPerturbation, value_checks
+
+    torch.manual_seed(0)
+    head = FlowDensityHead(4, 3, depth=1, hidden=8).train()
+    x = torch.randn(2, 4, 5, 5)
+    labels = torch.randint(0, 3, (2, 5, 5))
+    labels[0, 0] = 255
+    mask = torch.rand(2, 5, 5) > 0.3
+    head.nll(x, labels, mask=mask).backward()  # initialises ActNorm
+    perturb = DensityPerturbation(head, xi=1.0)
+    with value_checks(False), _NoHostReads(monkeypatch):
+        head.nll(x, labels, mask=mask).backward()
+        head.log_prob(x, labels)
+        perturb(x)
+        perturb(x, labels)
+        perturb(x, mask=mask)
+    # with checks on, a bad label is still caught
+    with pytest.raises(ValueError, match="labels"):
+        head.nll(x, torch.full((2, 5, 5), 7))
+
+
+def test_zuko_transform_plugs_in_and_matches_zuko_log_prob() -> None:
+    zuko = pytest.importorskip("zuko")
+    torch.manual_seed(0)
+    flow = zuko.flows.MAF(features=4, transforms=2, hidden_features=(16,))
+    perturb_parameters(flow, scale=0.1)
+    head = _standard_normal_head(4, transform=flow.transform, chunk_size=5).eval()
+    features = torch.randn(2, 4, 3, 3)
+    expected = flow().log_prob(flatten_pixels(features)).reshape(2, 3, 3)
+    torch.testing.assert_close(head.log_prob(features), expected, rtol=1e-5, atol=1e-5)
+    # gradients reach zuko's parameters, and the inverse round-trips
+    head.nll(features).backward()
+    assert all(p.grad is not None for p in flow.transform.parameters())
+    z, _ = head(features)
+    torch.testing.assert_close(head.inverse(z), features, rtol=1e-4, atol=1e-4)

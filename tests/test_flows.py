@@ -282,3 +282,77 @@ def test_infinite_clamp_and_eps_are_refused() -> None:
         glow_flow(4, clamp=math.inf)
     with pytest.raises(ValueError, match="eps.*finite"):
         ActNorm(3, eps=math.inf)
+
+
+# --- ActNorm's data-dependent initialisation cannot explode ---------------------------
+
+
+def _gaussian_nll_and_grad_norm(flow: torch.nn.Module, x: torch.Tensor) -> tuple[float, float]:
+    """Mean NLL of ``x`` under ``flow`` + N(0, I) and the norm of its parameter gradient."""
+    flow.zero_grad(set_to_none=True)
+    z, logdet = flow(x)
+    nll = (0.5 * (z * z).sum(1) + 0.5 * z.shape[1] * math.log(2 * math.pi) - logdet).mean()
+    nll.backward()
+    grad = torch.sqrt(sum((p.grad ** 2).sum() for p in flow.parameters() if p.grad is not None))
+    return float(nll), float(grad)
+
+
+def _normal_batch(c: int = 4, n: int = 512, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, c, generator=g) * torch.tensor([1.0, 2.0, 0.5, 1.5])[:c] + 0.3
+
+
+def test_actnorm_dead_channel_in_first_batch_gets_a_bounded_scale() -> None:
+    # A channel that is all zero in the first batch (a dead ReLU unit) used to get
+    # log-scale -log(1e-6) = 13.8: when it later carried ~0.01 the NLL was ~2e7.
+    torch.manual_seed(0)
+    first = _normal_batch()
+    first[:, 0] = 0.0
+    first[:, 2] = 5.0  # constant but non-zero: just as dead
+    flow = glow_flow(4, depth=2, hidden=8).train()
+    flow(first)
+    norm = flow.transforms[0]
+    assert bool(norm.initialized)
+    assert float(norm.log_scale.abs().max()) < 3.0  # within the live channels' range
+    later = _normal_batch(seed=2)
+    later[:, 0] = 0.01 * torch.randn(512)
+    nll, grad = _gaussian_nll_and_grad_norm(flow, later)
+    assert math.isfinite(nll) and nll < 50.0
+    assert math.isfinite(grad) and grad < 1e3
+
+
+def test_actnorm_all_dead_first_batch_is_the_identity_scale() -> None:
+    norm = ActNorm(3).train()
+    norm(torch.full((64, 3), 2.0))
+    assert bool(norm.initialized)
+    assert torch.equal(norm.log_scale.detach(), torch.zeros(3))
+    torch.testing.assert_close(norm.shift.detach(), torch.full((3,), -2.0))
+
+
+@pytest.mark.parametrize("rows", [0, 1])
+def test_actnorm_too_few_rows_do_not_initialise(rows: int) -> None:
+    # An empty batch wrote NaN into log_scale and marked the layer initialised; a single
+    # pixel gave a scale of 1e6. Below min_init_rows the layer stays the identity and the
+    # next batch with enough rows initialises it.
+    norm = ActNorm(4).train()
+    y, logdet = norm(torch.randn(rows, 4) * 3)
+    assert not bool(norm.initialized)
+    assert torch.equal(norm.log_scale.detach(), torch.zeros(4))
+    assert y.shape == (rows, 4) and bool(torch.isfinite(logdet).all())
+    later = _normal_batch()
+    out, _ = norm(later)
+    assert bool(norm.initialized)
+    torch.testing.assert_close(out.mean(0), torch.zeros(4), atol=1e-4, rtol=0)
+    torch.testing.assert_close(out.std(0, unbiased=False), torch.ones(4), atol=1e-4, rtol=0)
+    nll, grad = _gaussian_nll_and_grad_norm(norm, _normal_batch(seed=3))
+    assert nll < 10.0 and grad < 10.0
+
+
+def test_actnorm_initialize_refuses_too_few_rows_and_bad_minimum() -> None:
+    with pytest.raises(ValueError, match="min_init_rows"):
+        ActNorm(3, min_init_rows=1)
+    norm = ActNorm(3, min_init_rows=10)
+    with pytest.raises(ValueError, match="at least 10 rows"):
+        norm.initialize(torch.randn(9, 3))
+    norm.initialize(torch.randn(10, 3))
+    assert bool(norm.initialized)

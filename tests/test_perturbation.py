@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -400,3 +402,75 @@ def test_infinite_xi_is_refused():
         DensityPerturbation(GaussianDensity(3), xi=math.inf)
     with pytest.raises(ValueError, match="xi.*finite"):
         density_perturbation(torch.randn(1, 3, 2, 2), lambda f: -f.square().sum(1), xi=math.inf)
+
+
+# ----------------------------------------------------------------------------- issue 6: ownership
+
+
+class _StudentWithPerturbation(nn.Module):
+    """A user's network that keeps the perturbation (and the block it perturbs through) inside."""
+
+    def __init__(self, density) -> None:
+        super().__init__()
+        self.encoder = nn.Conv2d(3, 4, 1)
+        self.block = nn.Conv2d(4, 4, 1)
+        self.perturb = DensityPerturbation(density, xi=1.0, head=self.block)
+
+    def forward(self, x):
+        return self.block(self.perturb(self.encoder(x)))
+
+
+def test_deepcopy_and_ema_teacher_share_the_density_and_copy_the_head_with_the_network():
+    # A deepcopy (EMATeacher) used to copy the density: the teacher's copy was never
+    # trained and not moved by .to().
+    from densessl import EMATeacher
+
+    density = GaussianDensity(4)
+    student = _StudentWithPerturbation(density)
+    for clone in (copy.deepcopy(student), EMATeacher(student).model):
+        assert clone.perturb.density is density  # one density model, trained by its owner
+        assert clone.perturb.head is clone.block  # the copy perturbs through its own block
+        assert clone.perturb.head is not student.block
+        clone(torch.randn(1, 3, 2, 2))  # and it runs
+    standalone = copy.deepcopy(student.perturb)
+    assert standalone.density is density and standalone.xi == 1.0
+
+
+def test_pickle_drops_the_density_and_says_how_to_reattach():
+    density = GaussianDensity(4)
+    student = _StudentWithPerturbation(density)
+    restored = pickle.loads(pickle.dumps(student))
+    assert restored.perturb.density is None
+    assert restored.perturb.head is restored.block
+    with pytest.raises(RuntimeError, match=r"no density.*\.density = "):
+        restored(torch.randn(1, 3, 2, 2))
+    restored.perturb.density = density
+    restored(torch.randn(1, 3, 2, 2))
+    with pytest.raises(TypeError, match="log_prob"):
+        restored.perturb.density = nn.Linear(2, 2)
+
+
+def test_to_and_state_dict_leave_the_density_to_its_owner():
+    density = GaussianDensity(4)
+    student = _StudentWithPerturbation(density)
+    student.to(torch.float64)
+    assert density.means.dtype == torch.float32  # .to() of the student does not move it
+    assert student.block.weight.dtype == torch.float64
+    assert set(student.state_dict()) == {"encoder.weight", "encoder.bias", "block.weight", "block.bias"}
+    assert all(p is not density.means for p in student.parameters())
+
+
+def test_mask_is_keyword_only_and_labels_come_second():
+    # perturb(features, mask, labels) vs head.nll(features, labels, mask): one order now,
+    # tensor, labels, then keywords.
+    density = GaussianDensity(3, num_classes=2)
+    perturb = DensityPerturbation(density, xi=1.0)
+    x = torch.randn(1, 3, 2, 2)
+    mask = torch.ones(1, 2, 2, dtype=torch.bool)
+    with pytest.raises(TypeError):
+        perturb(x, torch.zeros(1, 2, 2, dtype=torch.long), mask)
+    with pytest.raises(TypeError, match="labels"):
+        perturb(x, mask)  # a mask where labels go: named, not silently used
+    perturb(x, torch.zeros(1, 2, 2, dtype=torch.long), mask=mask)
+    with pytest.raises(TypeError):
+        density_perturbation(x, density.log_prob, 1.0, mask)

@@ -98,7 +98,19 @@ def test_labeler_matches_numpy(k, threshold, scale, seed):
     np.testing.assert_array_equal(out.mask.numpy()[~near], keep[~near])
     np.testing.assert_array_equal(out.labels.numpy()[~near], expected[~near])
     np.testing.assert_allclose(out.entropy.numpy(), ent, rtol=1e-5, atol=1e-6)
-    assert float(out.kept_fraction) == pytest.approx(out.mask.numpy().mean())
+    assert float(out.kept_fraction) == pytest.approx(keep.mean(), abs=near.mean() + 1e-7)
+
+
+def test_kept_fraction_hand_case():
+    # 8 pixels, 3 classes: 3 saturated (entropy ~0, kept), 5 uniform (entropy ln 3 > 0.5,
+    # dropped), so 3 / 8 are kept whatever the code's own formula for the fraction is.
+    logits = torch.zeros(1, 3, 2, 4)
+    logits[0, 0, 0, 0] = logits[0, 1, 0, 1] = logits[0, 2, 1, 3] = 30.0
+    out = EntropyPseudoLabeler(threshold=0.5)(logits)
+    assert float(out.kept_fraction) == 0.375
+    assert out.labels.tolist() == [[[0, 1, 255, 255], [255, 255, 255, 2]]]
+    with pytest.raises(TypeError):
+        EntropyPseudoLabeler(threshold=0.5)(logits, torch.ones(1, 2, 4, dtype=torch.bool))
 
 
 def test_threshold_boundary_equal_entropy_is_dropped():
