@@ -11,6 +11,14 @@ a smaller run). Prints a table and writes ``benchmarks/results/bench_density.jso
   affine coupling with the same conditioner MLP) are timed interleaved in one process,
   forward + backward; the ratio is the number to read, not the absolute times.
 * FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` per pixel.
+* W once per call: ``log_prob`` + the gradient w.r.t. the features (what
+  ``DensityPerturbation`` computes) at C = 256, 1024 and 2048, by the current head (every
+  ``W = P L U`` formed once per call and shared by all chunks and recomputes) and by the
+  previous algorithm (each chunk, and each checkpoint recompute, formed ``W`` again),
+  reimplemented here on the same blocks and parameters. Both are reported as FLOPs
+  (``FlopCounterMode``), median time over interleaved repeats, and as a fraction of the
+  FLOP rate of a plain float32 ``torch.mm`` of the dominant shape ``[N, C] x [C, C]``
+  timed in the same loop, on one thread and on all threads.
 """
 
 from __future__ import annotations
@@ -160,16 +168,110 @@ def _flops_per_pixel(channels: int, depth: int, hidden: int) -> dict:
             **{k: int(v) for k, v in out.items()}}
 
 
+def _log_prob_rebuilding_w(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """The head's log-density by the previous algorithm: each chunk (and each checkpoint
+    recompute) runs the flow on its own, so every InvertibleLinear forms W = L U again."""
+    from torch.utils.checkpoint import checkpoint
+
+    from densessl.functional import flatten_pixels
+
+    rows = flatten_pixels(features)
+    outputs, logdets = [], []
+    for chunk in rows.split(head.chunk_size):
+        z, logdet = checkpoint(head.transform, chunk, None, use_reentrant=False)
+        outputs.append(z)
+        logdets.append(logdet)
+    return head.prior.log_prob(torch.cat(outputs)) + torch.cat(logdets)
+
+
+def _w_once_vs_rebuilt(channels: int, rows: int, chunk: int, threads: int, reps: int, depth: int, hidden: int) -> dict:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from densessl.density import FlowDensityHead
+
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        head = FlowDensityHead(channels, 3, depth=depth, hidden=hidden, chunk_size=chunk).eval()
+        side = int(rows ** 0.5)
+        assert side * side == rows
+        features = torch.randn(1, channels, side, side)
+        a, b = torch.randn(rows, channels), torch.randn(channels, channels)
+
+        def current() -> None:
+            x = features.clone().requires_grad_(True)
+            torch.autograd.grad(head.log_prob(x).sum(), x)
+
+        def previous() -> None:
+            x = features.clone().requires_grad_(True)
+            torch.autograd.grad(_log_prob_rebuilding_w(head, x).sum(), x)
+
+        def matmul() -> None:
+            torch.mm(a, b)
+
+        # same numbers by both algorithms
+        x = features.clone().requires_grad_(True)
+        ref = _log_prob_rebuilding_w(head, x)
+        torch.testing.assert_close(head.log_prob(features), ref.reshape(1, side, side).detach(), rtol=1e-4, atol=1e-3)
+        flops = {}
+        for name, fn in (("current", current), ("previous", previous), ("mm", matmul)):
+            with FlopCounterMode(display=False) as counter:
+                fn()
+            flops[name] = counter.get_total_flops()
+        times: dict[str, list[float]] = {name: [] for name in flops}
+        for fn in (current, previous, matmul):  # warm-up
+            fn()
+        for _ in range(reps):
+            for name, fn in (("current", current), ("previous", previous), ("mm", matmul)):
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+        med = {name: statistics.median(t) for name, t in times.items()}
+        mm_rate = flops["mm"] / med["mm"]
+        return {
+            "channels": channels, "rows": rows, "chunk": chunk, "threads": threads, "reps": reps,
+            "gflop_previous": round(flops["previous"] / 1e9, 2), "gflop_current": round(flops["current"] / 1e9, 2),
+            "flops_saved": round(1 - flops["current"] / flops["previous"], 3),
+            "ms_previous": round(1e3 * med["previous"], 1), "ms_current": round(1e3 * med["current"], 1),
+            "speedup": round(med["previous"] / med["current"], 2),
+            "mm_fraction_previous": round(flops["previous"] / med["previous"] / mm_rate, 2),
+            "mm_fraction_current": round(flops["current"] / med["current"] / mm_rate, 2),
+        }
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="smaller sizes (smoke test)")
+    parser.add_argument("--only", choices=["w_once"], help="run one section only (the others keep their last result)")
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(_measure_memory(**json.loads(args.child))))
         return {}
 
     channels, depth, hidden = 2048, 2, 256
+    all_threads = torch.get_num_threads()
+    # (C, rows, chunk): the default chunk at C = 256 and 2048, and 1024-pixel chunks at C = 1024
+    w_configs = [(256, 16384, 8192), (1024, 4096, 1024), (2048, 16384, 8192)]
+    if args.quick:
+        w_configs = [(256, 4096, 1024), (1024, 1024, 256)]
+    w_once = []
+    for c, rows, chunk in w_configs:
+        for threads in sorted({1, all_threads}):
+            w_once.append(_w_once_vs_rebuilt(c, rows, chunk, threads, reps=2 if args.quick else 3,
+                                             depth=depth, hidden=hidden))
+            print(json.dumps(w_once[-1]), flush=True)
+    _print_w_once(w_once)
+    if args.only == "w_once":
+        result = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        result.update({"torch": torch.__version__, "w_once_per_call": w_once})
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"\nwrote {RESULTS}")
+        return result
     # (mode, map side, chunk): the 104x104 map of the design brief, with and without
     # gradients; about four minutes on 2 CPU cores.
     configs = [("no_grad", 104, None), ("no_grad", 104, 2048), ("train", 64, None), ("train", 64, 512),
@@ -185,7 +287,8 @@ def main(argv: list[str] | None = None) -> dict:
     for c, rows in ((256, 4096), (1024, 512 if args.quick else 1024)):
         speed.append(_time_pair(c, rows, depth, hidden, reps=3 if args.quick else 5))
     flops = _flops_per_pixel(channels, depth, hidden)
-    result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "memory": memory, "speed": speed, "flops_per_pixel": flops}
+    result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "memory": memory, "speed": speed,
+              "flops_per_pixel": flops, "w_once_per_call": w_once}
 
     print(f"FlowDensityHead memory, C={channels}, depth={depth}, hidden={hidden}, B=1; peak RSS growth of the call")
     print(f"{'mode':<8} {'map':>8} {'chunk':>7} {'MiB':>9} {'s':>7}")
@@ -202,6 +305,16 @@ def main(argv: list[str] | None = None) -> dict:
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {RESULTS}")
     return result
+
+
+def _print_w_once(rows: list[dict]) -> None:
+    print("\nlog_prob + input gradient: W formed once per call (current) vs per chunk and recompute (previous)")
+    print(f"{'C':>5} {'rows':>6} {'chunk':>6} {'thr':>4} {'GFLOP prev':>11} {'GFLOP now':>10} {'saved':>6} "
+          f"{'ms prev':>8} {'ms now':>8} {'speedup':>8} {'mm-frac prev':>13} {'mm-frac now':>12}")
+    for r in rows:
+        print(f"{r['channels']:>5} {r['rows']:>6} {r['chunk']:>6} {r['threads']:>4} {r['gflop_previous']:>11.2f} "
+              f"{r['gflop_current']:>10.2f} {r['flops_saved']:>6.1%} {r['ms_previous']:>8.1f} {r['ms_current']:>8.1f} "
+              f"{r['speedup']:>8.2f} {r['mm_fraction_previous']:>13.2f} {r['mm_fraction_current']:>12.2f}")
 
 
 if __name__ == "__main__":

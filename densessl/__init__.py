@@ -6,8 +6,8 @@ The five primitives — :class:`FlowDensityHead`, :class:`DensityPerturbation`,
 :mod:`densessl.functional`, instance-segmentation metrics in :mod:`densessl.metrics`.
 """
 
-from . import functional, metrics
-from ._checks import finite_checks, finite_checks_enabled
+from . import checks, functional, metrics
+from ._checks import value_checks, value_checks_enabled
 from .contrast import HardAnchorContrast, ProjectionHead
 from .density import FlowDensityHead, GaussianMixturePrior
 from .flows import (
@@ -18,6 +18,8 @@ from .flows import (
     Permutation,
     RandomPermutation,
     ReversePermutation,
+    ZukoTransform,
+    fixed_lu_weights,
     glow_flow,
 )
 from .perturbation import DensityPerturbation
@@ -45,11 +47,14 @@ __all__ = [
     "Permutation",
     "RandomPermutation",
     "ReversePermutation",
+    "ZukoTransform",
+    "fixed_lu_weights",
     "glow_flow",
     # submodules and switches
+    "checks",
     "functional",
     "metrics",
-    "finite_checks",
-    "finite_checks_enabled",
+    "value_checks",
+    "value_checks_enabled",
     "__version__",
 ]

@@ -28,46 +28,52 @@ __all__ = [
     "check_probabilities",
     "check_same_spatial",
     "check_tensor",
-    "finite_checks",
-    "finite_checks_enabled",
+    "value_checks",
+    "value_checks_enabled",
 ]
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
-_FINITE_CHECKS = True
+_VALUE_CHECKS = True
 
 
-def finite_checks_enabled() -> bool:
-    """Whether public APIs check their float inputs for NaN/Inf (default ``True``)."""
-    return _FINITE_CHECKS
+def value_checks_enabled() -> bool:
+    """Whether public APIs check the *values* of their inputs (default ``True``).
+
+    Value checks are the ones that read a tensor back to the host: NaN/Inf in float
+    inputs, label ranges, probabilities in ``[0, 1]`` summing to one. Shape, dtype and
+    device checks never read data and always run.
+    """
+    return _VALUE_CHECKS
 
 
 @contextlib.contextmanager
-def finite_checks(enabled: bool) -> Iterator[None]:
-    """Context manager that turns the NaN/Inf input checks on or off.
+def value_checks(enabled: bool) -> Iterator[None]:
+    """Context manager that turns the value checks (NaN/Inf, label range) on or off.
 
-    The finiteness check reads the tensor back to the host (a device sync on GPU); a
-    training loop that has been debugged may turn it off for speed.
+    Like ``validate_args`` of ``torch.distributions``: each value check reads the tensor
+    back to the host (a device sync on GPU), so a training loop that has been debugged
+    may switch them off for speed. Shape, dtype and device checks stay on.
 
     Args:
-        enabled: ``True`` to check float inputs for NaN/Inf, ``False`` to skip it.
+        enabled: ``True`` to check values, ``False`` to skip those checks.
 
     Example:
         >>> import torch, densessl
-        >>> with densessl.finite_checks(False):
-        ...     densessl.finite_checks_enabled()
+        >>> with densessl.value_checks(False):
+        ...     densessl.value_checks_enabled()
         False
-        >>> densessl.finite_checks_enabled()
+        >>> densessl.value_checks_enabled()
         True
     """
-    global _FINITE_CHECKS
-    previous = _FINITE_CHECKS
-    _FINITE_CHECKS = bool(enabled)
+    global _VALUE_CHECKS
+    previous = _VALUE_CHECKS
+    _VALUE_CHECKS = bool(enabled)
     try:
         yield
     finally:
-        _FINITE_CHECKS = previous
+        _VALUE_CHECKS = previous
 
 
 def _shape(x: torch.Tensor) -> str:
@@ -102,8 +108,8 @@ def check_tensor(
 
 
 def check_finite(name: str, x: torch.Tensor) -> torch.Tensor:
-    """Raise ``ValueError`` if ``x`` holds NaN or Inf (skipped when finite checks are off)."""
-    if _FINITE_CHECKS and x.is_floating_point() and x.numel() > 0:
+    """Raise ``ValueError`` if ``x`` holds NaN or Inf (skipped when value checks are off)."""
+    if _VALUE_CHECKS and x.is_floating_point() and x.numel() > 0:
         if not bool(torch.isfinite(x).all()):
             bad = int((~torch.isfinite(x)).sum())
             raise ValueError(f"{name} must be finite, got {bad} NaN/Inf value(s) in shape {_shape(x)}")
@@ -135,6 +141,8 @@ def check_logits(name: str, x: object, *, num_classes: int | None = None) -> tor
 def check_probabilities(name: str, x: object, *, atol: float = 1e-3) -> torch.Tensor:
     """Probabilities ``[B, K, H, W]`` in [0, 1] summing to one over dim 1."""
     x = check_logits(name, x)
+    if not _VALUE_CHECKS:
+        return x
     if x.numel() and (bool((x < 0).any()) or bool((x > 1).any())):
         raise ValueError(f"{name} must hold probabilities in [0, 1], got values in "
                          f"[{float(x.min()):.4g}, {float(x.max()):.4g}]")
@@ -155,14 +163,15 @@ def check_labels(
 ) -> torch.Tensor:
     """Integer labels ``[B, H, W]`` with values in ``0..num_classes-1`` or ``ignore_index``.
 
-    Returns the labels as int64 (a copy only if the dtype differs).
+    Returns the labels as int64 (a copy only if the dtype differs). The range check
+    reads the labels back to the host and is skipped when value checks are off.
     """
     dims = "[B, H, W]" if ndim == 3 else None
     labels = check_tensor(
         name, labels, ndim=ndim, dims=dims, dtypes=INT_DTYPES, dtype_words="an integer type (int64 preferred)",
     )
     labels = labels.long()
-    if num_classes is not None and labels.numel():
+    if num_classes is not None and labels.numel() and _VALUE_CHECKS:
         valid = (labels >= 0) & (labels < num_classes)
         if ignore_index is not None:
             valid |= labels == ignore_index

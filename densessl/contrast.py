@@ -45,7 +45,7 @@ class HardAnchorContrast(nn.Module):
         - output: scalar, float32 (float64 for float64 embeddings), ``>= 0``
 
     Raises:
-        ValueError: a non-positive temperature or count, an unknown ``hard_selection``.
+        ValueError: a non-positive or infinite temperature or count, an unknown ``hard_selection``.
         TypeError: a non-number temperature or a non-integer count.
 
     References:
@@ -77,7 +77,7 @@ class HardAnchorContrast(nn.Module):
         num_classes: int | None = None,
     ) -> None:
         super().__init__()
-        self.temperature = float(check_number("temperature", temperature, low=0.0, low_inclusive=False))
+        self.temperature = float(check_number("temperature", temperature, low=0.0, low_inclusive=False, finite=True))
         self.num_anchors = None if num_anchors is None else int(
             check_number("num_anchors", num_anchors, low=1, integer=True))
         self.num_negatives = None if num_negatives is None else int(
@@ -93,6 +93,7 @@ class HardAnchorContrast(nn.Module):
         self,
         embeddings: torch.Tensor,
         labels: torch.Tensor,
+        *,
         mask: torch.Tensor | None = None,
         probabilities: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
@@ -102,7 +103,8 @@ class HardAnchorContrast(nn.Module):
         Args:
             embeddings: per-pixel embeddings (normalised inside).
             labels: class per pixel or ``ignore_index``.
-            mask: optional extra selection (True = use the pixel).
+            mask: optional extra selection (True = use the pixel); this and the
+                arguments after it are keyword only.
             probabilities: class probabilities, for ``"confidence"``/``"auto"``
                 anchor selection; labels must then be below its ``K``.
             generator: random source for the negatives (on the embeddings' device).

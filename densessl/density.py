@@ -24,13 +24,17 @@ from ._checks import (
     check_same_spatial,
     check_tensor,
 )
-from .flows import ActNorm, glow_flow
-from .functional._density import diagonal_normal_log_prob, mixture_log_prob, mixture_posterior
+from ._modes import eval_mode
+from .flows import ActNorm, InvertibleLinear, ZukoTransform, _is_zuko_lazy_transform, fixed_lu_weights, glow_flow
+from .functional._density import _mixture_log_prob, diagonal_normal_log_prob, mixture_log_prob, mixture_posterior
 from .functional._pixels import flatten_pixels, unflatten_pixels
 
 __all__ = ["FlowDensityHead", "GaussianMixturePrior"]
 
-
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+# Rows of the no-grad pass that initialises ActNorm-like layers: at least this many
+# (when the batch has them), even with a smaller chunk size.
+_INIT_ROWS = 4096
 
 class GaussianMixturePrior(nn.Module):
     """One diagonal Gaussian per class, with mixture weights: the flow's base distribution.
@@ -101,12 +105,22 @@ class GaussianMixturePrior(nn.Module):
         z = self._check_z(z)
         return diagonal_normal_log_prob(z, self.means, self.log_scales)
 
-    def log_prob(self, z: torch.Tensor, labels: torch.Tensor | None = None, ignore_index: int = 255) -> torch.Tensor:
+    def log_prob(
+        self, z: torch.Tensor, labels: torch.Tensor | None = None, ignore_index: int = 255, joint: bool = False
+    ) -> torch.Tensor:
         """``log p(z | y)`` where labelled, the mixture ``log p(z)`` where ``ignore_index`` or unlabelled.
 
+        With ``joint=True`` labelled rows get ``log p(z, y) = log pi_y + log p(z | y)``.
         Returns ``[N]``; see :func:`densessl.functional.mixture_log_prob`.
         """
-        return mixture_log_prob(self.log_prob_per_class(z), self.mixture_logits, labels, ignore_index)
+        return mixture_log_prob(self.log_prob_per_class(z), self.mixture_logits, labels, ignore_index, joint)
+
+    def _log_prob_validated(
+        self, z: torch.Tensor, labels: torch.Tensor | None, ignore_index: int, joint: bool
+    ) -> torch.Tensor:
+        # Labels already checked by the caller (FlowDensityHead): no second range check,
+        # which would read them back to the host once more.
+        return _mixture_log_prob(self.log_prob_per_class(z), self.mixture_logits, labels, ignore_index, joint)
 
     def posterior(self, z: torch.Tensor) -> torch.Tensor:
         """Class posterior ``p(k | z)`` by Bayes' rule: ``[N, D] -> [N, K]``."""
@@ -127,6 +141,36 @@ def _uninitialized(module: nn.Module) -> bool:
     return False
 
 
+def _check_transform(transform: nn.Module, channels: int) -> None:
+    """Refuse what would silently give wrong densities: batch statistics, a wrong width, low precision."""
+    for name, m in transform.named_modules():
+        buffers = dict(m.named_buffers(recurse=False))
+        if isinstance(m, nn.modules.batchnorm._NormBase) or "running_mean" in buffers or "running_var" in buffers:
+            raise ValueError(
+                f"transform must not hold layers with batch statistics, got {type(m).__name__} at "
+                f"{name or '(root)'}: a pixel's density would depend on the other pixels in its chunk "
+                "(chunked and unchunked results differ) and running statistics would update per chunk; use ActNorm"
+            )
+    low = [(n, p.dtype) for n, p in transform.named_parameters() if p.dtype in _LOW_PRECISION]
+    if low:
+        raise TypeError(f"transform parameters must be float32 or float64, got {str(low[0][1]).replace('torch.', '')} "
+                        f"at {low[0][0]}; call transform.float()")
+    dtype = next((p.dtype for p in transform.parameters()), torch.float32)
+    probe = torch.randn(2, channels, generator=torch.Generator().manual_seed(0)).to(dtype)
+    device = next((p.device for p in transform.parameters()), torch.device("cpu"))
+    try:
+        with eval_mode(transform), torch.no_grad():  # eval: no data-dependent init on the probe
+            out = transform(probe.to(device), None)
+        z, logdet = out
+        ok = tuple(z.shape) == (2, channels) and tuple(logdet.shape) == (2,)
+        got = f"outputs {tuple(z.shape)} and log-det {tuple(logdet.shape)}"
+    except (RuntimeError, ValueError, TypeError, IndexError) as error:
+        ok, got = False, f"{type(error).__name__}: {error}"
+    if not ok:
+        raise ValueError(f"transform must map [N, C={channels}] rows to ([N, {channels}], [N]) like the head's "
+                         f"channels, got {got}")
+
+
 class FlowDensityHead(nn.Module):
     """Exact per-pixel log-density of a feature map under a flow with a class-Gaussian prior.
 
@@ -140,22 +184,38 @@ class FlowDensityHead(nn.Module):
     with autocast disabled, whatever the caller's autocast state; outputs are float32
     or float64. ``log_prob`` is differentiable w.r.t. the features.
 
+    The head's parameters must be float32 or float64: a head cast to float16/bfloat16
+    is refused with a ``TypeError`` (call ``head.float()``), because the flow's log-det
+    and ``exp`` of its scales lose nats in low precision. Low-precision *features* are
+    fine (computed in float32).
+
     Pixels are independent, so inputs with more than ``chunk_size`` pixels are pushed
     through the flow ``chunk_size`` pixels at a time: without gradients chunk by chunk,
     with gradients under activation checkpointing (each chunk's activations are
-    recomputed in the backward pass), which bounds the flow's memory by one chunk. In
-    training mode, uninitialised ActNorm layers are first initialised on a strided
-    subsample of at most ``chunk_size`` pixels.
+    recomputed in the backward pass), which bounds the flow's memory by one chunk. The
+    invertible linear maps ``W = P L U`` are formed once per call (when the call has at
+    least ``C`` pixels) and shared by every chunk and recompute. In training mode,
+    uninitialised ActNorm layers are first initialised, in a no-grad pass, on a
+    strided subsample (at most ``max(chunk_size, 4096)`` pixels) of the *used* pixels
+    (``mask`` of :meth:`nll`); with too few used pixels they stay uninitialised.
+
+    A ``transform`` must not hold layers with batch statistics (BatchNorm, nflows'
+    ``BatchNorm``): their output for one pixel depends on the other pixels of the batch,
+    so chunked and unchunked results would differ and running statistics would update
+    once per chunk and recompute. Use ActNorm. A zuko lazy transform
+    (``zuko.flows.MAF(...).transform`` and the like) is wrapped in
+    :class:`~densessl.flows.ZukoTransform`.
 
     Args:
         channels: number of feature channels ``C >= 2``.
         num_classes: number of classes ``K >= 1`` (one Gaussian each).
-        depth: number of (ActNorm, InvertibleLinear, AffineCoupling) steps of the built-in flow.
-        hidden: conditioner width of the built-in couplings.
-        clamp: soft-clamp bound of the couplings' log-scales.
+        depth: number of (ActNorm, InvertibleLinear, AffineCoupling) steps of the built-in
+            flow (default 2).
+        hidden: conditioner width of the built-in couplings (default 256).
+        clamp: soft-clamp bound of the couplings' log-scales (default 2.0).
         transform: optional replacement flow: any module with the nflows ``Transform``
-            interface on ``[N, C]`` rows (e.g. an ``nflows.transforms`` object);
-            ``depth``, ``hidden`` and ``clamp`` are then unused.
+            interface on ``[N, C]`` rows (e.g. an ``nflows.transforms`` object), or a zuko
+            lazy transform; ``depth``, ``hidden`` and ``clamp`` must then not be given.
         chunk_size: pixels per flow evaluation; ``None`` never chunks.
         ignore_index: label of unlabelled pixels.
         learn_scales: learn the prior's per-class scales (else unit variance).
@@ -167,12 +227,14 @@ class FlowDensityHead(nn.Module):
         - mask: ``[B, H, W]``, bool
 
     Raises:
-        ValueError: bad constructor arguments; features with the wrong rank or channel
-            count; labels or mask not matching the features' batch/spatial size; labels
-            out of range.
+        ValueError: bad constructor arguments (also ``depth``/``hidden``/``clamp`` given
+            with a ``transform``, a ``transform`` that does not map ``[N, C]`` rows to
+            ``[N, C]``, or one with batch statistics); features with the wrong rank or
+            channel count; labels or mask not matching the features' batch/spatial size;
+            labels out of range.
         TypeError: non-float features, non-integer labels, a non-bool mask, a
-            ``transform`` without the Transform interface, or float64 features given to
-            a float32 head.
+            ``transform`` without the Transform interface, float64 features given to
+            a float32 head, or a float16/bfloat16 head or transform.
 
     References:
         Kingma & Dhariwal, "Glow" (2018); Wang et al., "Density-Descending Feature
@@ -198,9 +260,9 @@ class FlowDensityHead(nn.Module):
         self,
         channels: int,
         num_classes: int,
-        depth: int = 2,
-        hidden: int = 256,
-        clamp: float = 2.0,
+        depth: int | None = None,
+        hidden: int | None = None,
+        clamp: float | None = None,
         transform: nn.Module | None = None,
         chunk_size: int | None = 8192,
         ignore_index: int = 255,
@@ -219,19 +281,36 @@ class FlowDensityHead(nn.Module):
                 f"ignore_index must not be a class index 0..{self.num_classes - 1}, got {self.ignore_index}"
             )
         if transform is None:
-            transform = glow_flow(self.channels, depth=depth, hidden=hidden, clamp=clamp)
-        elif not isinstance(transform, nn.Module) or not callable(getattr(transform, "inverse", None)):
-            raise TypeError(
-                "transform must be an nn.Module with forward(inputs, context) and inverse(inputs, context) "
-                f"(the nflows Transform interface), got {type(transform).__name__}"
-            )
+            transform = glow_flow(self.channels, depth=2 if depth is None else depth,
+                                  hidden=256 if hidden is None else hidden, clamp=2.0 if clamp is None else clamp)
+        else:
+            for name, value in (("depth", depth), ("hidden", hidden), ("clamp", clamp)):
+                if value is not None:
+                    raise ValueError(f"{name} configures the built-in flow and must not be given with transform "
+                                     f"(got {name}={value!r}); configure the transform itself")
+            if _is_zuko_lazy_transform(transform):
+                transform = ZukoTransform(transform)
+            if not isinstance(transform, nn.Module) or not callable(getattr(transform, "inverse", None)):
+                raise TypeError(
+                    "transform must be an nn.Module with forward(inputs, context) and inverse(inputs, context) "
+                    f"(the nflows Transform interface), got {type(transform).__name__}"
+                )
+            _check_transform(transform, self.channels)
         self.transform = transform
         self.prior = GaussianMixturePrior(self.num_classes, self.channels, learn_scales, learn_weights)
 
     # -- plumbing -------------------------------------------------------------------
 
     def _param_dtype(self) -> torch.dtype:
-        return self.prior.means.dtype
+        dtype = self.prior.means.dtype
+        if dtype in _LOW_PRECISION or any(p.dtype in _LOW_PRECISION for p in self.transform.parameters()):
+            low = next(p.dtype for p in self.parameters() if p.dtype in _LOW_PRECISION)
+            raise TypeError(
+                f"FlowDensityHead parameters must be float32 or float64, the head has "
+                f"{str(low).replace('torch.', '')} ones: density math in low precision loses nats; "
+                "call head.float() (features may stay low precision: they are computed in float32)"
+            )
+        return dtype
 
     @contextlib.contextmanager
     def _full_precision(self, device: torch.device) -> Iterator[None]:
@@ -263,25 +342,49 @@ class FlowDensityHead(nn.Module):
         check_same_spatial("features", features, "labels", labels)
         return labels.reshape(-1)
 
-    def _transform_rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _initialize(self, rows: torch.Tensor, used: torch.Tensor | None) -> None:
+        """Data-dependent init of ActNorm-like layers on (a subsample of) the used rows."""
+        if used is not None:
+            rows = rows[used]  # one host sync, on the initialising call only
+        cap = max(self.chunk_size or rows.shape[0], _INIT_ROWS)
+        stride = max(-(-rows.shape[0] // cap), 1)
+        with torch.no_grad():
+            self.transform(rows[::stride], None)
+
+    def _transform_rows(self, rows: torch.Tensor, used: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         n = rows.shape[0]
-        if self.chunk_size is None or n <= self.chunk_size:
-            return self.transform(rows, None)
+        actnorms = [m for m in self.transform.modules() if isinstance(m, ActNorm)]
         if self.training and _uninitialized(self.transform):
-            # Data-dependent init must see the whole batch, not the first chunk (and
-            # must not happen inside a checkpointed chunk, whose recompute would differ).
-            stride = -(-n // self.chunk_size)
-            with torch.no_grad():
-                self.transform(rows[::stride], None)
+            # Before the pass over all pixels (and outside any checkpointed chunk, whose
+            # recompute would differ): initialise on the used pixels only.
+            self._initialize(rows, used)
+        # W = P L U once per call, shared by every chunk and checkpoint recompute; with
+        # fewer rows than channels the factors are cheaper (and W is not formed).
+        linears = [m for m in self.transform.modules() if isinstance(m, InvertibleLinear)] if n >= self.channels else []
+        weights = [m.weight() for m in linears]
+
+        def run(chunk: torch.Tensor, *lu_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            saved = [m._init_allowed for m in actnorms]
+            try:
+                for m in actnorms:  # initialised above (or deliberately not, too few rows)
+                    m._init_allowed = False
+                with fixed_lu_weights(linears, lu_weights):
+                    return self.transform(chunk, None)
+            finally:
+                for m, flag in zip(actnorms, saved):
+                    m._init_allowed = flag
+
+        if self.chunk_size is None or n <= self.chunk_size:
+            return run(rows, *weights)
         needs_grad = torch.is_grad_enabled() and (
             rows.requires_grad or any(p.requires_grad for p in self.transform.parameters())
         )
         outputs, logdets = [], []
         for chunk in rows.split(self.chunk_size):
             if needs_grad:
-                z, logdet = checkpoint(self.transform, chunk, None, use_reentrant=False)
+                z, logdet = checkpoint(run, chunk, *weights, use_reentrant=False)
             else:
-                z, logdet = self.transform(chunk, None)
+                z, logdet = run(chunk, *weights)
             outputs.append(z)
             logdets.append(logdet)
         return torch.cat(outputs), torch.cat(logdets)
@@ -307,12 +410,18 @@ class FlowDensityHead(nn.Module):
         b, _, h, w = features.shape
         return unflatten_pixels(z, features.shape), logdet.reshape(b, h, w)
 
-    def _log_prob_rows(self, features: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    def _log_prob_rows(
+        self,
+        features: torch.Tensor,
+        labels: torch.Tensor | None,
+        used: torch.Tensor | None = None,
+        joint: bool = False,
+    ) -> torch.Tensor:
         with self._full_precision(features.device if isinstance(features, torch.Tensor) else torch.device("cpu")):
             rows = self._rows(features)
             flat_labels = None if labels is None else self._labels(features, labels)
-            z, logdet = self._transform_rows(rows)
-            return self.prior.log_prob(z, flat_labels, self.ignore_index) + logdet
+            z, logdet = self._transform_rows(rows, used)
+            return self.prior._log_prob_validated(z, flat_labels, self.ignore_index, joint) + logdet
 
     def log_prob(self, features: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Per-pixel log-density, differentiable w.r.t. ``features``.
@@ -341,15 +450,19 @@ class FlowDensityHead(nn.Module):
         self,
         features: torch.Tensor,
         labels: torch.Tensor | None = None,
+        *,
         mask: torch.Tensor | None = None,
         per_dim: bool = False,
     ) -> torch.Tensor:
         """Mean negative log-likelihood over the used pixels: the flow's training loss.
 
         A pixel is used when ``mask`` is True there (every pixel without a mask). Labels
-        do not drop pixels: a labelled pixel contributes ``-log p(x | y)`` and an
-        ``ignore_index`` pixel the marginal ``-log p(x)``, as in :meth:`log_prob`. With no
-        used pixel the result is an exact zero still connected to the graph (not NaN).
+        do not drop pixels: a labelled pixel contributes the joint ``-log p(x, y) =
+        -log pi_y - log p(x | y)`` (so the mixture weights ``pi`` learn the class
+        frequencies from labelled pixels) and an ``ignore_index`` pixel the marginal
+        ``-log p(x)``. With no used pixel the result is an exact zero still connected to
+        the graph (not NaN). In training mode uninitialised ActNorm layers initialise on
+        the used pixels only.
 
         Args:
             features: the feature map (usually detached teacher features).
@@ -366,15 +479,16 @@ class FlowDensityHead(nn.Module):
         Returns:
             ``mean(-log p)`` over used pixels, or that divided by ``C`` if ``per_dim``.
         """
+        used = None
         if mask is not None:
             features = check_features("features", features)
             b, _, h, w = features.shape
             check_mask("mask", mask, shape=(b, h, w))
-        log_p = self._log_prob_rows(features, labels)
-        if mask is None:
+            used = mask.reshape(-1)
+        log_p = self._log_prob_rows(features, labels, used, joint=True)
+        if used is None:
             loss = -log_p.sum() / max(log_p.numel(), 1)
         else:
-            used = mask.reshape(-1)
             total = -torch.where(used, log_p, torch.zeros_like(log_p)).sum()
             # No used pixel: total is an exact zero connected to the graph; divide by 1,
             # not 0. The count stays a tensor: no host sync in the training step.

@@ -16,7 +16,8 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -32,6 +33,8 @@ __all__ = [
     "Permutation",
     "RandomPermutation",
     "ReversePermutation",
+    "ZukoTransform",
+    "fixed_lu_weights",
     "glow_flow",
 ]
 
@@ -63,25 +66,38 @@ def _check_features(features: object, minimum: int = 1) -> int:
 class ActNorm(nn.Module):
     """Per-channel affine normalisation ``y = x * exp(log_scale) + shift``.
 
-    On the first forward call in training mode the parameters are set from the data
-    so that the output has zero mean and unit variance per channel (GLOW's
-    data-dependent initialisation). The ``initialized`` flag is a persistent buffer:
-    a module loaded from a ``state_dict`` keeps its parameters and never
-    re-initialises. Before initialisation (e.g. in eval mode) the block is the identity.
-    Once seen initialised, the flag is not read back again (no device sync per training
-    step) until the next ``load_state_dict``; to re-initialise, load an uninitialised
-    state or call :meth:`initialize`.
+    On the first forward call in training mode with at least ``min_init_rows`` rows
+    the parameters are set from the data so that the output has zero mean and unit
+    variance per channel (GLOW's data-dependent initialisation). A call with fewer
+    rows (an empty batch, one pixel) leaves the layer as it is, uninitialised, and a
+    later call initialises it. The ``initialized`` flag is a persistent buffer: a module
+    loaded from a ``state_dict`` keeps its parameters and never re-initialises. Before
+    initialisation (e.g. in eval mode) the block is the identity. Once seen initialised,
+    the flag is not read back again (no device sync per training step) until the next
+    ``load_state_dict``; to re-initialise, load an uninitialised state or call
+    :meth:`initialize`.
+
+    **Dead channels.** A channel whose standard deviation in the initialising batch is
+    at most ``dead_ratio`` times the median standard deviation of the live channels
+    (constant, e.g. an all-zero ReLU unit) is not scaled by ``1 / std`` — that would be
+    ``1e6`` for a zero channel and blow the NLL up as soon as the channel carries
+    signal. It gets the median live channel's scale instead (its shift still centres
+    it). If no channel varies at all, every scale stays 1.
 
     Args:
         features: number of channels ``C``.
-        eps: smallest standard deviation divided by at initialisation.
+        eps: standard deviation at or below which a channel counts as constant.
+        min_init_rows: fewest rows a data-dependent initialisation uses (``>= 2``).
+        dead_ratio: a channel with ``std <= dead_ratio * median live std`` is dead
+            (``0 <= dead_ratio < 1``).
 
     Shapes:
         - inputs: ``[N, C]``, floating point
         - returns: ``(outputs [N, C], logabsdet [N])``; ``logabsdet = sum(log_scale)``
 
     Raises:
-        ValueError: ``features < 1``, ``eps <= 0`` or infinite, or inputs of the wrong shape.
+        ValueError: ``features < 1``, ``eps <= 0`` or infinite, ``min_init_rows < 2``,
+            ``dead_ratio`` outside ``[0, 1)``, or inputs of the wrong shape.
         TypeError: non-float inputs, or float64 inputs to a float32 block.
 
     Example:
@@ -92,14 +108,22 @@ class ActNorm(nn.Module):
         >>> y, logdet = norm(5 + 2 * torch.randn(1000, 3))
         >>> bool(norm.initialized), y.mean(0).abs().max() < 1e-4, y.std(0, unbiased=False)
         (True, tensor(True), tensor([1.0000, 1.0000, 1.0000], grad_fn=<StdBackward0>))
+        >>> dead = torch.randn(1000, 3)
+        >>> dead[:, 0] = 0.0  # a dead unit gets the typical scale, not 1 / 1e-6
+        >>> norm = ActNorm(3)
+        >>> _ = norm(dead)
+        >>> norm.log_scale.exp().max() < 2
+        tensor(True)
     """
 
     initialized: torch.Tensor
 
-    def __init__(self, features: int, eps: float = 1e-6) -> None:
+    def __init__(self, features: int, eps: float = 1e-6, min_init_rows: int = 8, dead_ratio: float = 1e-2) -> None:
         super().__init__()
         self.features = _check_features(features)
         self.eps = float(check_number("eps", eps, low=0.0, low_inclusive=False, finite=True))
+        self.min_init_rows = int(check_number("min_init_rows", min_init_rows, low=2, integer=True))
+        self.dead_ratio = float(check_number("dead_ratio", dead_ratio, low=0.0, high=1.0, high_inclusive=False))
         self.log_scale = nn.Parameter(torch.zeros(self.features))
         self.shift = nn.Parameter(torch.zeros(self.features))
         self.register_buffer("initialized", torch.tensor(False), persistent=True)
@@ -107,6 +131,9 @@ class ActNorm(nn.Module):
         # training forward does not read the buffer back (a device sync) every call.
         # Reset whenever a state dict is loaded (the buffer is then read once more).
         self._known_initialized = False
+        # FlowDensityHead switches data-dependent init off while it runs the flow on
+        # all pixels, after initialising on the used ones (see its ``nll(mask=...)``).
+        self._init_allowed = True
 
     def _load_from_state_dict(self, *args: object, **kwargs: object) -> None:
         super()._load_from_state_dict(*args, **kwargs)  # type: ignore[arg-type]
@@ -123,12 +150,29 @@ class ActNorm(nn.Module):
     def initialize(self, inputs: torch.Tensor) -> None:
         """Set the parameters so that ``inputs`` come out with zero mean, unit variance.
 
+        Dead channels get the median live channel's scale (see the class docstring).
+
         Args:
-            inputs: a batch of rows ``[N, C]``.
+            inputs: a batch of at least ``min_init_rows`` rows.
+
+        Shapes:
+            - inputs: ``[N, C]``, ``N >= min_init_rows``
+
+        Raises:
+            ValueError: fewer than ``min_init_rows`` rows, or the wrong width.
         """
         rows = _check_rows(inputs, self.features).to(self.log_scale.dtype)
+        if rows.shape[0] < self.min_init_rows:
+            raise ValueError(f"inputs must have at least {self.min_init_rows} rows (min_init_rows) to initialise "
+                             f"ActNorm, got shape {tuple(rows.shape)}")
         mean = rows.mean(dim=0)
-        std = rows.std(dim=0, unbiased=False).clamp_min(self.eps)
+        std = rows.std(dim=0, unbiased=False)
+        live = std > self.eps
+        # median over live channels without a host read: NaN-out the dead ones
+        typical = torch.nanmedian(torch.where(live, std, torch.full_like(std, float("nan"))))
+        typical = torch.where(torch.isnan(typical), torch.ones_like(typical), typical)
+        dead = ~live | (std <= self.dead_ratio * typical)
+        std = torch.where(dead, typical.expand_as(std), std)
         self.log_scale.copy_(-torch.log(std))
         self.shift.copy_(-mean / std)
         self.initialized.fill_(True)
@@ -137,7 +181,8 @@ class ActNorm(nn.Module):
     def forward(self, inputs: torch.Tensor, context: object = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``y = x * exp(log_scale) + shift`` (initialising first, in training, if needed)."""
         rows = _check_rows(inputs, self.features, self.log_scale.dtype)
-        if self.training and not self.is_initialized():
+        if (self.training and self._init_allowed and rows.shape[0] >= self.min_init_rows
+                and not self.is_initialized()):
             self.initialize(rows)
         outputs = rows * torch.exp(self.log_scale) + self.shift
         logabsdet = self.log_scale.sum().expand(rows.shape[0])
@@ -158,8 +203,10 @@ class InvertibleLinear(nn.Module):
     unit lower-triangular ``L``, a strictly upper-triangular ``U`` and fixed signs, so
     ``log|det W| = sum(log_s)`` costs ``O(C)``. When ``N >= C`` rows come in, ``W`` is
     formed once per call (``2 C^3`` FLOPs) and applied with a single ``[N, C] x [C, C]``
-    product; for fewer rows (small pixel chunks) the two factors are applied one after the
-    other instead (``4 N C^2`` FLOPs, cheaper than forming ``W``). The inverse uses two
+    product; for fewer rows the two factors are applied one after the other instead
+    (``4 N C^2`` FLOPs, cheaper than forming ``W``). :class:`~densessl.density.FlowDensityHead`
+    forms ``W`` once per call of its own and hands it to every pixel chunk and
+    checkpoint recompute (see :func:`fixed_lu_weights`). The inverse uses two
     triangular solves. Initialised from a random orthogonal matrix (so the block starts
     volume-preserving). ``P`` is stored as an index vector and applied by gathering.
 
@@ -204,6 +251,8 @@ class InvertibleLinear(nn.Module):
         self.lower = nn.Parameter(torch.tril(lower, diagonal=-1).float())
         self.upper = nn.Parameter(torch.triu(upper, diagonal=1).float())
         self.log_s = nn.Parameter(torch.log(diag.abs()).float())
+        # Set by ``fixed_lu_weights`` for the duration of one flow call: W formed outside.
+        self._fixed_weight: torch.Tensor | None = None
 
     def _factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         eye = torch.eye(self.features, dtype=self.lower.dtype, device=self.lower.device)
@@ -219,7 +268,9 @@ class InvertibleLinear(nn.Module):
     def forward(self, inputs: torch.Tensor, context: object = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``y = x @ W.T`` with ``log|det W| = sum(log_s)``."""
         rows = _check_rows(inputs, self.features, self.log_s.dtype)
-        if rows.shape[0] >= self.features:
+        if self._fixed_weight is not None:
+            outputs = nn.functional.linear(rows, self._fixed_weight)
+        elif rows.shape[0] >= self.features:
             outputs = nn.functional.linear(rows, self.weight())
         else:  # y = ((x U^T) L^T) P^T
             lower, upper = self._factors()
@@ -455,6 +506,116 @@ class FlowSequence(nn.Module):
             rows, logabsdet = transform.inverse(rows, context)
             total = total + logabsdet
         return rows, total
+
+
+@contextlib.contextmanager
+def fixed_lu_weights(layers: Sequence[InvertibleLinear], weights: Sequence[torch.Tensor]) -> Iterator[None]:
+    """Within the block, each ``layers[i]`` applies the given ``weights[i]`` as its ``W``.
+
+    A caller that runs one flow over many pixel chunks (or recomputes chunks under
+    activation checkpointing) forms every ``W = P L U`` once with
+    :meth:`InvertibleLinear.weight` and passes it here, instead of letting each chunk
+    form it again (``2 C^3`` FLOPs a layer a chunk). The weights keep their graph, so
+    gradients still reach the LU parameters.
+
+    Args:
+        layers: the flow's :class:`InvertibleLinear` blocks.
+        weights: one ``[C, C]`` matrix for each (usually ``layer.weight()``).
+
+    Shapes:
+        - weights[i]: ``[C, C]``, the layer's parameter dtype
+
+    Raises:
+        ValueError: a different number of layers and weights, or a weight of the wrong shape.
+
+    Example:
+        >>> import torch
+        >>> from densessl.flows import InvertibleLinear, fixed_lu_weights
+        >>> lin = InvertibleLinear(3)
+        >>> x = torch.randn(2, 3)
+        >>> with fixed_lu_weights([lin], [lin.weight()]):
+        ...     y, _ = lin(x)
+        >>> torch.allclose(y, lin(x)[0], atol=1e-6)
+        True
+    """
+    layers, weights = list(layers), list(weights)
+    if len(layers) != len(weights):
+        raise ValueError(f"weights must hold one matrix per layer ({len(layers)}), got {len(weights)}")
+    for i, (layer, w) in enumerate(zip(layers, weights)):
+        if tuple(w.shape) != (layer.features, layer.features):
+            raise ValueError(f"weights[{i}] must have shape {(layer.features, layer.features)}, got {tuple(w.shape)}")
+    saved = [layer._fixed_weight for layer in layers]
+    try:
+        for layer, w in zip(layers, weights):
+            layer._fixed_weight = w
+        yield
+    finally:
+        for layer, w in zip(layers, saved):
+            layer._fixed_weight = w
+
+
+class ZukoTransform(nn.Module):
+    """Adapt a zuko lazy transform (``zuko.flows.LazyTransform``) to the nflows interface.
+
+    zuko builds its transforms inside the module's ``forward(context)`` and exposes
+    ``call_and_ladj``; this wrapper turns an unconditional one into a block with
+    ``forward(inputs, context) -> (outputs, logabsdet)`` and the matching ``inverse``, so
+    it can be passed as ``FlowDensityHead(transform=...)`` (the head wraps a zuko lazy
+    transform by itself) or put in a :class:`FlowSequence`. zuko is not imported here:
+    any module whose call returns an object with ``call_and_ladj`` and ``inv`` works.
+
+    Args:
+        transform: the lazy transform, e.g. ``zuko.flows.MAF(features=C).transform``.
+
+    Shapes:
+        - inputs: ``[N, C]``
+        - returns: ``(outputs [N, C], logabsdet [N])``
+
+    Raises:
+        TypeError: ``transform`` is not an ``nn.Module``.
+
+    Example:
+        >>> import torch
+        >>> from torch import distributions as D
+        >>> from densessl.flows import ZukoTransform
+        >>> class Shift(torch.nn.Module):  # a lazy transform in zuko's sense
+        ...     def forward(self, context=None):
+        ...         return D.AffineTransform(torch.ones(3), torch.full((3,), 2.0), event_dim=1)
+        >>> y, ladj = ZukoTransform(Shift())(torch.zeros(2, 3))
+        >>> y[0].tolist(), ladj.tolist()  # log|det| = 3 log 2
+        ([1.0, 1.0, 1.0], [2.079441..., 2.079441...])
+    """
+
+    def __init__(self, transform: nn.Module) -> None:
+        super().__init__()
+        if not isinstance(transform, nn.Module):
+            raise TypeError(f"transform must be an nn.Module (a zuko LazyTransform), got {type(transform).__name__}")
+        self.lazy = transform
+
+    def _built(self, context: object) -> object:
+        return self.lazy() if context is None else self.lazy(context)
+
+    @staticmethod
+    def _call(t: object, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if hasattr(t, "call_and_ladj"):
+            return t.call_and_ladj(rows)
+        y = t(rows)  # a plain torch.distributions.Transform
+        return y, t.log_abs_det_jacobian(rows, y)
+
+    def forward(self, inputs: torch.Tensor, context: object = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(f(x), log|det df/dx|)``."""
+        rows = check_tensor("inputs", inputs, ndim=2, dims="[N, C]", dtypes=FLOAT_DTYPES)
+        return self._call(self._built(context), rows)
+
+    def inverse(self, inputs: torch.Tensor, context: object = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(f^-1(y), log|det df^-1/dy|)``."""
+        rows = check_tensor("inputs", inputs, ndim=2, dims="[N, C]", dtypes=FLOAT_DTYPES)
+        return self._call(self._built(context).inv, rows)
+
+
+def _is_zuko_lazy_transform(obj: object) -> bool:
+    """Whether ``obj`` is a ``zuko.lazy.LazyTransform`` (checked without importing zuko)."""
+    return any(c.__name__ == "LazyTransform" and c.__module__.startswith("zuko") for c in type(obj).__mro__)
 
 
 def glow_flow(features: int, depth: int = 2, hidden: int = 256, clamp: float = 2.0) -> FlowSequence:

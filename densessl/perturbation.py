@@ -2,33 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+import copy
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from ._checks import check_features, check_labels, check_number, check_same_spatial
+from ._modes import eval_mode
 from .functional._perturbation import density_perturbation
 
 __all__ = ["DensityPerturbation"]
-
-
-@contextlib.contextmanager
-def _eval_mode(*objects: object) -> Iterator[None]:
-    """Put every submodule of the given modules in eval mode; restore each one's own flag.
-
-    Flags are restored per submodule (not with ``.train(mode)``, which would overwrite a
-    mixed train/eval tree with one value). Non-module objects are left alone.
-    """
-    saved = [(m, m.training) for obj in objects if isinstance(obj, nn.Module) for m in obj.modules()]
-    try:
-        for m, _ in saved:
-            m.training = False
-        yield
-    finally:
-        for m, flag in saved:
-            m.training = flag
 
 
 class DensityPerturbation(nn.Module):
@@ -48,7 +33,15 @@ class DensityPerturbation(nn.Module):
     on detached features, and the head is a block of the student that the student
     already owns; registering them would put the density into the student's optimiser
     and checkpoints and save the head twice. Move, save and train them where they are
-    owned.
+    owned. Copies follow the same ownership:
+
+    - ``copy.deepcopy`` (and so :class:`~densessl.EMATeacher`) *shares* the density —
+      there is one density model, updated by its owner — and copies the head along
+      with the rest, so the copy of a network that holds both its block and this
+      module perturbs through its own copy of the block;
+    - ``pickle`` (and ``torch.save`` of a whole module) drops the density and keeps
+      the head: after loading, ``density`` is ``None`` and a call raises until it is
+      set again with ``perturb.density = model``.
 
     Args:
         density: any object with ``log_prob(features) -> [B, H, W]`` (and
@@ -118,8 +111,35 @@ class DensityPerturbation(nn.Module):
 
     @property
     def density(self) -> object:
-        """The density model (held, not registered as a submodule)."""
+        """The density model (held, not registered as a submodule); ``None`` after unpickling."""
         return self.__dict__["_density"]
+
+    @density.setter
+    def density(self, density: object) -> None:
+        if not callable(getattr(density, "log_prob", None)):
+            raise TypeError(f"density must have a callable log_prob(features), got {type(density).__name__}")
+        self.__dict__["_density"] = density
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "density":  # the property, not nn.Module's submodule registration
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> DensityPerturbation:
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            # the density is shared; everything else (the head included) is copied through
+            # the memo, so a head that is a block of the network being copied maps to the
+            # copy's block
+            new.__dict__[key] = value if key == "_density" else copy.deepcopy(value, memo)
+        return new
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_density"] = None  # owned elsewhere, with its own checkpoint
+        return state
 
     @property
     def head(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -133,15 +153,16 @@ class DensityPerturbation(nn.Module):
     def perturbation(
         self,
         features: torch.Tensor,
-        mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        *,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The step ``rho`` alone (no graph, features' dtype); ``forward`` adds it.
 
         Args:
             features: feature map to perturb.
-            mask: pixels to perturb (True).
             labels: forwarded as ``density.log_prob(h, labels)`` (class-conditional density).
+            mask: pixels to perturb (True); keyword only.
 
         Shapes:
             - features: ``[B, C, H, W]``
@@ -156,6 +177,7 @@ class DensityPerturbation(nn.Module):
         Raises:
             ValueError: wrong shapes (the message names the argument).
             TypeError: wrong dtypes.
+            RuntimeError: no density (after unpickling; set ``perturb.density``).
 
         Example:
             >>> import torch
@@ -171,6 +193,9 @@ class DensityPerturbation(nn.Module):
         if labels is not None:
             labels = check_labels("labels", labels, ignore_index=None)
         density, head = self.density, self.head
+        if density is None:
+            raise RuntimeError("DensityPerturbation has no density (it is not pickled with the module): "
+                               "set it again with perturb.density = model")
 
         def log_prob(x: torch.Tensor) -> torch.Tensor:
             h = x if head is None else head(x)
@@ -179,21 +204,22 @@ class DensityPerturbation(nn.Module):
             check_same_spatial("head(features)" if head is not None else "features", h, "labels", labels)
             return density.log_prob(h, labels)
 
-        with _eval_mode(density, head):
+        with eval_mode(density, head):
             return density_perturbation(features, log_prob, self.xi, mask=mask, relative=self.relative, eps=self.eps)
 
     def forward(
         self,
         features: torch.Tensor,
-        mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        *,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Return ``features + rho`` (gradient w.r.t. ``features``: the identity).
 
         Args:
             features: feature map to perturb.
-            mask: pixels to perturb (True).
             labels: forwarded to ``density.log_prob`` (class-conditional density).
+            mask: pixels to perturb (True); keyword only.
 
         Shapes:
             - features: ``[B, C, H, W]``
@@ -208,4 +234,4 @@ class DensityPerturbation(nn.Module):
             ValueError: wrong shapes.
             TypeError: wrong dtypes.
         """
-        return features + self.perturbation(features, mask=mask, labels=labels)
+        return features + self.perturbation(features, labels, mask=mask)

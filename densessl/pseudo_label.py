@@ -106,12 +106,12 @@ class EntropyPseudoLabeler(nn.Module):
         return f"threshold={self.threshold}, normalized={self.normalized}, ignore_index={self.ignore_index}"
 
     @torch.no_grad()
-    def forward(self, logits: torch.Tensor, mask: torch.Tensor | None = None) -> PseudoLabels:
+    def forward(self, logits: torch.Tensor, *, mask: torch.Tensor | None = None) -> PseudoLabels:
         """Pseudo-label every pixel of ``logits``.
 
         Args:
             logits: the teacher's class scores.
-            mask: optional pixels that may be kept (False forces ``ignore_index``).
+            mask: optional pixels that may be kept (False forces ``ignore_index``); keyword only.
 
         Shapes:
             - logits: ``[B, K, H, W]``

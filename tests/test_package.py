@@ -50,3 +50,18 @@ def test_library_does_not_import_examples_or_heavy_optional_packages():
             "if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_recipe_and_benchmarks_use_only_public_densessl_names():
+    # The recipe used to import densessl._checks and densessl.functional._labels.
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    private = re.compile(r"^\s*(from|import)\s+densessl(\.\w+)*\._\w+", re.MULTILINE)
+    offenders = [str(p.relative_to(root)) for folder in ("examples", "benchmarks")
+                 for p in (root / folder).rglob("*.py") if private.search(p.read_text())]
+    assert offenders == []
+    import densessl.checks
+
+    assert {"check_features", "check_labels", "FLOAT_DTYPES", "value_checks"} <= set(densessl.checks.__all__)

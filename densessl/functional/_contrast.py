@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .._checks import (
+    FLOAT_DTYPES,
     check_features,
     check_labels,
     check_mask,
@@ -75,7 +76,7 @@ class ContrastIndices(NamedTuple):
 
 def _check_rows(name: str, rows: object) -> torch.Tensor:
     return check_tensor(
-        name, rows, ndim=2, dims="[N, D]", dtypes=(torch.float16, torch.bfloat16, torch.float32, torch.float64),
+        name, rows, ndim=2, dims="[N, D]", dtypes=FLOAT_DTYPES,
         dtype_words="float16, bfloat16, float32 or float64",
     )
 
@@ -286,7 +287,7 @@ def info_nce(
         raise ValueError(
             f"negatives must have shape [A={positive.shape[0]}, M], got shape {tuple(negatives.shape)}"
         )
-    tau = float(check_number("temperature", temperature, low=0.0, low_inclusive=False))
+    tau = float(check_number("temperature", temperature, low=0.0, low_inclusive=False, finite=True))
     scaled = negatives / tau
     if negative_mask is not None:
         check_mask("negative_mask", negative_mask, shape=negatives.shape)
@@ -312,6 +313,7 @@ def _sampled_similarities(anchors: torch.Tensor, rows: torch.Tensor, negatives: 
 def hard_anchor_contrast(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
+    *,
     mask: torch.Tensor | None = None,
     probabilities: torch.Tensor | None = None,
     temperature: float = 0.5,
@@ -413,7 +415,7 @@ def hard_anchor_contrast(
     if mask is not None:
         check_mask("mask", mask, shape=labels.shape)
         used = used & mask
-    tau = float(check_number("temperature", temperature, low=0.0, low_inclusive=False))
+    tau = float(check_number("temperature", temperature, low=0.0, low_inclusive=False, finite=True))
     num_anchors = _check_optional_count("num_anchors", num_anchors)
     num_negatives = _check_optional_count("num_negatives", num_negatives)
     if hard_selection not in HARD_SELECTIONS:

@@ -10,11 +10,10 @@ import math
 
 import torch
 
-from .._checks import check_labels, check_number, check_tensor
+from .._checks import FLOAT_DTYPES, check_labels, check_number, check_tensor
 
 __all__ = ["diagonal_normal_log_prob", "mixture_log_prob", "mixture_posterior", "soft_clamp"]
 
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -80,9 +79,9 @@ def diagonal_normal_log_prob(z: torch.Tensor, means: torch.Tensor, log_scales: t
         >>> diagonal_normal_log_prob(z, torch.zeros(1, 2), torch.zeros(1, 2))  # -log(2 pi)
         tensor([[-1.8379]])
     """
-    check_tensor("z", z, ndim=2, dims="[N, D]", dtypes=_FLOATS)
-    check_tensor("means", means, ndim=2, dims="[K, D]", dtypes=_FLOATS)
-    check_tensor("log_scales", log_scales, ndim=2, dims="[K, D]", dtypes=_FLOATS)
+    check_tensor("z", z, ndim=2, dims="[N, D]", dtypes=FLOAT_DTYPES)
+    check_tensor("means", means, ndim=2, dims="[K, D]", dtypes=FLOAT_DTYPES)
+    check_tensor("log_scales", log_scales, ndim=2, dims="[K, D]", dtypes=FLOAT_DTYPES)
     if means.shape[1] != z.shape[1]:
         raise ValueError(f"means must have D={z.shape[1]} columns like z, got shape {tuple(means.shape)}")
     if log_scales.shape != means.shape:
@@ -105,8 +104,8 @@ def diagonal_normal_log_prob(z: torch.Tensor, means: torch.Tensor, log_scales: t
 
 
 def _check_per_class(per_class: torch.Tensor, mixture_logits: torch.Tensor) -> None:
-    check_tensor("log_probs", per_class, ndim=2, dims="[N, K]", dtypes=_FLOATS)
-    check_tensor("mixture_logits", mixture_logits, ndim=1, dims="[K]", dtypes=_FLOATS)
+    check_tensor("log_probs", per_class, ndim=2, dims="[N, K]", dtypes=FLOAT_DTYPES)
+    check_tensor("mixture_logits", mixture_logits, ndim=1, dims="[K]", dtypes=FLOAT_DTYPES)
     if mixture_logits.shape[0] != per_class.shape[1]:
         raise ValueError(
             f"mixture_logits must have K={per_class.shape[1]} entries like log_probs [N, K], "
@@ -119,19 +118,23 @@ def mixture_log_prob(
     mixture_logits: torch.Tensor,
     labels: torch.Tensor | None = None,
     ignore_index: int = 255,
+    joint: bool = False,
 ) -> torch.Tensor:
-    """Marginal or class-conditional log-density from per-component log-densities.
+    """Marginal, class-conditional or joint log-density from per-component log-densities.
 
     Without ``labels`` every row gets the mixture
     ``log p(z) = logsumexp_k(log pi_k + log p(z | k))`` with ``pi = softmax(mixture_logits)``.
-    With ``labels``, a labelled row gets its class-conditional ``log p(z | y)`` (no
-    mixture weight) and a row labelled ``ignore_index`` gets the mixture.
+    With ``labels``, a labelled row gets its class-conditional ``log p(z | y)`` — or, with
+    ``joint=True``, the joint ``log p(z, y) = log pi_y + log p(z | y)``, the term whose
+    gradient trains the mixture weights on labelled rows — and a row labelled
+    ``ignore_index`` gets the mixture.
 
     Args:
         log_probs: per-component log-densities ``log p(z | k)``.
         mixture_logits: unnormalised log mixture weights.
         labels: optional class index per row, ``0..K-1`` or ``ignore_index``.
         ignore_index: label of rows that get the mixture.
+        joint: add ``log pi_y`` at labelled rows.
 
     Shapes:
         - log_probs: ``[N, K]``
@@ -151,21 +154,37 @@ def mixture_log_prob(
         tensor([0.4000])
         >>> mixture_log_prob(lp, torch.zeros(2), labels=torch.tensor([1])).exp()
         tensor([0.6000])
+        >>> mixture_log_prob(lp, torch.zeros(2), labels=torch.tensor([1]), joint=True).exp()  # 0.5 * 0.6
+        tensor([0.3000])
     """
     _check_per_class(log_probs, mixture_logits)
+    if labels is not None:
+        labels = check_labels("labels", labels, num_classes=log_probs.shape[1], ignore_index=ignore_index, ndim=1)
+        if labels.shape[0] != log_probs.shape[0]:
+            raise ValueError(
+                f"labels must have N={log_probs.shape[0]} entries like log_probs, got shape {tuple(labels.shape)}"
+            )
+    return _mixture_log_prob(log_probs, mixture_logits, labels, ignore_index, joint)
+
+
+def _mixture_log_prob(
+    log_probs: torch.Tensor,
+    mixture_logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    ignore_index: int,
+    joint: bool,
+) -> torch.Tensor:
+    """:func:`mixture_log_prob` on inputs already validated (no second label check)."""
     log_weights = torch.log_softmax(mixture_logits.to(log_probs.dtype), dim=0)
-    marginal = torch.logsumexp(log_probs + log_weights, dim=1)
+    weighted = log_probs + log_weights
+    marginal = torch.logsumexp(weighted, dim=1)
     if labels is None:
         return marginal
-    labels = check_labels("labels", labels, num_classes=log_probs.shape[1], ignore_index=ignore_index, ndim=1)
-    if labels.shape[0] != log_probs.shape[0]:
-        raise ValueError(
-            f"labels must have N={log_probs.shape[0]} entries like log_probs, got shape {tuple(labels.shape)}"
-        )
     labelled = labels != ignore_index
     index = torch.where(labelled, labels, torch.zeros_like(labels))
-    conditional = log_probs.gather(1, index[:, None])[:, 0]
-    return torch.where(labelled, conditional, marginal)
+    per_label = weighted if joint else log_probs
+    picked = per_label.gather(1, index[:, None])[:, 0]
+    return torch.where(labelled, picked, marginal)
 
 
 def mixture_posterior(log_probs: torch.Tensor, mixture_logits: torch.Tensor) -> torch.Tensor:

@@ -112,6 +112,7 @@ def downsample_labels(
 def masked_cross_entropy(
     logits: torch.Tensor,
     labels: torch.Tensor,
+    *,
     ignore_index: int = 255,
     mask: torch.Tensor | None = None,
     weight: torch.Tensor | None = None,
@@ -127,7 +128,7 @@ def masked_cross_entropy(
     Args:
         logits: unnormalised class scores.
         labels: class indices ``0..K-1`` or ``ignore_index``.
-        ignore_index: label to skip.
+        ignore_index: label to skip (this and the arguments after it are keyword only).
         mask: optional extra selection; a pixel is used iff ``mask`` is True and its
             label is not ``ignore_index``.
         weight: optional per-class weights ``[K]`` (as in ``F.cross_entropy``; the

@@ -29,6 +29,7 @@ def density_perturbation(
     features: torch.Tensor,
     log_prob_fn: Callable[[torch.Tensor], torch.Tensor],
     xi: float,
+    *,
     mask: torch.Tensor | None = None,
     relative: bool = False,
     eps: float = 1e-12,
@@ -53,7 +54,7 @@ def density_perturbation(
             densities; it may first apply a block of the network (then its output
             may have another spatial size). It must be differentiable in its input.
         xi: step length per pixel (``>= 0``).
-        mask: pixels to perturb (True). Where ``log_prob_fn``'s output has the
+        mask: pixels to perturb (True); keyword only, like ``relative`` and ``eps``. Where ``log_prob_fn``'s output has the
             features' ``[B, H, W]`` size, masked-out pixels also leave the objective,
             so e.g. padding does not steer its neighbours through a spatial block.
         relative: if True the step is ``xi * ||features||`` per pixel (so ``xi`` is a

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from densessl._checks import FLOAT_DTYPES, check_finite, check_int_in_range, check_number, check_tensor
+from densessl.checks import FLOAT_DTYPES, check_finite, check_int_in_range, check_number, check_tensor
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 """Per-channel RGB mean (of ``[0, 1]`` intensities) used by :func:`to_tensor` by default."""

@@ -45,7 +45,7 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from densessl._checks import FLOAT_DTYPES, check_finite, check_int_in_range, check_tensor
+from densessl.checks import FLOAT_DTYPES, check_finite, check_int_in_range, check_tensor
 from densessl.metrics import glas_metrics
 
 from .augment import IMAGENET_MEAN, IMAGENET_STD, to_tensor

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from densessl._checks import check_features, check_number
+from densessl.checks import check_features, check_number
 
 __all__ = [
     "BACKBONES",

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from densessl._checks import (
+from densessl.checks import (
     FLOAT_DTYPES,
     INT_DTYPES,
     check_finite,

@@ -107,8 +107,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 import densessl
-from densessl.functional._labels import downsample_labels, masked_cross_entropy
-from densessl.functional._pixels import flatten_pixels
+from densessl.functional import downsample_labels, masked_cross_entropy
+from densessl.functional import flatten_pixels
 
 from . import augment, evaluate
 from .data import CRAGDataset, FolderDataset, GlaSDataset, label_split, parse_ratio
