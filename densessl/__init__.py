@@ -6,7 +6,7 @@ The five primitives — :class:`FlowDensityHead`, :class:`DensityPerturbation`,
 :mod:`densessl.functional`, instance-segmentation metrics in :mod:`densessl.metrics`.
 """
 
-from . import checks, functional, metrics
+from . import checks, functional, metrics, utils
 from ._checks import value_checks, value_checks_enabled
 from .contrast import HardAnchorContrast, ProjectionHead
 from .density import FlowDensityHead, GaussianMixturePrior
@@ -54,6 +54,7 @@ __all__ = [
     "checks",
     "functional",
     "metrics",
+    "utils",
     "value_checks",
     "value_checks_enabled",
     "__version__",

@@ -24,7 +24,7 @@ from ._checks import (
     check_same_spatial,
     check_tensor,
 )
-from ._modes import eval_mode
+from .utils import eval_mode
 from .flows import ActNorm, InvertibleLinear, ZukoTransform, _is_zuko_lazy_transform, fixed_lu_weights, glow_flow
 from .functional._density import _mixture_log_prob, diagonal_normal_log_prob, mixture_log_prob, mixture_posterior
 from .functional._pixels import flatten_pixels, unflatten_pixels

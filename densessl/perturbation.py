@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ._checks import check_features, check_labels, check_number, check_same_spatial
-from ._modes import eval_mode
+from .utils import eval_mode
 from .functional._perturbation import density_perturbation
 
 __all__ = ["DensityPerturbation"]

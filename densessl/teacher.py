@@ -10,23 +10,11 @@ from torch import nn
 
 from ._checks import check_number
 from .functional._ema import ema_decay, ema_update_
+from .utils import unwrap_model
 
 __all__ = ["EMATeacher"]
 
 _BUFFER_MODES = ("copy", "ema", "none")
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """Strip ``DistributedDataParallel``/``DataParallel`` (``.module``) and
-    ``torch.compile`` (``._orig_mod``) wrappers, in any nesting order."""
-    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
-    while True:
-        if isinstance(model, wrappers):
-            model = model.module
-        elif isinstance(model, nn.Module) and isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
-        else:
-            return model
 
 
 class EMATeacher(nn.Module):
@@ -97,7 +85,7 @@ class EMATeacher(nn.Module):
         if buffers not in _BUFFER_MODES:
             raise ValueError(f"buffers must be one of {_BUFFER_MODES}, got {buffers!r}")
         self.buffers_mode = buffers
-        self.model = copy.deepcopy(_unwrap(student))
+        self.model = copy.deepcopy(unwrap_model(student))
         self.model.requires_grad_(False)
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
         # Host-side copy of num_updates: the decay schedule needs t as a Python number,
@@ -162,7 +150,7 @@ class EMATeacher(nn.Module):
         """
         if not isinstance(student, nn.Module):
             raise TypeError(f"student must be a torch.nn.Module, got {type(student).__name__}")
-        student = _unwrap(student)
+        student = unwrap_model(student)
         t_params, s_params = list(self.model.named_parameters()), list(student.named_parameters())
         self._paired("parameters", t_params, s_params)
         t_bufs, s_bufs = list(self.model.named_buffers()), list(student.named_buffers())

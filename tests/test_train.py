@@ -303,7 +303,7 @@ def test_cutmix_keeps_pseudo_labels_aligned_with_student_pixels(monkeypatch):
     torch.manual_seed(0)
     trainer = T.Trainer(tiny_config(method="mean_teacher"))
     trainer.teacher = _ImageTeacher()
-    augment = T.augment
+    from examples.dpfr_gland import augment
     monkeypatch.setattr(augment, "strong_from_weak", lambda images, generator: images.clone())
     boxes = []
     real_cutmix = augment.cutmix
@@ -316,8 +316,10 @@ def test_cutmix_keeps_pseudo_labels_aligned_with_student_pixels(monkeypatch):
     monkeypatch.setattr(augment, "cutmix", recording_cutmix)
     inputs, targets = [], []
     trainer.student.register_forward_pre_hook(lambda module, args: inputs.append(args[0].detach().clone()))
-    real_ce = T.masked_cross_entropy
-    monkeypatch.setattr(T, "masked_cross_entropy", lambda logits, labels, **k: targets.append(labels) or real_ce(
+    from examples.dpfr_gland import step as S
+
+    real_ce = S.masked_cross_entropy
+    monkeypatch.setattr(S, "masked_cross_entropy", lambda logits, labels, **k: targets.append(labels) or real_ce(
         logits, labels, **k))
     labelled, unlabelled = batches(0, n_l=2, n_u=4)
     trainer.step(labelled, unlabelled)

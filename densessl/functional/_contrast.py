@@ -273,7 +273,7 @@ def info_nce(
         - returns: ``[A]``, float, ``>= 0``
 
     Raises:
-        ValueError: mismatched shapes, ``temperature <= 0``.
+        ValueError: mismatched shapes, ``temperature <= 0`` or infinite.
 
     Example:
         >>> import torch

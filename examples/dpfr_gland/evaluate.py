@@ -31,9 +31,7 @@ __all__ = [
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,8 +45,10 @@ from tqdm import tqdm
 
 from densessl.checks import FLOAT_DTYPES, check_finite, check_int_in_range, check_tensor
 from densessl.metrics import glas_metrics
+from densessl.utils import eval_mode
 
 from .augment import IMAGENET_MEAN, IMAGENET_STD, to_tensor
+from .checkpoint import atomic_write, atomic_write_text, load_checkpoint
 from .synthetic import draw_outlines
 from .targets import classes_to_instances
 
@@ -97,11 +97,6 @@ def _starts(size: int, tile: int, stride: int) -> list[int]:
         return [0]
     starts = list(range(0, size - tile, stride))
     return starts + [size - tile]
-
-
-def _restore_modes(model: nn.Module, modes: list[bool]) -> None:
-    for module, mode in zip(model.modules(), modes):
-        module.training = mode
 
 
 def predict(
@@ -180,9 +175,7 @@ def predict(
     use_amp = amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
 
-    modes = [module.training for module in model.modules()]
-    model.eval()
-    try:
+    with eval_mode(model):
         with torch.no_grad():
             results = []
             for index in range(b):
@@ -208,8 +201,6 @@ def predict(
                         count[..., t : t + tile_h, s : s + tile_w] += 1
                 assert total is not None
                 results.append((total / count)[..., :h, :w])
-    finally:
-        _restore_modes(model, modes)
     out = torch.cat(results).to(image.device)
     return out[0] if single else out
 
@@ -314,16 +305,7 @@ def _side_by_side(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, gap: int 
 
 
 def _write_png(path: Path, picture: np.ndarray) -> None:
-    """Write a PNG atomically: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            Image.fromarray(picture).save(handle, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda handle: Image.fromarray(picture).save(handle, format="PNG"))
 
 
 def _check_options(min_size: int, dilation: int, limit: int | None) -> tuple[int, int, int | None]:
@@ -544,11 +526,7 @@ def load_checkpoint_model(path: str | Path, device: str | torch.device = "cpu") 
         FileNotFoundError: checkpoint no/such/file.pt does not exist
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f"checkpoint {path} must hold a dict, got {type(checkpoint).__name__}")
+    checkpoint = load_checkpoint(path, map_location="cpu")
     key = next((k for k in ("teacher", "model", "student") if isinstance(checkpoint.get(k), dict)), "model")
     state = checkpoint.get(key)
     config = checkpoint.get("config")
@@ -636,10 +614,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     record = {"checkpoint": str(args.checkpoint), "data": str(args.data), "layout": args.layout,
               "split": args.split, "tile": tile, "overlap": overlap, "min_size": min_size,
               "dilation": dilation, "scores": scores}
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".metrics.", suffix=".json")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(record, handle, indent=2)
-    os.replace(tmp, out / "metrics.json")
+    atomic_write_text(out / "metrics.json", json.dumps(record, indent=2))
     print(json.dumps(scores, indent=2))
     return scores
 

@@ -32,6 +32,7 @@ __all__ = [
     "BACKGROUND",
     "CONTOUR",
     "INTERIOR",
+    "NUM_CLASSES",
     "classes_to_instances",
     "disk",
     "instances_to_classes",
@@ -43,6 +44,8 @@ INTERIOR = 1
 """Class index of gland pixels away from any gland boundary."""
 CONTOUR = 2
 """Class index of gland boundary pixels (inside and outside the boundary)."""
+NUM_CLASSES = 3
+"""Number of classes of the 3-class gland map (background, interior, contour)."""
 
 _ArrayT = TypeVar("_ArrayT", np.ndarray, torch.Tensor)
 _Map = Union[np.ndarray, torch.Tensor]
@@ -192,7 +195,7 @@ def _class_map(pred: object) -> tuple[np.ndarray, bool]:
         "pred", tensor, ndim=(2, 3), dims="[H, W] or [B, H, W] (class map)", dtypes=INT_DTYPES,
         dtype_words="an integer type (class map) or a float type (scores)",
     )
-    tensor = check_labels("pred", tensor, num_classes=3, ignore_index=None, ndim=tensor.dim())
+    tensor = check_labels("pred", tensor, num_classes=NUM_CLASSES, ignore_index=None, ndim=tensor.dim())
     return tensor.detach().cpu().numpy(), tensor.dim() == 3
 
 

@@ -1,0 +1,192 @@
+"""Data for training: the datasets of a config, weak views, and resumable batch streams.
+
+Every view is drawn from a generator seeded by ``(seed, stream, rank, serial)`` and every
+batch ``t`` is a pure function of the stream's arguments and ``t``, so a resumed run sees
+the very batches the interrupted one would have.
+"""
+
+from __future__ import annotations
+
+__all__ = ["BatchStream", "ViewDataset", "build_datasets"]
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from . import augment
+from .config import TrainConfig
+from .data import CRAGDataset, FolderDataset, GlaSDataset
+from .synthetic import SyntheticGlands
+from .targets import instances_to_classes
+
+
+class _SyntheticSplit:
+    """Synthetic glands ``start .. start + count - 1``, drawn once and held in memory."""
+
+    def __init__(self, preset: str, size: int, seed: int, start: int, count: int) -> None:
+        glands = SyntheticGlands(preset=preset, size=size, seed=seed)
+        self.samples = [glands.sample(start + i) for i in range(count)]
+        self.names = [f"synth_{start + i}" for i in range(count)]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.samples[index]
+
+
+def build_datasets(config: TrainConfig) -> tuple[Any, Any | None]:
+    """The training and test datasets of ``config`` (map-style, ``(image, instances)`` items).
+
+    Args:
+        config: the run's configuration.
+
+    Returns:
+        ``(train, test)``; ``test`` is ``None`` when the layout has no test split to use.
+
+    Raises:
+        ValueError: ``data`` is empty for a dataset that reads files (names the key).
+
+    Example:
+        >>> train, test = build_datasets(TrainConfig(synthetic_train=2, synthetic_test=1))
+        >>> len(train), len(test), train[0][0].shape
+        (2, 1, (128, 128, 3))
+    """
+    if config.dataset == "synthetic":
+        size, seed = config.synthetic_size, config.seed
+        train = _SyntheticSplit(config.synthetic_preset, size, seed, 0, config.synthetic_train)
+        test = _SyntheticSplit(config.synthetic_preset, size, seed, config.synthetic_train, config.synthetic_test)
+        return train, test
+    if not config.data:
+        raise ValueError(f"data must name the {config.dataset} folder for dataset={config.dataset!r} "
+                         f"(e.g. --set data=/path/to/{config.dataset})")
+    root = Path(config.data)
+    if config.dataset == "glas":
+        return GlaSDataset(root, config.train_split), GlaSDataset(root, config.test_split)
+    if config.dataset == "crag":
+        return CRAGDataset(root, config.train_split), CRAGDataset(root, config.test_split)
+    train = FolderDataset(root / "images", root / "masks")
+    test = FolderDataset(Path(config.test_data) / "images", Path(config.test_data) / "masks") \
+        if config.test_data else None
+    return train, test
+
+
+class ViewDataset:
+    """Weak views of a subset of a dataset, each drawn from its own seeded generator.
+
+    Items are requested as ``(k, serial)`` pairs (from :class:`BatchStream`): ``k`` picks
+    ``base[indices[k]]`` and ``serial`` (the item's position in this rank's stream) seeds
+    its view, so a view does not depend on workers or on where a run was resumed.
+
+    Args:
+        base: a map-style dataset of ``(image uint8 [H, W, 3], instances int32 [H, W])``.
+        indices: the subset (labelled or unlabelled indices of ``base``).
+        crop_size: the weak view's side.
+        seed: run seed.
+        stream: 0 for the labelled stream, 1 for the unlabelled one.
+        rank: the process rank.
+        labelled: also return the 3-class targets.
+        contour_width: contour width of the targets.
+
+    Shapes:
+
+        - item (labelled): ``(image float32 [3, S, S], classes int64 [S, S] in 0..2)``.
+        - item (unlabelled): ``image float32 [3, S, S]``.
+
+    Example:
+        >>> import numpy as np
+        >>> len(ViewDataset([(np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64), np.int32))], [0], 32))
+        1
+    """
+
+    def __init__(self, base: Any, indices: Sequence[int], crop_size: int, seed: int = 0, stream: int = 0,
+                 rank: int = 0, labelled: bool = True, contour_width: int = 2) -> None:
+        self.base, self.indices = base, [int(i) for i in indices]
+        self.crop_size, self.seed, self.stream, self.rank = crop_size, seed, stream, rank
+        self.labelled, self.contour_width = labelled, contour_width
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: tuple[int, int]) -> Any:
+        k, serial = item
+        image, instances = self.base[self.indices[k]]
+        rng = np.random.default_rng([self.seed, self.stream, self.rank, serial])
+        image, instances = augment.weak_view(image, instances, rng, self.crop_size)
+        tensor = augment.to_tensor(image)
+        if not self.labelled:
+            return tensor
+        classes = instances_to_classes(np.ascontiguousarray(instances), contour_width=self.contour_width)
+        return tensor, torch.from_numpy(classes.astype(np.int64))
+
+
+class _Sized:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class BatchStream:
+    """An endless, resumable stream of batches of ``(k, serial)`` items for one rank.
+
+    Epoch ``e`` visits this rank's share of a :class:`~torch.utils.data.DistributedSampler`
+    permutation (seeded by ``seed`` and ``e``); the stream runs on across epochs, so a
+    subset smaller than a batch still fills batches. Batch ``t`` is a pure function of
+    ``(size, batch_size, seed, rank, world_size, t)``: starting at ``start`` gives the
+    same batches as skipping ``start`` batches, without loading them.
+
+    Args:
+        size: the number of items.
+        batch_size: items per batch.
+        seed: shuffling seed.
+        rank: this process's rank.
+        world_size: the number of processes.
+        start: the first batch to yield.
+
+    Example:
+        >>> stream = iter(BatchStream(5, 2, seed=0))
+        >>> first, second = next(stream), next(stream)
+        >>> next(iter(BatchStream(5, 2, seed=0, start=1))) == second
+        True
+        >>> [serial for _, serial in first]
+        [0, 1]
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 start: int = 0) -> None:
+        if size < 1:
+            raise ValueError(f"size must be >= 1 (a non-empty subset), got {size}")
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.rank, self.world_size, self.start = rank, world_size, start
+
+    def _epoch(self, epoch: int) -> list[int]:
+        sampler = DistributedSampler(_Sized(self.size), num_replicas=self.world_size, rank=self.rank,
+                                     shuffle=True, seed=self.seed)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        per_epoch = len(self._epoch(0))
+        serial = self.start * self.batch_size
+        epoch, offset = divmod(serial, per_epoch)
+        order = self._epoch(epoch)
+        while True:
+            batch = []
+            while len(batch) < self.batch_size:
+                if offset == per_epoch:
+                    epoch, offset = epoch + 1, 0
+                    order = self._epoch(epoch)
+                batch.append((order[offset], serial))
+                offset, serial = offset + 1, serial + 1
+            yield batch
+
+
+def _loader(dataset: ViewDataset, stream: BatchStream, num_workers: int, pin: bool) -> Iterator[Any]:
+    return iter(DataLoader(dataset, batch_sampler=stream, num_workers=num_workers, pin_memory=pin,
+                           persistent_workers=num_workers > 0))

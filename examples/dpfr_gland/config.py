@@ -1,0 +1,376 @@
+"""The recipe's configuration: every knob of a run, read from JSON and ``--set KEY=VALUE``.
+
+:class:`TrainConfig` holds the fields (the JSON files in ``configs/`` name them);
+:func:`load_config`, :func:`config_from_dict` and :func:`apply_overrides` build one and
+name the key of any bad value.
+"""
+
+from __future__ import annotations
+
+__all__ = ["METHODS", "TrainConfig", "apply_overrides", "config_from_dict", "load_config"]
+
+import dataclasses
+import difflib
+import json
+import math
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .data import parse_ratio
+
+#: The ablation switches, from the plainest to the full recipe.
+METHODS = ("supervised", "mean_teacher", "fdp", "fr", "dpfr")
+_DATASETS = ("synthetic", "glas", "crag", "folder")
+_IGNORE = 255
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run; JSON files in ``configs/`` hold its fields by name.
+
+    Args:
+        method: one of :data:`METHODS`.
+        dataset: ``"synthetic"`` (in memory, no files), ``"glas"``, ``"crag"`` or ``"folder"``.
+        data: the dataset folder (GlaS/CRAG root; for ``folder``, a root holding
+            ``images/`` and ``masks/``); unused for ``synthetic``.
+        test_data: ``folder`` only: a root with ``images/`` and ``masks/`` to test on
+            (empty: the training folder's unlabelled part is not used for testing; no test).
+        train_split: reader split to train on (GlaS/CRAG ``"train"``).
+        test_split: reader split to test on (GlaS ``"testA"``/``"testB"``, CRAG ``"valid"``).
+        synthetic_preset: ``easy``/``medium``/``hard`` for ``synthetic``.
+        synthetic_size: side of synthetic images in pixels.
+        synthetic_train: number of synthetic training images.
+        synthetic_test: number of synthetic test images.
+        label_ratio: labelled fraction, ``"1/8"``, ``"1/4"``, ``"1/2"``, ``"0.25"``, ...
+        seed: seed of the split, the initialisation, the views and every random draw.
+        backbone: ``resnet34``, ``resnet50`` or ``resnet101``.
+        pretrained: local path of a torchvision-format ResNet state dict (empty: none).
+        crop_size: weak-view crop side, a multiple of 32.
+        batch_labelled: labelled images per step and process.
+        batch_unlabelled: unlabelled images per step and process.
+        iterations: optimiser steps in total.
+        lr: student (and projection head) learning rate (Adam).
+        weight_decay: student weight decay (AdamW style, decoupled).
+        ema_decay: teacher EMA decay.
+        threshold: pseudo-label entropy threshold in nats (``K = 3``: 0.5 keeps p >= ~0.8).
+        unsup_weight: :math:`\\lambda_u`, weight of the Mean Teacher CE.
+        alpha_perturbed: :math:`\\alpha_1`, weight of the perturbed branch's CE.
+        alpha_contrast: :math:`\\alpha_2`, weight of the contrastive loss.
+        xi: perturbation length per pixel.
+        xi_relative: the length is ``xi * ||f||`` per pixel instead (ResNet bottleneck
+            features have norms of ~40 at initialisation, so an absolute ``xi = 3`` is a small step).
+        supervised_warmup: iterations with unsupervised weight 0.
+        rampup: iterations over which the unsupervised weight then rises to 1.
+        flow_warmup: iterations of flow training before the perturbation starts (>= 1).
+        flow_depth: flow steps of the density head.
+        flow_hidden: coupling width of the density head.
+        flow_lr: the flow's Adam learning rate.
+        flow_grad_clip: clip the flow's gradient norm to this value (0: no clipping); without
+            it the flow NLL diverged late in one demo run (3.6 -> 437 nats per dim; with 1.0 it stayed below 7.6).
+        flow_pixels: most pixels per flow step (a random subset beyond).
+        flow_noise: standard deviation of the Gaussian noise added to the flow's features.
+        num_anchors: contrast anchors per class.
+        num_negatives: contrast negatives per anchor.
+        temperature: contrast temperature.
+        projection_hidden: projection head hidden width.
+        projection_dim: embedding size.
+        perturb_at: where the model perturbs: ``"bottleneck"`` or ``"decoder"``.
+        cutmix: CutMix the student's unlabelled strong views.
+        contour_width: contour width of the 3-class targets.
+        min_size: smallest interior component kept when predictions become instances.
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``.
+        amp: mixed precision (``torch.autocast`` + GradScaler) when on CUDA.
+        num_workers: data-loader workers per process.
+        log_every: iterations between log lines.
+        checkpoint_every: iterations between checkpoints (0: only at the end).
+        eval_tile: sliding-window tile for evaluation (a multiple of 32).
+        eval_overlap: tile overlap for evaluation.
+        eval_limit: evaluate at most this many test images (0: all).
+        eval_pictures: number of prediction pictures to write.
+
+    Raises:
+        ValueError: a field out of range (the message names the field).
+        TypeError: a field of the wrong type (names the field).
+
+    Example:
+        >>> config = TrainConfig(method="mean_teacher", iterations=10)
+        >>> config.method, config.alpha_perturbed
+        ('mean_teacher', 0.5)
+        >>> TrainConfig(crop_size=100)
+        Traceback (most recent call last):
+        ...
+        ValueError: crop_size must be a positive multiple of 32, got 100
+    """
+
+    method: str = "dpfr"
+    dataset: str = "synthetic"
+    data: str = ""
+    test_data: str = ""
+    train_split: str = "train"
+    test_split: str = "testA"
+    synthetic_preset: str = "medium"
+    synthetic_size: int = 128
+    synthetic_train: int = 16
+    synthetic_test: int = 4
+    label_ratio: str = "1/4"
+    seed: int = 0
+    backbone: str = "resnet34"
+    pretrained: str = ""
+    crop_size: int = 96
+    batch_labelled: int = 2
+    batch_unlabelled: int = 2
+    iterations: int = 100
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    ema_decay: float = 0.99
+    threshold: float = 0.5
+    unsup_weight: float = 1.0
+    alpha_perturbed: float = 0.5
+    alpha_contrast: float = 0.3
+    xi: float = 3.0
+    xi_relative: bool = False
+    supervised_warmup: int = 20
+    rampup: int = 20
+    flow_warmup: int = 20
+    flow_depth: int = 2
+    flow_hidden: int = 256
+    flow_lr: float = 1e-3
+    flow_grad_clip: float = 1.0
+    flow_pixels: int = 20000
+    flow_noise: float = 0.01
+    num_anchors: int = 256
+    num_negatives: int = 512
+    temperature: float = 0.5
+    projection_hidden: int = 256
+    projection_dim: int = 128
+    perturb_at: str = "bottleneck"
+    cutmix: bool = True
+    contour_width: int = 2
+    min_size: int = 16
+    device: str = "auto"
+    amp: bool = True
+    num_workers: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 0
+    eval_tile: int = 256
+    eval_overlap: int = 32
+    eval_limit: int = 0
+    eval_pictures: int = 4
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _check_type(f.name, getattr(self, f.name), _field_types()[f.name]))
+        _one_of("method", self.method, METHODS)
+        _one_of("dataset", self.dataset, _DATASETS)
+        _one_of("backbone", self.backbone, ("resnet34", "resnet50", "resnet101"))
+        _one_of("perturb_at", self.perturb_at, ("bottleneck", "decoder"))
+        _one_of("synthetic_preset", self.synthetic_preset, ("easy", "medium", "hard"))
+        for name in ("crop_size", "eval_tile"):
+            value = getattr(self, name)
+            if value < 32 or value % 32:
+                raise ValueError(f"{name} must be a positive multiple of 32, got {value}")
+        for name in ("batch_labelled", "batch_unlabelled", "iterations", "flow_depth", "flow_hidden",
+                     "flow_pixels", "num_anchors", "num_negatives", "projection_hidden", "projection_dim",
+                     "contour_width", "log_every", "synthetic_train", "synthetic_test"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("supervised_warmup", "rampup", "num_workers", "checkpoint_every", "eval_overlap",
+                     "eval_limit", "eval_pictures", "min_size", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("lr", "flow_lr", "threshold", "temperature"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value}")
+        for name in ("weight_decay", "unsup_weight", "alpha_perturbed", "alpha_contrast", "xi", "flow_noise",
+                     "flow_grad_clip"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if not 0 <= self.ema_decay <= 1:
+            raise ValueError(f"ema_decay must be in [0, 1], got {self.ema_decay}")
+        if self.uses_flow and self.flow_warmup < 1:
+            raise ValueError(f"flow_warmup must be >= 1 for method {self.method!r} (the flow must be fitted "
+                             f"before it perturbs), got {self.flow_warmup}")
+        if self.eval_overlap >= self.eval_tile:
+            raise ValueError(f"eval_overlap must be smaller than eval_tile={self.eval_tile}, got {self.eval_overlap}")
+        if self.synthetic_size < self.crop_size and self.dataset == "synthetic":
+            raise ValueError(f"synthetic_size must be >= crop_size={self.crop_size}, got {self.synthetic_size}")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        try:
+            parse_ratio(self.label_ratio)
+        except ValueError as error:
+            raise ValueError(f"label_ratio: {error}") from None
+
+    @property
+    def semi(self) -> bool:
+        """Whether the method uses unlabelled data (a teacher)."""
+        return self.method != "supervised"
+
+    @property
+    def uses_flow(self) -> bool:
+        """Whether the method trains a flow and perturbs (FDP)."""
+        return self.method in ("fdp", "dpfr")
+
+    @property
+    def uses_contrast(self) -> bool:
+        """Whether the method adds the contrastive loss (FR)."""
+        return self.method in ("fr", "dpfr")
+
+
+def _one_of(name: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _check_type(name: str, value: object, kind: Any) -> object:
+    """Check one config value against its field type (an int is a fine float, a bool is no int)."""
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind in (str, bool) and isinstance(value, kind):
+        return value
+    raise TypeError(f"{name} must be a {kind.__name__}, got {type(value).__name__} {value!r}")
+
+
+def _unknown_key(key: str) -> ValueError:
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    close = difflib.get_close_matches(key, names, n=3, cutoff=0.8)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return ValueError(f"unknown config key {key!r}{hint}")
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a :class:`TrainConfig` from a JSON object; missing keys keep their defaults.
+
+    Keys starting with ``_`` are comments and skipped.
+
+    Args:
+        path: the JSON file.
+
+    Returns:
+        The configuration.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a JSON object, an unknown key (named, with close matches) or a
+            value out of range (names the key).
+        TypeError: a value of the wrong type (names the key).
+
+    Example:
+        >>> import json, tempfile
+        >>> path = tempfile.mktemp(suffix=".json")
+        >>> _ = open(path, "w").write(json.dumps({"method": "fdp", "iterations": 5}))
+        >>> load_config(path).iterations
+        5
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config {path} does not exist")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"config {path} is not valid JSON: {error}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"config {path} must hold a JSON object, got {type(raw).__name__}")
+    return config_from_dict(raw)
+
+
+def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
+    """Build a :class:`TrainConfig` from a plain dict (as in a checkpoint); unknown keys are errors.
+
+    Keys starting with ``_`` are comments and skipped; missing keys keep their defaults.
+
+    Args:
+        raw: field names to values.
+
+    Returns:
+        The validated configuration.
+
+    Raises:
+        ValueError: an unknown key (named, with close matches) or a value out of range.
+        TypeError: a value of the wrong type (names the key).
+
+    Example:
+        >>> config_from_dict({"_note": "skipped", "method": "fr", "iterations": 5}).iterations
+        5
+        >>> config_from_dict({"iteratons": 5})
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown config key 'iteratons'; did you mean iterations?
+    """
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {}
+    for key, value in raw.items():
+        if key.startswith("_"):
+            continue
+        if key not in names:
+            raise _unknown_key(key)
+        values[key] = value
+    return TrainConfig(**values)
+
+
+def _parse_value(key: str, text: str, kind: Any) -> object:
+    if kind is bool:
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"--set {key}: expected a bool (true/false), got {text!r}")
+    if kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            raise ValueError(f"--set {key}: expected {kind.__name__}, got {text!r}") from None
+    return text
+
+
+def apply_overrides(config: TrainConfig, assignments: Sequence[str]) -> TrainConfig:
+    """Apply ``key=value`` overrides, each value converted to its field's type.
+
+    Args:
+        config: the configuration to start from (not modified).
+        assignments: strings ``"key=value"``; bools accept ``true/false/1/0/yes/no``.
+
+    Returns:
+        A new, validated configuration.
+
+    Raises:
+        ValueError: a malformed assignment, an unknown key, an unconvertible or out-of-range
+            value (the message names the key).
+
+    Example:
+        >>> apply_overrides(TrainConfig(), ["method=fr", "lr=0.01", "cutmix=false"]).cutmix
+        False
+        >>> apply_overrides(TrainConfig(), ["iteration=3"])
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown config key 'iteration'; did you mean iterations?
+    """
+    types = _field_types()
+    values = dataclasses.asdict(config)
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--set expects key=value, got {assignment!r}")
+        if key not in types:
+            raise _unknown_key(key)
+        values[key] = _parse_value(key, text, types[key])
+    try:
+        return TrainConfig(**values)
+    except TypeError as error:  # cannot happen after conversion, but keep the contract
+        raise ValueError(str(error)) from None

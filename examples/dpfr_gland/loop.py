@@ -1,0 +1,211 @@
+"""The training run: set-up (one process or torchrun/DDP), the loop, logs, checkpoints, evaluation."""
+
+from __future__ import annotations
+
+__all__ = ["train"]
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from densessl.utils import unwrap_model
+
+from . import evaluate
+from .batches import BatchStream, ViewDataset, _loader, build_datasets
+from .checkpoint import atomic_save, atomic_write_text, load_checkpoint
+from .config import TrainConfig
+from .data import label_split
+from .plots import draw_loss_curves
+from .step import Trainer
+
+
+def _evaluate(model: nn.Module, dataset: Any, config: TrainConfig, out: Path) -> dict[str, Any]:
+    """Test metrics by :func:`examples.dpfr_gland.evaluate.evaluate`, pictures by ``save_predictions``."""
+    options = dict(tile=config.eval_tile, overlap=config.eval_overlap, min_size=config.min_size,
+                   dilation=config.contour_width, amp=config.amp)
+    metrics = evaluate.evaluate(model, dataset, limit=config.eval_limit or None, **options)
+    if config.eval_pictures:
+        evaluate.save_predictions(model, dataset, out / "predictions", limit=config.eval_pictures,
+                                  progress=False, **options)
+    return dict(metrics)
+
+
+def _resolve_device(config: TrainConfig, local_rank: int) -> torch.device:
+    if config.device == "auto":
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    if config.device == "cuda":
+        return torch.device("cuda", local_rank)
+    return torch.device(config.device)
+
+
+def train(config: TrainConfig, out: str | Path, resume: str | Path | None = None,
+          progress: bool = True) -> dict[str, Any]:
+    """Train as ``config`` says, write checkpoints, metrics and the loss picture to ``out``.
+
+    Under ``torchrun`` (``WORLD_SIZE > 1`` in the environment) the process group is set up
+    here (gloo on CPU, nccl on CUDA) and torn down at the end; only rank 0 writes files.
+
+    Args:
+        config: the run's configuration.
+        out: the output folder (``checkpoint.pt``, ``metrics.json``, ``losses.png``, ``log.jsonl``).
+        resume: a checkpoint to continue from (its iteration, weights, optimisers, history;
+            ``log.jsonl`` is rewritten from that history, dropping rows logged after it).
+        progress: show a tqdm bar on rank 0.
+
+    Returns:
+        ``{"history": [...], "metrics": {...}, "iteration": int}`` (metrics on rank 0 only).
+
+    Raises:
+        ValueError: a checkpoint whose method differs from ``config.method``.
+    """
+    out = Path(out)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = _resolve_device(config, local_rank)
+    own_group = False
+    if world_size > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        own_group = True
+    try:
+        return _train(config, out, resume, progress, rank, world_size, device)
+    finally:
+        if own_group:
+            dist.destroy_process_group()
+
+
+def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: bool, rank: int,
+           world_size: int, device: torch.device) -> dict[str, Any]:
+    main_process = rank == 0
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
+    train_set, test_set = build_datasets(config)
+    labelled_idx, unlabelled_idx = label_split(len(train_set), config.label_ratio, seed=config.seed)
+    if config.semi and len(unlabelled_idx) == 0:
+        raise ValueError(f"label_ratio={config.label_ratio!r} leaves no unlabelled image for {config.method!r}")
+    trainer = Trainer(config, device, rank, world_size)
+    history: list[dict[str, float]] = []
+    if resume is not None:
+        state = load_checkpoint(resume, map_location=device)
+        saved_method = state.get("config", {}).get("method")
+        if saved_method is not None and saved_method != config.method:
+            raise ValueError(f"resume: checkpoint {resume} was trained with method={saved_method!r}, "
+                             f"the config says {config.method!r}")
+        trainer.load_state_dict(state)
+        history = list(state.get("history", []))
+    start = trainer.iteration
+    pin = device.type == "cuda"
+    views = dict(crop_size=config.crop_size, seed=config.seed, rank=rank, contour_width=config.contour_width)
+    labelled_loader = _loader(
+        ViewDataset(train_set, labelled_idx, stream=0, labelled=True, **views),
+        BatchStream(len(labelled_idx), config.batch_labelled, config.seed, rank, world_size, start),
+        config.num_workers, pin)
+    unlabelled_loader = None
+    if config.semi:
+        unlabelled_loader = _loader(
+            ViewDataset(train_set, unlabelled_idx, stream=1, labelled=False, **views),
+            BatchStream(len(unlabelled_idx), config.batch_unlabelled, config.seed + 1, rank, world_size, start),
+            config.num_workers, pin)
+    if main_process:
+        atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+        if resume is not None:  # rows logged after the checkpoint will be logged again: drop them
+            atomic_write_text(out / "log.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+        print(f"[train] {config.method} on {config.dataset}: {len(labelled_idx)} labelled / "
+              f"{len(unlabelled_idx)} unlabelled images, {world_size} process(es) on {device}, "
+              f"iterations {start}..{config.iterations}", flush=True)
+
+    def save() -> None:
+        if main_process:
+            state = trainer.state_dict()
+            state["config"] = dataclasses.asdict(config)
+            state["history"] = history
+            atomic_save(state, out / "checkpoint.pt")
+
+    bar = None
+    if main_process and progress:
+        from tqdm import tqdm
+        bar = tqdm(total=config.iterations, initial=start, desc=config.method, dynamic_ncols=True, file=sys.stderr)
+    pending: list[tuple[int, dict[str, torch.Tensor]]] = []
+    started = time.perf_counter()
+    log_file = out / "log.jsonl"
+    while trainer.iteration < config.iterations:
+        t = trainer.iteration
+        labelled = next(labelled_loader)
+        unlabelled = next(unlabelled_loader) if unlabelled_loader is not None else None
+        pending.append((t, trainer.step(labelled, unlabelled)))
+        done = trainer.iteration
+        checkpoint_due = bool(config.checkpoint_every) and done % config.checkpoint_every == 0 \
+            and done < config.iterations
+        # Flush before every checkpoint too: rows still pending when a checkpoint is written
+        # would be missing from its history (and from log.jsonl) after a resume.
+        if done % config.log_every == 0 or done == config.iterations or checkpoint_due:
+            rows = _gather_logs(pending, world_size, device)
+            pending = []
+            history.extend(rows)
+            for row in rows:  # the same (all-reduced) values on every rank: all stop together
+                if not all(math.isfinite(v) for v in row.values()):
+                    raise FloatingPointError(f"non-finite loss at iteration {row['iteration']}: {row}")
+            if main_process:
+                with log_file.open("a") as handle:
+                    for row in rows:
+                        handle.write(json.dumps(row) + "\n")
+                last = rows[-1]
+                # "+ 0.0" turns the -0.0 of graph-connected zeros into 0 for the log line
+                text = " ".join(f"{k}={v + 0.0:.4g}" for k, v in last.items() if k != "iteration")
+                rate = (done - start) / max(time.perf_counter() - started, 1e-9)
+                message = f"[train] it {done}/{config.iterations} {text} ({rate:.2f} it/s)"
+                if bar is not None:
+                    bar.write(message)
+                else:
+                    print(message, flush=True)
+        if bar is not None:
+            bar.update(1)
+        if checkpoint_due:
+            save()
+    if bar is not None:
+        bar.close()
+    save()
+    metrics: dict[str, Any] = {}
+    if main_process:
+        if history:
+            draw_loss_curves(history, out / "losses.png")
+        if test_set is not None:
+            metrics = _evaluate(trainer.eval_model(), test_set, config, out)
+            if trainer.teacher is not None:  # the student too: early on the EMA teacher lags behind it
+                metrics["student"] = _evaluate(unwrap_model(trainer.student), test_set,
+                                               dataclasses.replace(config, eval_pictures=0), out)
+        metrics["method"] = config.method
+        metrics["iterations"] = trainer.iteration
+        metrics["evaluated"] = "teacher" if trainer.teacher is not None else "student"
+        if history:
+            metrics["final_losses"] = {k: v for k, v in history[-1].items() if k != "iteration"}
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        print(f"[train] wrote {out / 'checkpoint.pt'}, {out / 'metrics.json'}, {out / 'losses.png'}", flush=True)
+    if world_size > 1:
+        dist.barrier()
+    return {"history": history, "metrics": metrics, "iteration": trainer.iteration}
+
+
+def _gather_logs(pending: list[tuple[int, dict[str, torch.Tensor]]], world_size: int,
+                 device: torch.device) -> list[dict[str, float]]:
+    """Turn the pending per-step tensors into floats with one host sync (averaged over ranks)."""
+    if not pending:
+        return []
+    keys = sorted(pending[0][1])
+    table = torch.stack([torch.stack([logs[k].float().to(device) for k in keys]) for _, logs in pending])
+    if world_size > 1:
+        dist.all_reduce(table)
+        table /= world_size
+    values = table.cpu().tolist()
+    return [{"iteration": t, **dict(zip(keys, row))} for (t, _), row in zip(pending, values)]

@@ -1,0 +1,355 @@
+"""One DPFR training step, read top to bottom like the method section of the paper.
+
+See :mod:`examples.dpfr_gland.train` for the equations; :class:`Trainer` holds the
+networks and optimisers of one process and :meth:`Trainer.step` runs one iteration.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Trainer", "unsupervised_weight"]
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+import densessl
+from densessl.functional import downsample_labels, flatten_pixels, masked_cross_entropy
+from densessl.utils import unwrap_model
+
+from . import augment
+from .config import TrainConfig
+from .model import CENet
+from .targets import NUM_CLASSES
+
+_IGNORE = 255
+
+
+def unsupervised_weight(iteration: int, warmup: int, rampup: int) -> float:
+    """The schedule :math:`w(t)` of the unsupervised losses: 0, then a sigmoid-shaped ramp to 1.
+
+    :math:`w(t) = 0` for :math:`t < t_w`, :math:`\\exp(-5 (1 - r)^2)` with
+    :math:`r = (t - t_w) / t_r` during the ramp, and 1 after it (Laine & Aila, 2017).
+
+    Args:
+        iteration: the iteration ``t``, ``>= 0``.
+        warmup: supervised-only iterations ``t_w``.
+        rampup: ramp length ``t_r`` (0: a step to 1).
+
+    Returns:
+        The weight in ``[0, 1]``.
+
+    Example:
+        >>> [round(unsupervised_weight(t, 2, 4), 3) for t in (0, 1, 2, 4, 6, 9)]
+        [0.0, 0.0, 0.007, 0.287, 1.0, 1.0]
+    """
+    if iteration < warmup:
+        return 0.0
+    if rampup <= 0 or iteration >= warmup + rampup:
+        return 1.0
+    r = (iteration - warmup) / rampup
+    return float(math.exp(-5.0 * (1.0 - r) ** 2))
+
+
+# ----------------------------------------------------------------------------- the step
+
+
+def _seed(*parts: int) -> int:
+    """A 63-bit seed mixed from integers (numpy's SeedSequence: no collisions between nearby keys)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+class _TailPerturbation:
+    """Apply ``perturb`` to the last ``count`` images of a batch only (the perturbed branch)."""
+
+    def __init__(self, perturb: nn.Module, count: int) -> None:
+        self.perturb, self.count = perturb, count
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        head, tail = features[: -self.count], features[-self.count:]
+        return torch.cat([head, self.perturb(tail)])
+
+
+class _FlowLoss(nn.Module):
+    """``flow.nll`` as a ``forward``, so that DDP can wrap the flow's training loss."""
+
+    def __init__(self, flow: densessl.FlowDensityHead) -> None:
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.flow.nll(features, labels)
+
+
+class Trainer:
+    """The networks, optimisers and the DPFR step of one process (see the module docstring).
+
+    Args:
+        config: the run's configuration.
+        device: where to train.
+        rank: this process's rank.
+        world_size: the number of processes (> 1: DDP-wrap student, flow and head).
+
+    Attributes:
+        student: the CE-Net being trained (DDP-wrapped under DDP).
+        teacher: its :class:`densessl.EMATeacher` (``None`` for ``supervised``).
+        flow: the :class:`densessl.FlowDensityHead` (``None`` without FDP).
+        projector: the :class:`densessl.ProjectionHead` (``None`` without FR).
+        iteration: the number of steps done.
+
+    Example:
+        >>> import torch
+        >>> _ = torch.manual_seed(0)
+        >>> trainer = Trainer(TrainConfig(method="supervised", crop_size=32))
+        >>> labelled = (torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32)))
+        >>> logs = trainer.step(labelled, None)
+        >>> sorted(logs), trainer.iteration, bool(torch.isfinite(logs["loss"]))
+        (['loss', 'sup', 'weight'], 1, True)
+    """
+
+    def __init__(self, config: TrainConfig, device: torch.device | str = "cpu", rank: int = 0,
+                 world_size: int = 1) -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self.rank, self.world_size = rank, world_size
+        self.amp = bool(config.amp and self.device.type == "cuda")
+        torch.manual_seed(config.seed)  # the same initial weights on every rank
+        pretrained = config.pretrained or None
+        student = CENet(num_classes=NUM_CLASSES, backbone=config.backbone, pretrained=pretrained,
+                                  perturb_at=config.perturb_at)
+        student = student.to(self.device)
+        self.num_classes = NUM_CLASSES
+        self.teacher = densessl.EMATeacher(student, decay=config.ema_decay, buffers="copy") if config.semi else None
+        if self.teacher is not None:
+            self.teacher.eval()
+        self.flow: densessl.FlowDensityHead | None = None
+        self.flow_optimizer: torch.optim.Optimizer | None = None
+        self.perturbation: densessl.DensityPerturbation | None = None
+        if config.uses_flow:
+            self.flow = densessl.FlowDensityHead(student.feature_channels, self.num_classes, depth=config.flow_depth,
+                                                 hidden=config.flow_hidden, ignore_index=_IGNORE).to(self.device)
+            self.flow_optimizer = torch.optim.Adam(self.flow.parameters(), lr=config.flow_lr)
+            self.perturbation = densessl.DensityPerturbation(self.flow, xi=config.xi, relative=config.xi_relative)
+        self.projector: nn.Module | None = None
+        self.contrast: densessl.HardAnchorContrast | None = None
+        params = list(student.parameters())
+        if config.uses_contrast:
+            self.projector = densessl.ProjectionHead(student.decoder_channels, config.projection_hidden,
+                                                     config.projection_dim).to(self.device)
+            self.contrast = densessl.HardAnchorContrast(config.temperature, config.num_anchors,
+                                                        config.num_negatives, ignore_index=_IGNORE,
+                                                        num_classes=self.num_classes)
+            params += list(self.projector.parameters())
+        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.pseudo_labeler = densessl.EntropyPseudoLabeler(config.threshold, ignore_index=_IGNORE)
+        self.student: nn.Module = student
+        self._flow_loss: nn.Module | None = None
+        if world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.student = DistributedDataParallel(student, device_ids=ids)
+            if self.projector is not None:
+                self.projector = DistributedDataParallel(self.projector, device_ids=ids)
+        self.iteration = 0
+
+    # -- state ----------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: weights, optimisers, scaler, iteration (plain tensors and numbers)."""
+        state: dict[str, Any] = {
+            "iteration": self.iteration,
+            "student": unwrap_model(self.student).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
+        if self.teacher is not None:
+            state["teacher"] = self.teacher.state_dict()
+        if self.flow is not None and self.flow_optimizer is not None:
+            state["flow"] = self.flow.state_dict()
+            state["flow_optimizer"] = self.flow_optimizer.state_dict()
+        if self.projector is not None:
+            state["projector"] = unwrap_model(self.projector).state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (strictly: every part this method has must be there).
+
+        Args:
+            state: a dict from :meth:`state_dict` (e.g. of :func:`load_checkpoint`).
+
+        Raises:
+            KeyError: a part this trainer's method has is missing from ``state``.
+            RuntimeError: weights that do not fit the networks (``load_state_dict``'s message).
+        """
+        unwrap_model(self.student).load_state_dict(state["student"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if self.teacher is not None:
+            self.teacher.load_state_dict(state["teacher"])
+        if self.flow is not None and self.flow_optimizer is not None:
+            self.flow.load_state_dict(state["flow"])
+            self.flow_optimizer.load_state_dict(state["flow_optimizer"])
+        if self.projector is not None:
+            unwrap_model(self.projector).load_state_dict(state["projector"])
+        self.iteration = int(state["iteration"])
+
+    # -- one step -------------------------------------------------------------------
+
+    def _generator(self, iteration: int, purpose: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(
+            _seed(self.config.seed, iteration, self.rank, purpose))
+
+    def _autocast(self) -> Any:
+        return torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp)
+
+    def _fit_flow(self, features: torch.Tensor, labels: torch.Tensor, iteration: int) -> torch.Tensor:
+        """One Adam step of the flow on detached features; returns the nll per dimension (detached)."""
+        assert self.flow is not None and self.flow_optimizer is not None
+        config = self.config
+        features = features.detach().float()
+        generator = self._generator(iteration, 3)
+        if config.flow_noise > 0:
+            noise = torch.randn(features.shape, generator=generator, device=self.device)
+            features = features + config.flow_noise * noise
+        # Pixels are independent samples of the per-pixel flow: keep a random subset of at most
+        # flow_pixels of them as one [1, C, 1, P] row (labels [1, 1, P]), so the flow runs on the
+        # subset only.
+        rows, row_labels = flatten_pixels(features), labels.reshape(-1)
+        if rows.shape[0] > config.flow_pixels:
+            chosen = torch.randperm(rows.shape[0], generator=generator, device=self.device)[: config.flow_pixels]
+            rows, row_labels = rows[chosen], row_labels[chosen]
+        features = rows.t().reshape(1, rows.shape[1], 1, rows.shape[0])
+        labels = row_labels.reshape(1, 1, -1)
+        self.flow.train()
+        if self._flow_loss is None:
+            if self.world_size > 1:
+                # ActNorm initialises from the first batch it sees, which differs per rank:
+                # initialise here, then let DDP's constructor broadcast rank 0's parameters.
+                with torch.no_grad():
+                    self.flow.log_prob(features)
+                self._flow_loss = DistributedDataParallel(
+                    _FlowLoss(self.flow), device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                    find_unused_parameters=True)
+            else:
+                self._flow_loss = _FlowLoss(self.flow)
+        loss = self._flow_loss(features, labels)
+        self.flow_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.flow_grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.flow.parameters(), config.flow_grad_clip)
+        self.flow_optimizer.step()
+        return loss.detach() / features.shape[1]
+
+    def step(self, labelled: tuple[torch.Tensor, torch.Tensor],
+             unlabelled: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """One training iteration (see the module docstring); advances :attr:`iteration`.
+
+        Args:
+            labelled: ``(images, classes)`` of the labelled batch.
+            unlabelled: weak views of the unlabelled batch (``None`` for ``supervised``).
+
+        Shapes:
+
+            - labelled images: ``[B_l, 3, S, S]`` float32; classes ``[B_l, S, S]`` int64 in ``0..2``.
+            - unlabelled: ``[B_u, 3, S, S]`` float32.
+
+        Returns:
+            Detached 0-dim tensors: ``loss``, ``sup``, and as the method has them ``mt``,
+            ``fdp``, ``contrast``, ``flow_nll_per_dim``, ``kept``, ``weight``.
+
+        Raises:
+            ValueError: a semi-supervised method without an unlabelled batch.
+        """
+        config, t = self.config, self.iteration
+        x_l, y_l = labelled[0].to(self.device, non_blocking=True), labelled[1].to(self.device, non_blocking=True)
+        logs: dict[str, torch.Tensor] = {}
+        weight = unsupervised_weight(t, config.supervised_warmup, config.rampup)
+        logs["weight"] = torch.tensor(weight)
+        self.student.train()
+        if self.projector is not None:
+            self.projector.train()
+        if not config.semi:
+            with self._autocast():
+                out = self.student(x_l)
+            loss = masked_cross_entropy(out.logits, y_l, ignore_index=_IGNORE)
+            logs["sup"] = loss.detach()
+            self._backward_and_step(loss)
+            logs["loss"] = loss.detach()
+            return logs
+        if unlabelled is None:
+            raise ValueError(f"unlabelled: method {config.method!r} needs an unlabelled batch, got None")
+        x_w = unlabelled.to(self.device, non_blocking=True)
+        n_l, n_u = x_l.shape[0], x_w.shape[0]
+        assert self.teacher is not None
+        # 1. One teacher pass: pseudo labels and the flow's features come from it.
+        with self._autocast():
+            teacher_out = self.teacher(x_w)
+        pseudo = self.pseudo_labeler(teacher_out.logits.float())
+        logs["kept"] = pseudo.kept_fraction.detach()
+        # 2. Strong views of the same weak views (pixel-aligned), then CutMix with the labels.
+        x_s = augment.strong_from_weak(x_w, self._generator(t, 1))
+        y_u = pseudo.labels
+        if config.cutmix:
+            x_s, y_u, _ = augment.cutmix(x_s, y_u, generator=self._generator(t, 2))
+        # 3. One student forward over labelled, clean unlabelled and perturbed unlabelled.
+        perturb_on = config.uses_flow and t >= config.flow_warmup
+        parts = [x_l, x_s, x_s] if perturb_on else [x_l, x_s]
+        perturb = _TailPerturbation(self.perturbation, n_u) if perturb_on else None
+        with self._autocast():
+            out = self.student(torch.cat(parts), perturb=perturb)
+        logits = out.logits
+        sup = masked_cross_entropy(logits[:n_l], y_l, ignore_index=_IGNORE)
+        mt = masked_cross_entropy(logits[n_l:n_l + n_u], y_u, ignore_index=_IGNORE)
+        unsup = config.unsup_weight * mt
+        logs["sup"], logs["mt"] = sup.detach(), mt.detach()
+        if config.uses_flow:
+            fdp = masked_cross_entropy(logits[n_l + n_u:], y_u, ignore_index=_IGNORE) if perturb_on \
+                else logits.sum() * 0.0
+            unsup = unsup + config.alpha_perturbed * fdp
+            logs["fdp"] = fdp.detach()
+        if self.projector is not None and self.contrast is not None:
+            unlabelled_decoder = out.decoder[n_l + n_u:] if perturb_on else out.decoder[n_l:n_l + n_u]
+            # Labelled pixels (true labels) join the pseudo-labelled ones: early on the teacher is
+            # confident about background only, and a contrast over a single class is zero.
+            with self._autocast():
+                embeddings = self.projector(torch.cat([out.decoder[:n_l], unlabelled_decoder]))
+            size = embeddings.shape[-2:]
+            labels_c = torch.cat([
+                downsample_labels(y, size, ignore_index=_IGNORE, mode="majority", num_classes=self.num_classes)
+                for y in (y_l, y_u)
+            ])
+            contrast = self.contrast(embeddings.float(), labels_c, generator=self._generator(t, 4))
+            unsup = unsup + config.alpha_contrast * contrast
+            logs["contrast"] = contrast.detach()
+        loss = sup + weight * unsup
+        # 5. The flow: detached teacher features (pseudo labels) + detached labelled student features.
+        if self.flow is not None:
+            size = teacher_out.features.shape[-2:]
+            labels_f = torch.cat([
+                downsample_labels(pseudo.labels, size, ignore_index=_IGNORE, mode="majority",
+                                  num_classes=self.num_classes),
+                downsample_labels(y_l, size, ignore_index=_IGNORE, mode="majority", num_classes=self.num_classes),
+            ])
+            features_f = torch.cat([teacher_out.features.detach(), out.features[:n_l].detach()])
+            logs["flow_nll_per_dim"] = self._fit_flow(features_f, labels_f, t)
+        # 6. Student step, then the teacher follows.
+        self._backward_and_step(loss)
+        self.teacher.update(self.student)
+        logs["loss"] = loss.detach()
+        return logs
+
+    def _backward_and_step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.iteration += 1
+
+    def eval_model(self) -> nn.Module:
+        """The network to evaluate: the teacher's model for semi-supervised methods, else the student."""
+        model = self.teacher.model if self.teacher is not None else unwrap_model(self.student)
+        return model
