@@ -381,9 +381,14 @@ def test_checkpoint_loading_and_the_command_line(tmp_path):
 
     model, loaded_config = load_checkpoint_model(path)
     assert loaded_config == config and not model.training
-    for name, value in model.state_dict().items():  # the teacher's weights, not the student's
+    for name, value in model.state_dict().items():  # the student's weights by default (the paper's)
+        assert torch.equal(value, student.state_dict()[name]), name
+    teacher_model, _ = load_checkpoint_model(path, weights="teacher")
+    for name, value in teacher_model.state_dict().items():
         assert torch.equal(value, teacher.model.state_dict()[name]), name
-    assert not torch.equal(model.state_dict()["head.4.weight"], student.state_dict()["head.4.weight"])
+    assert not torch.equal(teacher_model.state_dict()["head.4.weight"], student.state_dict()["head.4.weight"])
+    with pytest.raises(ValueError, match="weights"):
+        load_checkpoint_model(path, weights="ema")
 
     data_root = tmp_path / "glas"
     data_root.mkdir()
@@ -391,7 +396,7 @@ def test_checkpoint_loading_and_the_command_line(tmp_path):
     scores = main(["--checkpoint", str(path), "--data", str(data_root), "--layout", "glas", "--split", "testA",
                    "--out", str(tmp_path / "out"), "--device", "cpu"])
     record = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert record["scores"] == scores and scores["num_images"] == 2
+    assert record["scores"] == scores and scores["num_images"] == 2 and record["weights"] == "student"
     assert record["tile"] == 64 and record["overlap"] == 16
     assert sorted(p.name for p in (tmp_path / "out" / "pictures").iterdir()) == ["testA_1.png", "testA_2.png"]
     # the same numbers as evaluate() on the reader's dataset

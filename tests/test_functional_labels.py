@@ -231,3 +231,18 @@ def test_labels_on_another_device_are_named():
     labels = torch.zeros(1, 2, 2, dtype=torch.long, device="meta")
     with pytest.raises(ValueError, match="labels must be on the same device as logits"):
         check_same_spatial("logits", logits, "labels", labels)
+
+
+def test_majority_min_fraction_ignores_blocks_labelled_from_few_pixels():
+    # A 32x32 block got the label of its single kept pixel; with min_fraction the winner
+    # must cover that share of the block (ignored pixels count in the block).
+    y = torch.full((1, 4, 4), 255)
+    y[0, 0, 0] = 2  # one kept pixel in the top-left 2x2 block
+    y[0, 2:, 2:] = torch.tensor([[1, 1], [1, 0]])  # 3 of 4 in the bottom-right block
+    assert downsample_labels(y, 2, mode="majority").tolist() == [[[2, 255], [255, 1]]]
+    assert downsample_labels(y, 2, mode="majority", min_fraction=0.5).tolist() == [[[255, 255], [255, 1]]]
+    assert downsample_labels(y, 2, mode="majority", min_fraction=1.0).tolist() == [[[255, 255], [255, 255]]]
+    with pytest.raises(ValueError, match="min_fraction"):
+        downsample_labels(y, 2, mode="majority", min_fraction=1.5)
+    with pytest.raises(ValueError, match="min_fraction"):
+        downsample_labels(y, 2, mode="nearest", min_fraction=0.5)

@@ -175,14 +175,16 @@ def test_view_dataset_is_deterministic_per_serial():
 # ----------------------------------------------------------------------------- the step
 
 
-def test_teacher_gets_no_gradient_and_moves_only_by_ema():
+@pytest.mark.parametrize("buffers", ["ema", "copy"])
+def test_teacher_gets_no_gradient_and_moves_only_by_ema(buffers):
     torch.manual_seed(0)
-    trainer = T.Trainer(tiny_config(method="dpfr", ema_decay=0.9))
+    trainer = T.Trainer(tiny_config(method="dpfr", ema_decay=0.9, teacher_buffers=buffers))
     teacher = trainer.teacher.model
     assert all(not p.requires_grad for p in teacher.parameters())
     student_ids = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
     assert not student_ids & {id(p) for p in teacher.parameters()}
     before = [p.detach().double().clone() for p in teacher.parameters()]
+    before_buffers = [b.double().clone() for b in teacher.buffers()]
     for step in range(3):
         trainer.step(*batches(step))
         after = [p.detach().double() for p in teacher.parameters()]
@@ -191,10 +193,14 @@ def test_teacher_gets_no_gradient_and_moves_only_by_ema():
         for b, a, s in zip(before, after, student):
             torch.testing.assert_close(a, decay * b + (1 - decay) * s, rtol=1e-5, atol=1e-6)
         assert all(p.grad is None for p in teacher.parameters())
+        # BatchNorm statistics: averaged like the weights ("ema") or copied ("copy"); counters copied
+        for b, bt, bs in zip(before_buffers, teacher.buffers(), trainer.student.buffers()):
+            if buffers == "copy" or not bt.is_floating_point():
+                assert torch.equal(bt, bs)
+            else:
+                torch.testing.assert_close(bt.double(), decay * b + (1 - decay) * bs.double(), rtol=1e-5, atol=1e-6)
         before = [a.clone() for a in after]
-    # BatchNorm statistics are copied from the student
-    for (name, bt), (_, bs) in zip(teacher.named_buffers(), trainer.student.named_buffers()):
-        assert torch.equal(bt, bs), name
+        before_buffers = [b.double().clone() for b in teacher.buffers()]
 
 
 def test_flow_changes_only_through_its_own_optimiser(monkeypatch):
@@ -229,39 +235,88 @@ def test_flow_changes_only_through_its_own_optimiser(monkeypatch):
         assert torch.equal(p.detach(), stepped)
 
 
-def test_one_teacher_pass_per_step_on_the_unlabelled_batch():
+def test_one_teacher_pass_per_step_and_one_student_forward():
+    # dpfr: one batched teacher pass over [labelled; weak unlabelled] (the flow needs the
+    # teacher's labelled features); the student runs once on [labelled; strong unlabelled] and
+    # decodes the unlabelled site maps a second time, perturbed, inside that one forward.
     torch.manual_seed(0)
     trainer = T.Trainer(tiny_config(method="dpfr"))
     seen = []
     trainer.teacher.model.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape[0]))
-    student_inputs = []
-    trainer.student.register_forward_hook(lambda module, inputs, output: student_inputs.append(inputs[0].shape[0]))
+    student_io = []
+    trainer.student.register_forward_hook(
+        lambda module, inputs, output: student_io.append((inputs[0].shape[0], output.logits.shape[0])))
     for step in range(3):
         trainer.step(*batches(step, n_l=2, n_u=3))
-    assert seen == [3, 3, 3]  # exactly one teacher forward per step, on the 3 unlabelled images only
-    # one student forward per step: labelled + clean unlabelled (+ perturbed unlabelled from t >= 1)
-    assert student_inputs == [5, 8, 8]
+    assert seen == [5, 5, 5]
+    # outputs: 5 clean rows, then 3 perturbed rows from t >= flow_warmup = 1
+    assert student_io == [(5, 5), (5, 8), (5, 8)]
+    # mean_teacher: the teacher sees the unlabelled batch only
+    mt = T.Trainer(tiny_config(method="mean_teacher"))
+    seen.clear()
+    mt.teacher.model.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape[0]))
+    mt.step(*batches(0, n_l=2, n_u=3))
+    assert seen == [3]
 
 
-def _majority(labels: np.ndarray, block: int) -> np.ndarray:
-    """Naive per-block majority vote (ties to the smaller class), the oracle of the flow's labels."""
+def test_perturbed_branch_changes_the_output_and_the_log_says_how_much():
+    torch.manual_seed(0)
+    trainer = T.Trainer(tiny_config(method="dpfr", threshold=1.2))
+    outputs = []
+    trainer.student.register_forward_hook(lambda module, inputs, output: outputs.append(output.logits.detach()))
+    trainer.step(*batches(0))
+    logs = trainer.step(*batches(1))
+    logits = outputs[-1]
+    clean, perturbed = logits[2:4], logits[4:6]
+    assert clean.shape == perturbed.shape
+    assert not torch.allclose(clean, perturbed)  # the step reaches the decoded output
+    assert {"fdp_gain", "flip"} <= set(logs)
+    expected_flip = (clean.argmax(1) != perturbed.argmax(1)).float().mean()
+    torch.testing.assert_close(logs["flip"], expected_flip)
+    torch.testing.assert_close(logs["fdp_gain"], logs["fdp"] - logs["mt"])
+
+
+def test_fr_and_dpfr_contrast_the_clean_decoder_maps():
+    for method in ("fr", "dpfr"):
+        torch.manual_seed(0)
+        trainer = T.Trainer(tiny_config(method=method))
+        decoders, projected = [], []
+        trainer.student.register_forward_hook(lambda m, i, out: decoders.append(out.decoder.detach()))
+        trainer.projector.register_forward_hook(lambda m, i, out: projected.append(i[0].detach()))
+        for step in range(2):
+            trainer.step(*batches(step))
+        torch.testing.assert_close(projected[-1], decoders[-1][:4])  # labelled + clean unlabelled rows
+
+
+def test_cutmix_with_one_unlabelled_image_is_an_error():
+    with pytest.raises(ValueError, match="cutmix.*batch_unlabelled >= 2"):
+        tiny_config(method="mean_teacher", batch_unlabelled=1)
+    tiny_config(method="mean_teacher", batch_unlabelled=1, cutmix=False)
+
+
+def _majority(labels: np.ndarray, block: int, min_fraction: float = 0.0) -> np.ndarray:
+    """Naive per-block majority vote (ties to the smaller class; a winner covering less than
+    ``min_fraction`` of the block -> 255), the oracle of the flow's labels."""
     b, h, w = labels.shape
     out = np.zeros((b, h // block, w // block), dtype=np.int64)
     for i in range(b):
         for y in range(h // block):
             for x in range(w // block):
                 cell = labels[i, y * block:(y + 1) * block, x * block:(x + 1) * block]
-                out[i, y, x] = np.bincount(cell.ravel(), minlength=3).argmax()
+                counts = np.bincount(cell.ravel(), minlength=3)
+                out[i, y, x] = counts.argmax() if counts.max() >= min_fraction * cell.size else 255
     return out
 
 
-def test_flow_fits_detached_teacher_and_labelled_features(monkeypatch):
+@pytest.mark.parametrize("site", ["classifier", "bottleneck"])
+def test_flow_fits_teacher_features_labelled_by_class_unlabelled_by_mixture(monkeypatch, site):
+    # The paper's objective: the teacher's features of labelled images under their true class,
+    # of unlabelled images under the mixture (no pseudo labels), all detached.
     torch.manual_seed(0)
-    trainer = T.Trainer(tiny_config(method="fdp", flow_noise=0.0))
+    trainer = T.Trainer(tiny_config(method="fdp", flow_noise=0.0, perturb_at=site, flow_pixels=10**6,
+                                    flow_normalize=site == "classifier"))
     teacher_features = []
     trainer.teacher.model.register_forward_hook(lambda m, i, out: teacher_features.append(out.features))
-    student_features = []
-    trainer.student.register_forward_hook(lambda m, i, out: student_features.append(out.features))
     seen = []
     real_nll = trainer.flow.nll
     monkeypatch.setattr(trainer.flow, "nll", lambda f, y, **k: seen.append((f, y)) or real_nll(f, y, **k))
@@ -269,11 +324,18 @@ def test_flow_fits_detached_teacher_and_labelled_features(monkeypatch):
     trainer.step(labelled, unlabelled)
     (features, labels), = seen
     c = trainer.flow.channels
-    expected = torch.cat([teacher_features[0], student_features[0][:2]]).permute(0, 2, 3, 1).reshape(-1, c)
+    expected = teacher_features[0].permute(0, 2, 3, 1).reshape(-1, c)  # [labelled; unlabelled] teacher rows
+    if trainer.config.flow_normalize:  # the flow sees L2-normalised features (and so does the perturbation)
+        expected = torch.nn.functional.normalize(expected, dim=1)
     assert not features.requires_grad  # detached
     torch.testing.assert_close(features.reshape(c, -1).t(), expected.detach())
-    truth = _majority(labelled[1].numpy(), 32).reshape(-1)  # 64 px crops, bottleneck stride 32
-    assert labels.reshape(-1)[-truth.size:].tolist() == truth.tolist()
+    block = 32 if site == "bottleneck" else 1
+    truth = _majority(labelled[1].numpy(), block, min_fraction=0.5).reshape(-1)
+    flat = labels.reshape(-1)
+    assert flat[:truth.size].tolist() == truth.tolist()
+    assert bool((flat[truth.size:] == 255).all())  # unlabelled pixels: the mixture
+    if site == "classifier":  # the full-resolution site keeps every class, contours included
+        assert set(flat[:truth.size].tolist()) == {0, 1, 2}
     # at most flow_pixels pixels per step
     trainer.config.flow_pixels = 5
     seen.clear()
@@ -346,7 +408,7 @@ def test_contrast_is_positive_with_several_pseudo_classes():
 
 
 def test_relative_step_scales_with_the_features():
-    trainer = T.Trainer(tiny_config(method="fdp", xi=0.5, xi_relative=True))
+    trainer = T.Trainer(tiny_config(method="fdp", xi=0.5, xi_relative=True, perturb_at="decoder"))
     features = 10.0 * torch.randn(2, trainer.flow.channels, 2, 2)
     step = trainer.perturbation(features) - features
     torch.testing.assert_close(step.norm(dim=1), 0.5 * features.norm(dim=1), rtol=1e-4, atol=1e-4)
@@ -381,15 +443,15 @@ def test_every_method_runs_and_writes_files(method, tmp_path):
     result = T.train(tiny_config(method=method, iterations=3, eval_pictures=pictures), tmp_path, progress=False)
     assert [row["iteration"] for row in result["history"]] == [0, 1, 2]
     assert _finite_history(result["history"])
-    expected = {"supervised": set(), "mean_teacher": {"mt", "kept"}, "fdp": {"mt", "kept", "fdp", "flow_nll_per_dim"},
-                "fr": {"mt", "kept", "contrast"}, "dpfr": {"mt", "kept", "fdp", "contrast", "flow_nll_per_dim"}}
+    expected = {"supervised": set(), "mean_teacher": {"mt", "kept"}, "fdp": {"mt", "kept", "fdp", "fdp_gain", "flip", "flow_nll_per_dim"},
+                "fr": {"mt", "kept", "contrast"}, "dpfr": {"mt", "kept", "fdp", "fdp_gain", "flip", "contrast", "flow_nll_per_dim"}}
     assert set(result["history"][-1]) == {"iteration", "loss", "sup", "weight"} | expected[method]
     for name in ("checkpoint.pt", "metrics.json", "losses.png", "config.json", "log.jsonl"):
         assert (tmp_path / name).is_file(), name
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["method"] == method and metrics["iterations"] == 3
     assert {"pooled_f1", "pooled_dice", "pooled_hausdorff", "pixel_dice"} <= set(metrics)
-    assert ("student" in metrics) == (method != "supervised")
+    assert ("teacher" in metrics) == (method != "supervised") and metrics["evaluated"] == "student"
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert state["iteration"] == 3 and state["config"]["method"] == method
     assert len(list((tmp_path / "predictions").glob("*.png"))) == pictures

@@ -40,13 +40,17 @@ def downsample_labels(
     ignore_index: int = 255,
     mode: str = "nearest",
     num_classes: int | None = None,
+    min_fraction: float = 0.0,
 ) -> torch.Tensor:
     """Resize a label map to ``size``, keeping ``ignore_index`` meaningful.
 
     ``"nearest"`` takes the label at each output pixel's centre (``nearest-exact``).
     ``"majority"`` takes, for each output pixel, the most frequent non-ignored label in
     the input area it covers (adaptive pooling of one-hot counts; ties go to the smaller
-    class); an area made only of ignored pixels becomes ``ignore_index``.
+    class); an area made only of ignored pixels becomes ``ignore_index``, and so does an
+    area whose winning label covers less than ``min_fraction`` of it (ignored pixels
+    count in the area): with ``min_fraction=0.5`` a block labelled from one kept pixel
+    of many stays ignored.
 
     Args:
         labels: integer class map; values ``0..K-1`` or ``ignore_index``.
@@ -54,6 +58,8 @@ def downsample_labels(
         ignore_index: label of pixels that carry no class.
         mode: ``"nearest"`` or ``"majority"``.
         num_classes: ``K`` for ``"majority"``; inferred from the largest label if omitted.
+        min_fraction: ``"majority"`` only: least share of the area the winner must cover
+            (``0 <= min_fraction <= 1``; 0 keeps any winner).
 
     Shapes:
         - labels: ``[B, H, W]``
@@ -74,10 +80,15 @@ def downsample_labels(
         ...                    [255, 255, 2, 0]]])
         >>> downsample_labels(y, 2, mode="majority").tolist()
         [[[0, 1], [255, 2]]]
+        >>> downsample_labels(y, 2, mode="majority", min_fraction=0.8).tolist()  # 3 of 4 is too few
+        [[[255, 1], [255, 255]]]
     """
     out_hw = _size_pair(size)
     if mode not in ("nearest", "majority"):
         raise ValueError(f"mode must be 'nearest' or 'majority', got {mode!r}")
+    min_fraction = float(check_number("min_fraction", min_fraction, low=0.0, high=1.0))
+    if min_fraction > 0 and mode != "majority":
+        raise ValueError(f"min_fraction applies to mode='majority' only, got mode={mode!r}")
     if num_classes is not None:
         check_number("num_classes", num_classes, low=1, integer=True)
     labels = check_labels("labels", labels, num_classes=num_classes, ignore_index=ignore_index)
@@ -104,8 +115,8 @@ def downsample_labels(
     onehot = F.one_hot(torch.where(valid, labels, 0), num_classes).permute(0, 3, 1, 2).float()
     onehot = onehot * valid[:, None].float()
     counts = F.adaptive_avg_pool2d(onehot, out_hw)
-    best = counts.argmax(dim=1)  # argmax returns the first maximum: ties -> smaller class
-    empty = counts.sum(dim=1) <= 0
+    top, best = counts.max(dim=1)  # the first maximum: ties -> smaller class
+    empty = (counts.sum(dim=1) <= 0) | (top < min_fraction - 1e-6)
     return torch.where(empty, torch.full_like(best, ignore_index), best)
 
 

@@ -80,8 +80,21 @@ class TrainConfig:
         temperature: contrast temperature.
         projection_hidden: projection head hidden width.
         projection_dim: embedding size.
-        perturb_at: where the model perturbs: ``"bottleneck"`` or ``"decoder"``.
-        cutmix: CutMix the student's unlabelled strong views.
+        perturb_at: where the model perturbs: ``"bottleneck"`` (``e4``), ``"decoder"`` (``d1``, the
+            density on ``d1``) or ``"classifier"`` (``d1``, the density on the classifier block's
+            output: DDFP's site); see the recipe README for what each does to the output.
+        cutmix: CutMix the student's unlabelled strong views (boxes are pasted between images
+            of the batch, so it needs ``batch_unlabelled >= 2``).
+        teacher_buffers: how the EMA teacher follows the student's BatchNorm statistics:
+            ``"ema"`` (averaged like the weights) or ``"copy"`` (the student's, as they are).
+        flow_normalize: L2-normalise every pixel's features before the flow, when it is trained
+            and when it perturbs, so that the step turns a feature's direction instead of
+            growing its norm (measured in the recipe README: without it the density step at
+            ``d1`` is barely harder than a random one).
+        flow_pseudo_labels: score unlabelled teacher features under their pseudo labels
+            instead of the mixture (the paper and DDFP use the mixture).
+        flow_label_fraction: when labels are downsampled to the density's resolution, the
+            least share of a block its majority class must cover (else the block is ignored).
         contour_width: contour width of the 3-class targets.
         min_size: smallest interior component kept when predictions become instances.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``.
@@ -149,8 +162,12 @@ class TrainConfig:
     temperature: float = 0.5
     projection_hidden: int = 256
     projection_dim: int = 128
-    perturb_at: str = "bottleneck"
+    perturb_at: str = "classifier"
     cutmix: bool = True
+    teacher_buffers: str = "ema"
+    flow_normalize: bool = True
+    flow_pseudo_labels: bool = False
+    flow_label_fraction: float = 0.5
     contour_width: int = 2
     min_size: int = 16
     device: str = "auto"
@@ -169,7 +186,13 @@ class TrainConfig:
         _one_of("method", self.method, METHODS)
         _one_of("dataset", self.dataset, _DATASETS)
         _one_of("backbone", self.backbone, ("resnet34", "resnet50", "resnet101"))
-        _one_of("perturb_at", self.perturb_at, ("bottleneck", "decoder"))
+        _one_of("perturb_at", self.perturb_at, ("bottleneck", "decoder", "classifier"))
+        _one_of("teacher_buffers", self.teacher_buffers, ("ema", "copy"))
+        if not 0 <= self.flow_label_fraction <= 1:
+            raise ValueError(f"flow_label_fraction must be in [0, 1], got {self.flow_label_fraction}")
+        if self.cutmix and self.semi and self.batch_unlabelled < 2:
+            raise ValueError(f"cutmix pastes boxes between unlabelled images of a batch and needs "
+                             f"batch_unlabelled >= 2, got {self.batch_unlabelled}; set cutmix=false")
         _one_of("synthetic_preset", self.synthetic_preset, ("easy", "medium", "hard"))
         for name in ("crop_size", "eval_tile"):
             value = getattr(self, name)

@@ -499,17 +499,22 @@ def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_checkpoint_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Build a ``CENet`` from a training checkpoint (teacher weights preferred) in eval mode.
+def load_checkpoint_model(
+    path: str | Path, device: str | torch.device = "cpu", weights: str = "student"
+) -> tuple[nn.Module, dict]:
+    """Build a ``CENet`` from a training checkpoint (student weights by default) in eval mode.
 
     The checkpoint is a dict saved by ``torch.save`` and read with ``weights_only=True``:
-    the first of ``"teacher"``, ``"model"``, ``"student"`` present holds the network's state
-    dict (DDP, ``torch.compile`` and ``EMATeacher`` key prefixes are removed), ``"config"`` a
-    dict with at least ``backbone`` (optionally ``num_classes``, default 3, and ``perturb_at``).
+    ``weights`` names the state dict to load — ``"student"`` (the paper infers with the
+    student) or ``"teacher"``; a checkpoint with only ``"model"`` (an inference checkpoint)
+    loads that. DDP, ``torch.compile`` and ``EMATeacher`` key prefixes are removed.
+    ``"config"`` is a dict with at least ``backbone`` (optionally ``num_classes``, default 3,
+    and ``perturb_at``).
 
     Args:
         path: the checkpoint file.
         device: where to put the model.
+        weights: ``"student"`` or ``"teacher"``.
 
     Returns:
         ``(model, config)``.
@@ -527,12 +532,14 @@ def load_checkpoint_model(path: str | Path, device: str | torch.device = "cpu") 
     """
     path = Path(path)
     checkpoint = load_checkpoint(path, map_location="cpu")
-    key = next((k for k in ("teacher", "model", "student") if isinstance(checkpoint.get(k), dict)), "model")
+    if weights not in ("student", "teacher"):
+        raise ValueError(f"weights must be 'student' or 'teacher', got {weights!r}")
+    key = next((k for k in (weights, "model") if isinstance(checkpoint.get(k), dict)), weights)
     state = checkpoint.get(key)
     config = checkpoint.get("config")
     if not isinstance(state, dict) or not isinstance(config, dict):
         raise ValueError(
-            f"checkpoint {path} must hold a 'teacher', 'model' or 'student' state dict and a 'config' dict, "
+            f"checkpoint {path} must hold a {weights!r} (or 'model') state dict and a 'config' dict, "
             f"got keys {sorted(checkpoint)}"
         )
     if "backbone" not in config:
@@ -597,10 +604,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images")
     parser.add_argument("--no-pictures", action="store_true", help="do not write pictures")
+    parser.add_argument("--weights", choices=("student", "teacher"), default="student",
+                        help="which network of a training checkpoint (default: student, the paper's)")
     args = parser.parse_args(argv)
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    model, config = load_checkpoint_model(args.checkpoint, device)
+    model, config = load_checkpoint_model(args.checkpoint, device, weights=args.weights)
     dataset = _dataset(args.data, args.layout, args.split)
     tile = args.tile if args.tile is not None else int(config.get("eval_tile", 256))
     overlap = args.overlap if args.overlap is not None else config.get("eval_overlap")
@@ -611,7 +620,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     scores = evaluate(model, dataset, tile=tile, overlap=overlap, batch_size=args.batch_size,
                       min_size=min_size, dilation=dilation, limit=args.limit,
                       out=None if args.no_pictures else out / "pictures", progress=True)
-    record = {"checkpoint": str(args.checkpoint), "data": str(args.data), "layout": args.layout,
+    record = {"checkpoint": str(args.checkpoint), "weights": args.weights, "data": str(args.data), "layout": args.layout,
               "split": args.split, "tile": tile, "overlap": overlap, "min_size": min_size,
               "dilation": dilation, "scores": scores}
     atomic_write_text(out / "metrics.json", json.dumps(record, indent=2))

@@ -181,13 +181,14 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
         if history:
             draw_loss_curves(history, out / "losses.png")
         if test_set is not None:
-            metrics = _evaluate(trainer.eval_model(), test_set, config, out)
-            if trainer.teacher is not None:  # the student too: early on the EMA teacher lags behind it
-                metrics["student"] = _evaluate(unwrap_model(trainer.student), test_set,
+            # The student is the headline (the paper infers with it); the teacher is reported beside it.
+            metrics = _evaluate(unwrap_model(trainer.student), test_set, config, out)
+            if trainer.teacher is not None:
+                metrics["teacher"] = _evaluate(trainer.teacher.model, test_set,
                                                dataclasses.replace(config, eval_pictures=0), out)
         metrics["method"] = config.method
         metrics["iterations"] = trainer.iteration
-        metrics["evaluated"] = "teacher" if trainer.teacher is not None else "student"
+        metrics["evaluated"] = "student"
         if history:
             metrics["final_losses"] = {k: v for k, v in history[-1].items() if k != "iteration"}
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")

@@ -37,6 +37,7 @@ __all__ = [
     "BACKBONES",
     "CENet",
     "CENetOutput",
+    "SiteState",
     "DACBlock",
     "DecoderBlock",
     "ResNetEncoder",
@@ -50,7 +51,7 @@ BACKBONES: dict[str, tuple[str, tuple[int, int, int, int]]] = {
     "resnet101": ("bottleneck", (3, 4, 23, 3)),
 }
 
-PERTURB_POINTS = ("bottleneck", "decoder")
+PERTURB_POINTS = ("bottleneck", "decoder", "classifier")
 
 
 # -- ResNet encoder (torchvision parameter names) ---------------------------------------
@@ -391,13 +392,32 @@ class DecoderBlock(nn.Module):
 # -- the network ----------------------------------------------------------------------
 
 
+class SiteState(NamedTuple):
+    """What :meth:`CENet.decode_from_site` needs: the map at the perturbation site and the skips.
+
+    Shapes:
+        - site: the map that ``perturb`` acts on: ``[B, C4, H/32, W/32]`` (``"bottleneck"``)
+          or ``[B, Cd, H/2, W/2]`` (``"decoder"``, ``"classifier"``)
+        - skips: ``(e1, e2, e3)`` encoder maps for ``"bottleneck"``, else ``()``
+
+    Example:
+        >>> from examples.dpfr_gland.model import SiteState
+        >>> SiteState._fields
+        ('site', 'skips')
+    """
+
+    site: torch.Tensor
+    skips: tuple[torch.Tensor, ...]
+
+
 class CENetOutput(NamedTuple):
     """What :class:`CENet` returns.
 
     Shapes:
         - logits: ``[B, K, H, W]``, class scores (no softmax)
-        - features: ``[B, Cf, h, w]``, the map at ``perturb_at`` after ``perturb`` (if given):
-          ``[B, C4, H/32, W/32]`` for ``"bottleneck"``, ``[B, Cd, H/2, W/2]`` for ``"decoder"``
+        - features: ``[B, Cf, h, w]``, the map the density models, after ``perturb`` (if given):
+          ``[B, C4, H/32, W/32]`` for ``"bottleneck"``, ``[B, Cd, H/2, W/2]`` for ``"decoder"``,
+          ``[B, 32, H, W]`` (the classifier block's output) for ``"classifier"``
         - decoder: ``[B, Cd, H/2, W/2]``, the last decoder block's output, as fed to the
           classifier head (so perturbed when ``perturb_at="decoder"`` and ``perturb`` is given)
 
@@ -422,10 +442,19 @@ class CENet(nn.Module):
     widths follow the encoder (``C4 = 2048``), so DAC holds four 2048-channel convs.
 
     ``perturb`` (any callable ``[B, C, h, w] -> [B, C, h, w]``, e.g. a
-    :class:`densessl.DensityPerturbation`) is applied at ``perturb_at``: the encoder output
-    before DAC (``"bottleneck"``) or the last decoder block's output (``"decoder"``); the
-    returned ``features`` is that map after the perturbation, and everything downstream
-    sees the perturbed map.
+    :class:`densessl.DensityPerturbation`) is applied at ``perturb_at``:
+
+    - ``"bottleneck"``: the encoder output ``e4`` before DAC (the skips ``e1..e3`` bypass it);
+      the density models ``e4``;
+    - ``"decoder"``: the last decoder block's output ``d1``; the density models ``d1``;
+    - ``"classifier"``: ``d1`` again, but the density models the output of the
+      classifier block (:attr:`classifier_block`: transposed conv, ReLU, conv, ReLU; 32
+      channels at full resolution) — DDFP's site: perturb a block's input, measure the
+      density at its output (``DensityPerturbation(head=net.classifier_block)``).
+
+    Everything downstream sees the perturbed map. :meth:`encode_to_site` and
+    :meth:`decode_from_site` split the forward pass at the site, so a perturbed branch
+    re-runs only what follows it.
 
     Args:
         num_classes: number of classes ``K`` (3 for background / interior / contour).
@@ -505,7 +534,17 @@ class CENet(nn.Module):
             nn.Conv2d(32, self.num_classes, 3, padding=1),
         )
         self.decoder_channels = c1
-        self.feature_channels = c4 if perturb_at == "bottleneck" else c1
+        self.feature_channels = {"bottleneck": c4, "decoder": c1, "classifier": 32}[perturb_at]
+
+    @property
+    def classifier_block(self) -> nn.Sequential:
+        """The head without its last conv (``[B, Cd, H/2, W/2] -> [B, 32, H, W]``), sharing its modules."""
+        return self.head[:4]
+
+    @property
+    def density_block(self) -> nn.Module | None:
+        """The block between the perturbed map and the density's input (``None``: the same map)."""
+        return self.classifier_block if self.perturb_at == "classifier" else None
 
     def _check_images(self, images: object) -> torch.Tensor:
         images = check_features("images", images)
@@ -531,23 +570,34 @@ class CENet(nn.Module):
         return out
 
     def forward(
-        self, images: torch.Tensor, perturb: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self,
+        images: torch.Tensor,
+        perturb: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        perturb_last: int | None = None,
     ) -> CENetOutput:
         """Segment a batch of images, optionally perturbing the map at ``perturb_at``.
+
+        With ``perturb_last=k`` the batch is segmented clean *and* the site maps of its last
+        ``k`` images are decoded once more with ``perturb`` applied: the encoder (everything
+        before the site) runs once, only the part after the site runs twice, and the outputs
+        hold ``B + k`` rows (the clean ``B``, then the ``k`` perturbed). In one call, so DDP
+        sees one forward per backward.
 
         Args:
             images: the image batch (normalised floats).
             perturb: optional callable applied to the map at ``perturb_at``.
+            perturb_last: perturb only a second pass over the last ``k`` images (``1..B``).
 
         Shapes:
             - images: ``[B, in_channels, H, W]``, float, ``H`` and ``W`` multiples of 32
-            - returns: see :class:`CENetOutput`
+            - returns: see :class:`CENetOutput` (``B + k`` rows with ``perturb_last=k``)
 
         Returns:
             ``CENetOutput(logits, features, decoder)``.
 
         Raises:
-            ValueError: wrong rank, channel count or size of ``images``; ``perturb`` changed the shape.
+            ValueError: wrong rank, channel count or size of ``images``; ``perturb`` changed the
+                shape; ``perturb_last`` outside ``1..B`` or given without ``perturb``.
             TypeError: non-float ``images``; ``perturb`` not callable or returning no tensor.
 
         Example:
@@ -556,21 +606,94 @@ class CENet(nn.Module):
             >>> net = CENet(perturb_at="decoder").eval()
             >>> tuple(net(torch.randn(1, 3, 32, 32)).features.shape)
             (1, 64, 16, 16)
+            >>> out = net(torch.randn(3, 3, 32, 32), perturb=lambda d: d + 1.0, perturb_last=2)
+            >>> tuple(out.logits.shape)
+            (5, 3, 32, 32)
+        """
+        state = self.encode_to_site(images)
+        if perturb_last is None:
+            return self.decode_from_site(state, perturb)
+        b = state.site.shape[0]
+        if perturb is None or not isinstance(perturb_last, int) or not 1 <= perturb_last <= b:
+            raise ValueError(f"perturb_last must be an int in 1..{b} (the batch) and come with perturb, "
+                             f"got {perturb_last!r} with perturb={'set' if perturb is not None else None}")
+        clean = self.decode_from_site(state)
+        tail = SiteState(state.site[b - perturb_last:], tuple(s[b - perturb_last:] for s in state.skips))
+        perturbed = self.decode_from_site(tail, perturb)
+        return CENetOutput(*(torch.cat([c, p]) for c, p in zip(clean, perturbed)))
+
+    def encode_to_site(self, images: torch.Tensor) -> SiteState:
+        """Run the network up to the perturbation site.
+
+        Args:
+            images: the image batch.
+
+        Shapes:
+            - images: ``[B, in_channels, H, W]``, ``H`` and ``W`` multiples of 32
+            - returns: :class:`SiteState`
+
+        Returns:
+            The map at the site and the encoder skips the rest of the network needs.
+
+        Example:
+            >>> import torch
+            >>> from examples.dpfr_gland.model import CENet
+            >>> net = CENet().eval()
+            >>> state = net.encode_to_site(torch.randn(1, 3, 64, 64))
+            >>> tuple(state.site.shape), len(state.skips)
+            ((1, 512, 2, 2), 3)
         """
         images = self._check_images(images)
-        if perturb is not None and not callable(perturb):
-            raise TypeError(f"perturb must be callable [B, C, h, w] -> [B, C, h, w], got {type(perturb).__name__}")
         e1, e2, e3, e4 = self.encoder(images)
-        if self.perturb_at == "bottleneck" and perturb is not None:
-            e4 = self._run_perturb(perturb, e4)
-        features = e4
+        if self.perturb_at == "bottleneck":
+            return SiteState(e4, (e1, e2, e3))
+        return SiteState(self._decode(e4, (e1, e2, e3)), ())
+
+    def _decode(self, e4: torch.Tensor, skips: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        e1, e2, e3 = skips
         x = self.rmp(self.dac(e4))
         d4 = self.decoder4(x) + e3
         d3 = self.decoder3(d4) + e2
         d2 = self.decoder2(d3) + e1
-        d1 = self.decoder1(d2)
+        return self.decoder1(d2)
+
+    def decode_from_site(
+        self, state: SiteState, perturb: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> CENetOutput:
+        """Run the rest of the network from the perturbation site, perturbing the site's map first.
+
+        Args:
+            state: from :meth:`encode_to_site` (its tensors may be re-batched, e.g.
+                ``SiteState(site[k:], tuple(s[k:] for s in skips))``).
+            perturb: optional callable applied to ``state.site``.
+
+        Shapes:
+            - returns: see :class:`CENetOutput`
+
+        Returns:
+            ``CENetOutput(logits, features, decoder)``.
+
+        Raises:
+            ValueError: ``perturb`` changed the shape.
+            TypeError: ``perturb`` not callable or returning no tensor.
+
+        Example:
+            >>> import torch
+            >>> from examples.dpfr_gland.model import CENet
+            >>> net = CENet(perturb_at="classifier").eval()
+            >>> state = net.encode_to_site(torch.randn(2, 3, 64, 64))
+            >>> out = net.decode_from_site(state, perturb=lambda d: d + 1.0)
+            >>> tuple(out.features.shape), tuple(out.logits.shape)
+            ((2, 32, 64, 64), (2, 3, 64, 64))
+        """
+        if perturb is not None and not callable(perturb):
+            raise TypeError(f"perturb must be callable [B, C, h, w] -> [B, C, h, w], got {type(perturb).__name__}")
+        site = state.site if perturb is None else self._run_perturb(perturb, state.site)
+        if self.perturb_at == "bottleneck":
+            d1 = self._decode(site, state.skips)
+            return CENetOutput(self.head(d1), site, d1)
+        d1 = site
         if self.perturb_at == "decoder":
-            if perturb is not None:
-                d1 = self._run_perturb(perturb, d1)
-            features = d1
-        return CENetOutput(self.head(d1), features, d1)
+            return CENetOutput(self.head(d1), d1, d1)
+        penultimate = self.classifier_block(d1)
+        return CENetOutput(self.head[4](penultimate), penultimate, d1)

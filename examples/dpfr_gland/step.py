@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import densessl
-from densessl.functional import downsample_labels, flatten_pixels, masked_cross_entropy
+from densessl.functional import downsample_labels, flatten_pixels, masked_cross_entropy, normalize_pixels
 from densessl.utils import unwrap_model
 
 from . import augment
@@ -62,15 +62,18 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
-class _TailPerturbation:
-    """Apply ``perturb`` to the last ``count`` images of a batch only (the perturbed branch)."""
+class _DensityInput:
+    """What the density sees of a perturbed map: the block after the site (if any), then
+    (with ``flow_normalize``) per-pixel L2 normalisation — the flow's training features are
+    the teacher's at the same point."""
 
-    def __init__(self, perturb: nn.Module, count: int) -> None:
-        self.perturb, self.count = perturb, count
+    def __init__(self, block: nn.Module | None, normalize: bool) -> None:
+        self.block, self.normalize = block, normalize
+        self.is_identity = block is None and not normalize
 
-    def __call__(self, features: torch.Tensor) -> torch.Tensor:
-        head, tail = features[: -self.count], features[-self.count:]
-        return torch.cat([head, self.perturb(tail)])
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        h = x if self.block is None else self.block(x)
+        return normalize_pixels(h) if self.normalize else h
 
 
 class _FlowLoss(nn.Module):
@@ -122,7 +125,8 @@ class Trainer:
                                   perturb_at=config.perturb_at)
         student = student.to(self.device)
         self.num_classes = NUM_CLASSES
-        self.teacher = densessl.EMATeacher(student, decay=config.ema_decay, buffers="copy") if config.semi else None
+        self.teacher = densessl.EMATeacher(student, decay=config.ema_decay, buffers=config.teacher_buffers) \
+            if config.semi else None
         if self.teacher is not None:
             self.teacher.eval()
         self.flow: densessl.FlowDensityHead | None = None
@@ -132,7 +136,11 @@ class Trainer:
             self.flow = densessl.FlowDensityHead(student.feature_channels, self.num_classes, depth=config.flow_depth,
                                                  hidden=config.flow_hidden, ignore_index=_IGNORE).to(self.device)
             self.flow_optimizer = torch.optim.Adam(self.flow.parameters(), lr=config.flow_lr)
-            self.perturbation = densessl.DensityPerturbation(self.flow, xi=config.xi, relative=config.xi_relative)
+            # DDFP's site ("classifier"): the step moves the block's input, the density is
+            # measured at the block's output (student.density_block; None at the other sites).
+            head = _DensityInput(student.density_block, config.flow_normalize)
+            self.perturbation = densessl.DensityPerturbation(self.flow, xi=config.xi, relative=config.xi_relative,
+                                                             head=None if head.is_identity else head)
         self.projector: nn.Module | None = None
         self.contrast: densessl.HardAnchorContrast | None = None
         params = list(student.parameters())
@@ -285,38 +293,54 @@ class Trainer:
         x_w = unlabelled.to(self.device, non_blocking=True)
         n_l, n_u = x_l.shape[0], x_w.shape[0]
         assert self.teacher is not None
-        # 1. One teacher pass: pseudo labels and the flow's features come from it.
+        # 1. The teacher, once: pseudo labels from its logits on the weak views; with a flow,
+        #    its features of the labelled images too (one batched pass, eval mode).
+        teacher_in = torch.cat([x_l, x_w]) if self.flow is not None else x_w
         with self._autocast():
-            teacher_out = self.teacher(x_w)
-        pseudo = self.pseudo_labeler(teacher_out.logits.float())
+            teacher_out = self.teacher(teacher_in)
+        offset = n_l if self.flow is not None else 0
+        pseudo = self.pseudo_labeler(teacher_out.logits[offset:].float())
         logs["kept"] = pseudo.kept_fraction.detach()
         # 2. Strong views of the same weak views (pixel-aligned), then CutMix with the labels.
         x_s = augment.strong_from_weak(x_w, self._generator(t, 1))
         y_u = pseudo.labels
         if config.cutmix:
             x_s, y_u, _ = augment.cutmix(x_s, y_u, generator=self._generator(t, 2))
-        # 3. One student forward over labelled, clean unlabelled and perturbed unlabelled.
+        # 3. One student forward over [labelled; strong unlabelled]. With FDP (after the flow's
+        #    warm-up) the unlabelled site maps are decoded a second time, perturbed: only the
+        #    network after the site runs twice, and the BatchNorm batch of the clean pass is the
+        #    same [x_l; x_s] for every method.
         perturb_on = config.uses_flow and t >= config.flow_warmup
-        parts = [x_l, x_s, x_s] if perturb_on else [x_l, x_s]
-        perturb = _TailPerturbation(self.perturbation, n_u) if perturb_on else None
         with self._autocast():
-            out = self.student(torch.cat(parts), perturb=perturb)
+            if perturb_on:
+                out = self.student(torch.cat([x_l, x_s]), perturb=self.perturbation, perturb_last=n_u)
+            else:
+                out = self.student(torch.cat([x_l, x_s]))
         logits = out.logits
+        # 4. Losses.
         sup = masked_cross_entropy(logits[:n_l], y_l, ignore_index=_IGNORE)
         mt = masked_cross_entropy(logits[n_l:n_l + n_u], y_u, ignore_index=_IGNORE)
         unsup = config.unsup_weight * mt
         logs["sup"], logs["mt"] = sup.detach(), mt.detach()
         if config.uses_flow:
-            fdp = masked_cross_entropy(logits[n_l + n_u:], y_u, ignore_index=_IGNORE) if perturb_on \
-                else logits.sum() * 0.0
+            if perturb_on:
+                fdp = masked_cross_entropy(logits[n_l + n_u:], y_u, ignore_index=_IGNORE)
+                clean_u, perturbed_u = logits[n_l:n_l + n_u].detach(), logits[n_l + n_u:].detach()
+                # What the step did to the output: the CE it added and the argmax flips.
+                logs["fdp_gain"] = fdp.detach() - mt.detach()
+                logs["flip"] = (clean_u.argmax(1) != perturbed_u.argmax(1)).float().mean()
+            else:
+                fdp = logits.sum() * 0.0
+                logs["fdp_gain"] = torch.zeros(())
+                logs["flip"] = torch.zeros(())
             unsup = unsup + config.alpha_perturbed * fdp
             logs["fdp"] = fdp.detach()
         if self.projector is not None and self.contrast is not None:
-            unlabelled_decoder = out.decoder[n_l + n_u:] if perturb_on else out.decoder[n_l:n_l + n_u]
-            # Labelled pixels (true labels) join the pseudo-labelled ones: early on the teacher is
-            # confident about background only, and a contrast over a single class is zero.
+            # FR contrasts the clean branch's decoder maps in `fr` and `dpfr` alike (so the two
+            # ablation rows differ in the perturbation only); labelled pixels (true labels) join
+            # the pseudo-labelled ones, so that there are two classes before the teacher is sure.
             with self._autocast():
-                embeddings = self.projector(torch.cat([out.decoder[:n_l], unlabelled_decoder]))
+                embeddings = self.projector(out.decoder[:n_l + n_u])
             size = embeddings.shape[-2:]
             labels_c = torch.cat([
                 downsample_labels(y, size, ignore_index=_IGNORE, mode="majority", num_classes=self.num_classes)
@@ -326,15 +350,19 @@ class Trainer:
             unsup = unsup + config.alpha_contrast * contrast
             logs["contrast"] = contrast.detach()
         loss = sup + weight * unsup
-        # 5. The flow: detached teacher features (pseudo labels) + detached labelled student features.
+        # 5. The flow, on the teacher's detached features: labelled pixels under their true
+        #    class, unlabelled ones under the mixture (pseudo labels only if asked).
         if self.flow is not None:
-            size = teacher_out.features.shape[-2:]
+            features_f = teacher_out.features.detach().float()
+            if config.flow_normalize:
+                features_f = normalize_pixels(features_f)
+            size = features_f.shape[-2:]
+            unlabelled_f = pseudo.labels if config.flow_pseudo_labels else torch.full_like(pseudo.labels, _IGNORE)
             labels_f = torch.cat([
-                downsample_labels(pseudo.labels, size, ignore_index=_IGNORE, mode="majority",
-                                  num_classes=self.num_classes),
-                downsample_labels(y_l, size, ignore_index=_IGNORE, mode="majority", num_classes=self.num_classes),
+                downsample_labels(y, size, ignore_index=_IGNORE, mode="majority", num_classes=self.num_classes,
+                                  min_fraction=config.flow_label_fraction)
+                for y in (y_l, unlabelled_f)
             ])
-            features_f = torch.cat([teacher_out.features.detach(), out.features[:n_l].detach()])
             logs["flow_nll_per_dim"] = self._fit_flow(features_f, labels_f, t)
         # 6. Student step, then the teacher follows.
         self._backward_and_step(loss)
@@ -349,7 +377,18 @@ class Trainer:
         self.scaler.update()
         self.iteration += 1
 
-    def eval_model(self) -> nn.Module:
-        """The network to evaluate: the teacher's model for semi-supervised methods, else the student."""
-        model = self.teacher.model if self.teacher is not None else unwrap_model(self.student)
-        return model
+    def eval_model(self, weights: str = "student") -> nn.Module:
+        """The network to evaluate: the student (the headline, as in the paper) or the EMA teacher.
+
+        Args:
+            weights: ``"student"`` or ``"teacher"``.
+
+        Raises:
+            ValueError: an unknown ``weights``, or ``"teacher"`` for a method without one.
+        """
+        if weights == "student":
+            return unwrap_model(self.student)
+        if weights == "teacher" and self.teacher is not None:
+            return self.teacher.model
+        raise ValueError(f"weights must be 'student' or 'teacher' (methods with a teacher), got {weights!r} "
+                         f"for method {self.config.method!r}")
