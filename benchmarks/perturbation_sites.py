@@ -100,7 +100,8 @@ def _density_input(net: CENet, site_map: torch.Tensor, normalized: bool) -> torc
     return normalize_pixels(h) if normalized else h
 
 
-def _fit_flow(net: CENet, labelled, unlabelled, normalized: bool, steps: int, seed: int) -> densessl.FlowDensityHead:
+def _fit_flow(net: CENet, labelled, unlabelled, normalized: bool, steps: int, seed: int,
+              hidden: int) -> densessl.FlowDensityHead:
     """A flow on the teacher's detached features at the net's site (labelled: class, unlabelled: mixture)."""
     feats, labs = [], []
     with torch.no_grad():
@@ -116,7 +117,7 @@ def _fit_flow(net: CENet, labelled, unlabelled, normalized: bool, steps: int, se
     row_labels = torch.cat([lab.reshape(-1) for lab in labs])
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    flow = densessl.FlowDensityHead(rows.shape[1], 3, depth=2, hidden=128).train()
+    flow = densessl.FlowDensityHead(rows.shape[1], 3, depth=2, hidden=hidden).train()
     opt = torch.optim.Adam(flow.parameters(), lr=1e-3)
     for _ in range(steps):
         pick = torch.randperm(rows.shape[0], generator=g)[:20000]
@@ -136,7 +137,8 @@ def _random_like(rho: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return unit * torch.linalg.vector_norm(rho, dim=1, keepdim=True)
 
 
-def _steps_single(net: CENet, flow, state: SiteState, xi: float, variant: str, target: torch.Tensor, g) -> dict:
+def _steps_single(net: CENet, flow, state: SiteState, xi: float, relative: bool, variant: str,
+                  target: torch.Tensor, g) -> dict:
     normalized = variant == "normalized"
     block = net.density_block
 
@@ -144,7 +146,8 @@ def _steps_single(net: CENet, flow, state: SiteState, xi: float, variant: str, t
         h = x if block is None else block(x)
         return normalize_pixels(h) if normalized else h
 
-    perturb = densessl.DensityPerturbation(flow, xi=xi, head=head if (block is not None or normalized) else None)
+    perturb = densessl.DensityPerturbation(flow, xi=xi, relative=relative,
+                                           head=head if (block is not None or normalized) else None)
     labels = None
     if variant == "conditional":
         size = state.site.shape[-2:] if block is None else target.shape[-2:]
@@ -153,7 +156,8 @@ def _steps_single(net: CENet, flow, state: SiteState, xi: float, variant: str, t
     return {"density": [rho], "random": [_random_like(rho, g)], "opposite": [-rho]}, [state.site.norm(dim=1).mean()]
 
 
-def _steps_skips(net: CENet, flow, state: SiteState, xi: float, variant: str, g) -> tuple[dict, list]:
+def _steps_skips(net: CENet, flow, state: SiteState, xi: float, relative: bool, variant: str,
+                 g) -> tuple[dict, list]:
     """Step e4 and the skips e1..e3 along -grad log p(d1) through the decoder (flow fitted on d1)."""
     normalized = variant == "normalized"
     maps = [state.site, *state.skips]
@@ -163,7 +167,8 @@ def _steps_skips(net: CENet, flow, state: SiteState, xi: float, variant: str, g)
         h = normalize_pixels(d1) if normalized else d1
         log_p = flow.log_prob(h)
         grads = torch.autograd.grad(-log_p.sum(), xs)
-    rhos = [xi * gr / torch.linalg.vector_norm(gr, dim=1, keepdim=True).clamp_min(1e-12) for gr in grads]
+    rhos = [(xi * m.norm(dim=1, keepdim=True) if relative else xi)
+            * gr / torch.linalg.vector_norm(gr, dim=1, keepdim=True).clamp_min(1e-12) for m, gr in zip(maps, grads)]
     return ({"density": rhos, "random": [_random_like(r, g) for r in rhos], "opposite": [-r for r in rhos]},
             [m.norm(dim=1).mean() for m in maps])
 
@@ -182,6 +187,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--iterations", type=int, default=250, help="mean-teacher training steps of the network")
     parser.add_argument("--flow-steps", type=int, default=300, help="Adam steps of each site's flow")
     parser.add_argument("--xi", type=float, default=3.0, help="step length per pixel")
+    parser.add_argument("--relative", action="store_true", help="the step is xi * ||f|| per pixel")
+    parser.add_argument("--flow-hidden", type=int, default=64, help="coupling width of each site's flow")
+    parser.add_argument("--out", default=str(RESULTS), help="the JSON to write")
     parser.add_argument("--batches", type=int, default=6, help="held-out unlabelled batches measured")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     args = parser.parse_args(argv)
@@ -202,7 +210,8 @@ def main(argv: list[str] | None = None) -> dict:
         # bottleneck+skips steps the bottleneck's maps, with the density of d1 (the decoder site's flow)
         student = _network(state, "student", "bottleneck" if skips else site, config.backbone)
         teacher = _network(state, "teacher", "decoder" if skips else site, config.backbone)
-        flow = _fit_flow(teacher, fit_l, fit_u, variant == "normalized", args.flow_steps, seed=config.seed)
+        flow = _fit_flow(teacher, fit_l, fit_u, variant == "normalized", args.flow_steps, seed=config.seed,
+                         hidden=args.flow_hidden)
         g = torch.Generator().manual_seed(0)
         acc: dict[str, list[dict]] = {kind: [] for kind in ("clean", *KINDS)}
         norms = []
@@ -213,9 +222,10 @@ def main(argv: list[str] | None = None) -> dict:
                 clean = student.decode_from_site(s).logits
                 acc["clean"].append(_scores(clean, clean, target))
                 if site == "bottleneck+skips":
-                    steps, site_norms = _steps_skips(student, flow, s, args.xi, variant, g)
+                    steps, site_norms = _steps_skips(student, flow, s, args.xi, args.relative, variant, g)
                 else:
-                    steps, site_norms = _steps_single(student, flow, s, args.xi, variant, target, g)
+                    steps, site_norms = _steps_single(student, flow, s, args.xi, args.relative, variant,
+                                                              target, g)
                 norms.append(float(site_norms[0]))
                 for kind, rhos in steps.items():
                     if site == "bottleneck+skips":
@@ -231,9 +241,9 @@ def main(argv: list[str] | None = None) -> dict:
                    f"random {mean['random']['ce']:.4f} opposite {mean['opposite']['ce']:.4f}; flips "
                    f"{100 * mean['density']['flips']:.2f}% / {100 * mean['random']['flips']:.2f}%")
     result = {"torch": torch.__version__, "iterations": args.iterations, "flow_steps": args.flow_steps,
-              "xi": args.xi, "batches": args.batches, "batch_size": config.batch_unlabelled,
+              "xi": args.xi, "relative": args.relative, "flow_hidden": args.flow_hidden, "batches": args.batches, "batch_size": config.batch_unlabelled,
               "seconds": round(time.perf_counter() - started), "rows": rows}
-    print(f"\nxi = {args.xi} per pixel; student (mean_teacher, {args.iterations} it) vs the teacher's argmax on "
+    print(f"\nxi = {args.xi}{' x ||f||' if args.relative else ''} per pixel; student (mean_teacher, {args.iterations} it) vs the teacher's argmax on "
           f"{args.batches} held-out unlabelled batches")
     print(f"{'site':>17} {'variant':>11} {'|f|':>6} {'CE clean':>9} {'CE dens':>8} {'CE rand':>8} {'CE opp':>8} "
           f"{'margin c/d/r':>17} {'max|dl| d/r':>13} {'flips% d/r':>12}")
@@ -243,9 +253,10 @@ def main(argv: list[str] | None = None) -> dict:
               f"{rn['ce']:>8.4f} {o['ce']:>8.4f} {c['margin']:>5.2f}/{d['margin']:>5.2f}/{rn['margin']:>5.2f} "
               f"{d['max_dlogit']:>6.2f}/{rn['max_dlogit']:>6.2f} {100 * d['flips']:>5.2f}/{100 * rn['flips']:>5.2f}")
     if not args.quick:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"\nwrote {RESULTS}")
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"\nwrote {out}")
     return result
 
 

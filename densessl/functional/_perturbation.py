@@ -104,7 +104,9 @@ def density_perturbation(
     work_dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
     with torch.enable_grad(), torch.autocast(device_type=features.device.type, enabled=False):
         x = features.detach().to(work_dtype).requires_grad_(True)
-        log_p = log_prob_fn(x)
+        # A non-leaf view goes in: module hooks (FlopCounterMode's module tracker) that meet
+        # the leaf itself as a module input fail inside autograd.grad.
+        log_p = log_prob_fn(x.view_as(x))
         check_tensor("log_prob_fn(features)", log_p, ndim=3, dims="[B, H', W']")
         if log_p.shape[0] != b:
             raise ValueError(f"log_prob_fn(features) must have batch size B={b} in [B, H', W'], "
