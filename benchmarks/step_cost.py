@@ -12,6 +12,8 @@ cores; ``--quick`` for a smoke run). Prints a table and writes ``benchmarks/resu
   of the step is linear in the batch except the flow's update (a fixed pixel subsample)
   and the contrast (fixed anchor counts), which the two-point fit keeps as its constant.
   CutMix is off for the count (it pastes pixels, no FLOPs; it needs 2+ unlabelled images).
+* ``dpfr_student_flow``: dpfr with ``flow_labelled_source="student"`` (the flow's labelled
+  features from the clean student pass instead of a teacher pass over the labelled images).
 * **Where dpfr's extra cost goes**: the same counter on its parts alone, at 1 + 1, scaled
   by 8 (the teacher's pass over the labelled images, the perturbation's gradient, the
   perturbed tail's forward and backward).
@@ -49,7 +51,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "step_cost.json"
 
 def _config(backbone: str, size: int, method: str, **overrides) -> TrainConfig:
     base = dict(method=method, backbone=backbone, crop_size=size, supervised_warmup=0, rampup=0, flow_warmup=1,
-                threshold=1.2, device="cpu", amp=False)
+                threshold=1.2, device="cpu", amp=False, synthetic_size=max(128, size))
     return TrainConfig(**{**base, **overrides})
 
 
@@ -157,14 +159,15 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     backbone, size, batch = ("resnet34", 64, 8) if args.quick else ("resnet101", 416, 8)
     flops = {}
-    for method in METHODS:
-        config = _config(backbone, size, method)
+    rows = [(m, m, {}) for m in METHODS] + [("dpfr_student_flow", "dpfr", {"flow_labelled_source": "student"})]
+    for label, method, extra in rows:
+        config = _config(backbone, size, method, **extra)
         one, two = _step_flops(config, 1), _step_flops(config, 2)
         slope = two - one
-        flops[method] = {"n1": one, "n2": two, "extrapolated": one + (batch - 1) * slope}
-        print(f"{method}: {one / 1e12:.3f} TFLOP at 1+1, {two / 1e12:.3f} at 2+2", flush=True)
+        flops[label] = {"n1": one, "n2": two, "extrapolated": one + (batch - 1) * slope}
+        print(f"{label}: {one / 1e12:.3f} TFLOP at 1+1, {two / 1e12:.3f} at 2+2", flush=True)
     reference = flops["mean_teacher"]["extrapolated"]
-    for method in METHODS:
+    for method in flops:
         flops[method]["over_mean_teacher"] = round(flops[method]["extrapolated"] / reference, 3)
     parts = {k: v * batch for k, v in _dpfr_parts(_config(backbone, size, "dpfr")).items()}
     inference = _inference(backbone, size)
@@ -174,10 +177,11 @@ def main(argv: list[str] | None = None) -> dict:
               "batch": f"{batch}+{batch}", "flops": flops, "dpfr_parts_flops": parts, "inference_flops": inference,
               "demo_wall_time": walls, "demo_peak_rss_growth": memory}
     print(f"\nOne step, CE-Net {backbone}, {size}x{size}, {batch}+{batch} (FLOPs extrapolated from 1+1 and 2+2)")
-    print(f"{'method':>13} {'TFLOP':>8} {'x MT':>6} {'demo ms':>8} {'x MT':>6} {'peak MiB':>9}")
-    for m in METHODS:
-        print(f"{m:>13} {flops[m]['extrapolated'] / 1e12:>8.2f} {flops[m]['over_mean_teacher']:>6.3f} "
-              f"{walls[m]['ms']:>8.1f} {walls[m]['over_mean_teacher']:>6.3f} {str(memory[m]['peak_growth_mib']):>9}")
+    print(f"{'method':>17} {'TFLOP':>8} {'x MT':>6} {'demo ms':>8} {'x MT':>6} {'peak MiB':>9}")
+    for m in flops:
+        wall = walls.get(m, {"ms": float("nan"), "over_mean_teacher": float("nan")})
+        print(f"{m:>17} {flops[m]['extrapolated'] / 1e12:>8.2f} {flops[m]['over_mean_teacher']:>6.3f} "
+              f"{wall['ms']:>8.1f} {wall['over_mean_teacher']:>6.3f} {str(memory.get(m, {}).get('peak_growth_mib')):>9}")
     print("\ndpfr's extra parts (TFLOP at the same batch): " + ", ".join(f"{k} {v / 1e12:.3f}" for k, v in parts.items()))
     print(f"inference: student {inference['eval_model'] / 1e9:.1f} GFLOP, plain CE-Net {inference['plain_cenet'] / 1e9:.1f}")
     if not args.quick:

@@ -555,3 +555,20 @@ def test_flow_gradient_is_clipped_to_the_configured_norm(monkeypatch):
     monkeypatch.setattr(trainer.flow_optimizer, "step", recording_step)
     trainer.step(*batches(0))
     assert norms_after and all(n <= 0.25 + 1e-5 for n in norms_after)
+
+
+def test_flow_labelled_features_from_the_student_need_no_labelled_teacher_pass(monkeypatch):
+    torch.manual_seed(0)
+    trainer = T.Trainer(tiny_config(method="fdp", flow_labelled_source="student", flow_noise=0.0,
+                                    flow_pixels=10**6, flow_normalize=False))
+    seen, student_features = [], []
+    trainer.teacher.model.register_forward_hook(lambda m, i, out: seen.append(i[0].shape[0]))
+    trainer.student.register_forward_hook(lambda m, i, out: student_features.append(out.features.detach()))
+    fitted = []
+    real_nll = trainer.flow.nll
+    monkeypatch.setattr(trainer.flow, "nll", lambda f, y, **k: fitted.append(f) or real_nll(f, y, **k))
+    trainer.step(*batches(0))
+    assert seen == [2]  # the unlabelled batch only
+    c = trainer.flow.channels
+    rows = fitted[0].reshape(c, -1).t()
+    torch.testing.assert_close(rows[: 2 * 64 * 64], student_features[0][:2].permute(0, 2, 3, 1).reshape(-1, c))

@@ -95,6 +95,10 @@ class TrainConfig:
             and when it perturbs, so that the step turns a feature's direction instead of
             growing its norm (measured in the recipe README: without it the density step at
             ``d1`` is barely harder than a random one).
+        flow_labelled_source: whose features of the labelled images train the flow:
+            ``"teacher"`` (the paper's :math:`F_t^l`; the teacher then runs on the labelled
+            images too, +14 % FLOPs of a mean-teacher step at the paper's configuration) or
+            ``"student"`` (the clean student pass's, detached: no extra pass).
         flow_pseudo_labels: score unlabelled teacher features under their pseudo labels
             instead of the mixture (the paper and DDFP use the mixture).
         flow_label_fraction: when labels are downsampled to the density's resolution, the
@@ -170,6 +174,7 @@ class TrainConfig:
     cutmix: bool = True
     teacher_buffers: str = "ema"
     flow_normalize: bool = True
+    flow_labelled_source: str = "teacher"
     flow_pseudo_labels: bool = False
     flow_label_fraction: float = 0.5
     contour_width: int = 2
@@ -192,6 +197,7 @@ class TrainConfig:
         _one_of("backbone", self.backbone, ("resnet34", "resnet50", "resnet101"))
         _one_of("perturb_at", self.perturb_at, ("bottleneck", "decoder", "classifier"))
         _one_of("teacher_buffers", self.teacher_buffers, ("ema", "copy"))
+        _one_of("flow_labelled_source", self.flow_labelled_source, ("teacher", "student"))
         if not 0 <= self.flow_label_fraction <= 1:
             raise ValueError(f"flow_label_fraction must be in [0, 1], got {self.flow_label_fraction}")
         if self.cutmix and self.semi and self.batch_unlabelled < 2:

@@ -295,10 +295,11 @@ class Trainer:
         assert self.teacher is not None
         # 1. The teacher, once: pseudo labels from its logits on the weak views; with a flow,
         #    its features of the labelled images too (one batched pass, eval mode).
-        teacher_in = torch.cat([x_l, x_w]) if self.flow is not None else x_w
+        teacher_on_labelled = self.flow is not None and config.flow_labelled_source == "teacher"
+        teacher_in = torch.cat([x_l, x_w]) if teacher_on_labelled else x_w
         with self._autocast():
             teacher_out = self.teacher(teacher_in)
-        offset = n_l if self.flow is not None else 0
+        offset = n_l if teacher_on_labelled else 0
         pseudo = self.pseudo_labeler(teacher_out.logits[offset:].float())
         logs["kept"] = pseudo.kept_fraction.detach()
         # 2. Strong views of the same weak views (pixel-aligned), then CutMix with the labels.
@@ -354,6 +355,8 @@ class Trainer:
         #    class, unlabelled ones under the mixture (pseudo labels only if asked).
         if self.flow is not None:
             features_f = teacher_out.features.detach().float()
+            if not teacher_on_labelled:  # the clean student pass's labelled features, detached
+                features_f = torch.cat([out.features[:n_l].detach().float(), features_f])
             if config.flow_normalize:
                 features_f = normalize_pixels(features_f)
             size = features_f.shape[-2:]
