@@ -19,7 +19,6 @@ Prints a table and writes ``benchmarks/results/bench_model.json``.
 
 from __future__ import annotations
 
-import json
 import platform
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import densessl
+from benchmarks._io import write_result
 from examples.dpfr_gland.model import CENet
 
 __all__ = ["main"]
@@ -123,9 +123,7 @@ def main() -> dict:
         print(f"{f['backbone']:<10} {f['perturb_at']:<11} {shape:>18} {f['perturbation_flops'] / g:>9.2f} "
               f"{f['perturbation_fraction_of_cenet_step']:>7.1%} {f['training_step_flops'] / g:>9.2f} "
               f"{f['training_step_fraction_of_cenet_step']:>7.1%}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {RESULTS}")
+    write_result(RESULTS, result)
     return result
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -43,6 +42,7 @@ from tqdm import tqdm
 
 import densessl
 from densessl.functional import downsample_labels, flatten_pixels, normalize_pixels
+from benchmarks._io import write_result
 from examples.dpfr_gland.batches import ViewDataset, build_datasets
 from examples.dpfr_gland.checkpoint import load_checkpoint
 from examples.dpfr_gland.config import load_config
@@ -253,10 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{rn['ce']:>8.4f} {o['ce']:>8.4f} {c['margin']:>5.2f}/{d['margin']:>5.2f}/{rn['margin']:>5.2f} "
               f"{d['max_dlogit']:>6.2f}/{rn['max_dlogit']:>6.2f} {100 * d['flips']:>5.2f}/{100 * rn['flips']:>5.2f}")
     if not args.quick:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"\nwrote {out}")
+        write_result(args.out, result)
     return result
 
 

@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks._io import write_result
 from examples.dpfr_gland.config import METHODS, TrainConfig, load_config
 from examples.dpfr_gland.model import CENet, SiteState
 from examples.dpfr_gland.step import Trainer
@@ -185,9 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
     print("\ndpfr's extra parts (TFLOP at the same batch): " + ", ".join(f"{k} {v / 1e12:.3f}" for k, v in parts.items()))
     print(f"inference: student {inference['eval_model'] / 1e9:.1f} GFLOP, plain CE-Net {inference['plain_cenet'] / 1e9:.1f}")
     if not args.quick:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"\nwrote {RESULTS}")
+        write_result(RESULTS, result)
     return result
 
 

@@ -77,7 +77,8 @@ class TrainConfig:
         flow_lr: the flow's Adam learning rate.
         flow_grad_clip: clip the flow's gradient norm to this value (0: no clipping); without
             it the flow NLL diverged late in one demo run (3.6 -> 437 nats per dim; with 1.0 it stayed below 7.6).
-        flow_pixels: most pixels per flow step (a random subset beyond).
+        flow_pixels: most pixels per flow step (a random subset beyond); binds at the full-resolution
+            "classifier" site (96 px crops, 2 + 2 images: 36 864 pixels), never at the bottleneck (36).
         flow_noise: standard deviation of the Gaussian noise added to the flow's features.
         num_anchors: contrast anchors per class.
         num_negatives: contrast negatives per anchor.
@@ -90,7 +91,7 @@ class TrainConfig:
         cutmix: CutMix the student's unlabelled strong views (boxes are pasted between images
             of the batch, so it needs ``batch_unlabelled >= 2``).
         teacher_buffers: how the EMA teacher follows the student's BatchNorm statistics:
-            ``"ema"`` (averaged like the weights) or ``"copy"`` (the student's, as they are).
+            ``"copy"`` (the student's, as they are) or ``"ema"`` (averaged like the weights).
         flow_normalize: L2-normalise every pixel's features before the flow, when it is trained
             and when it perturbs, so that the step turns a feature's direction instead of
             growing its norm (measured in the recipe README: without it the density step at
@@ -172,7 +173,7 @@ class TrainConfig:
     projection_dim: int = 128
     perturb_at: str = "classifier"
     cutmix: bool = True
-    teacher_buffers: str = "ema"
+    teacher_buffers: str = "copy"
     flow_normalize: bool = True
     flow_labelled_source: str = "teacher"
     flow_pseudo_labels: bool = False
