@@ -30,3 +30,18 @@ def test_step_cost_quick_counts_every_method_and_inference_equals_the_plain_netw
     assert flops["supervised"]["extrapolated"] < flops["mean_teacher"]["extrapolated"] < flops["dpfr"]["extrapolated"]
     assert flops["dpfr_student_flow"]["extrapolated"] < flops["dpfr"]["extrapolated"]  # no labelled teacher pass
     assert result["inference_flops"]["eval_model"] == result["inference_flops"]["plain_cenet"]
+
+
+@pytest.mark.slow
+def test_teacher_vs_student_scores_both_networks_of_a_run(tmp_path):
+    from benchmarks import teacher_vs_student
+    from examples.dpfr_gland import train as T
+
+    config = T.TrainConfig(method="mean_teacher", synthetic_size=64, synthetic_train=6, synthetic_test=1,
+                           crop_size=64, iterations=2, label_ratio="1/3", eval_pictures=0, eval_tile=64,
+                           eval_overlap=16, supervised_warmup=0, rampup=0, log_every=1)
+    T.train(config, tmp_path / "run", progress=False)
+    result = teacher_vs_student.main([str(tmp_path / "run"), "--count", "2", "--out", str(tmp_path / "r.json")])
+    (row,) = result["rows"]
+    assert set(row["student"]) == set(row["teacher"]) == set(teacher_vs_student.KEYS)
+    assert (tmp_path / "r.json").is_file()

@@ -17,8 +17,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from densessl.utils import unwrap_model
-
 from . import evaluate
 from .batches import BatchStream, ViewDataset, _loader, build_datasets
 from .checkpoint import atomic_save, atomic_write_text, load_checkpoint
@@ -182,9 +180,9 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
             draw_loss_curves(history, out / "losses.png")
         if test_set is not None:
             # The student is the headline (the paper infers with it); the teacher is reported beside it.
-            metrics = _evaluate(unwrap_model(trainer.student), test_set, config, out)
+            metrics = _evaluate(trainer.eval_model("student"), test_set, config, out)
             if trainer.teacher is not None:
-                metrics["teacher"] = _evaluate(trainer.teacher.model, test_set,
+                metrics["teacher"] = _evaluate(trainer.eval_model("teacher"), test_set,
                                                dataclasses.replace(config, eval_pictures=0), out)
         metrics["method"] = config.method
         metrics["iterations"] = trainer.iteration

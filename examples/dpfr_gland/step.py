@@ -62,16 +62,18 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
-class _DensityInput:
+class _DensityInput(nn.Module):
     """What the density sees of a perturbed map: the block after the site (if any), then
     (with ``flow_normalize``) per-pixel L2 normalisation — the flow's training features are
-    the teacher's at the same point."""
+    the teacher's at the same point. A module, so that ``DensityPerturbation`` puts the
+    block in eval mode while it takes the gradient."""
 
     def __init__(self, block: nn.Module | None, normalize: bool) -> None:
+        super().__init__()
         self.block, self.normalize = block, normalize
         self.is_identity = block is None and not normalize
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x if self.block is None else self.block(x)
         return normalize_pixels(h) if self.normalize else h
 
@@ -122,7 +124,7 @@ class Trainer:
         torch.manual_seed(config.seed)  # the same initial weights on every rank
         pretrained = config.pretrained or None
         student = CENet(num_classes=NUM_CLASSES, backbone=config.backbone, pretrained=pretrained,
-                                  perturb_at=config.perturb_at)
+                        perturb_at=config.perturb_at)
         student = student.to(self.device)
         self.num_classes = NUM_CLASSES
         self.teacher = densessl.EMATeacher(student, decay=config.ema_decay, buffers=config.teacher_buffers) \
