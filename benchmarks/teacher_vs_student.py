@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> dict:
         row = {"run": run}
         for weights in ("student", "teacher"):
             model, config = load_checkpoint_model(Path(run) / "checkpoint.pt", weights=weights)
-            test = _SyntheticSplit(config["synthetic_preset"], config["synthetic_size"], config["seed"],
+            test = _SyntheticSplit(config["synthetic_preset"], config["synthetic_size"],
+                                   config["seed"] if config.get("synthetic_seed", -1) < 0 else config["synthetic_seed"],
                                    args.start, args.count)
             scores = evaluate(model, test, tile=config["eval_tile"], overlap=config["eval_overlap"],
                               min_size=config["min_size"], dilation=config["contour_width"])

@@ -57,7 +57,8 @@ def build_datasets(config: TrainConfig) -> tuple[Any, Any | None]:
         (2, 1, (128, 128, 3))
     """
     if config.dataset == "synthetic":
-        size, seed = config.synthetic_size, config.seed
+        size = config.synthetic_size
+        seed = config.seed if config.synthetic_seed < 0 else config.synthetic_seed
         train = _SyntheticSplit(config.synthetic_preset, size, seed, 0, config.synthetic_train)
         test = _SyntheticSplit(config.synthetic_preset, size, seed, config.synthetic_train, config.synthetic_test)
         return train, test

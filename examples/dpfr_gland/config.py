@@ -47,6 +47,9 @@ class TrainConfig:
         synthetic_size: side of synthetic images in pixels.
         synthetic_train: number of synthetic training images.
         synthetic_test: number of synthetic test images.
+        synthetic_seed: generator seed of the synthetic images (``-1``: the run's ``seed``). The
+            training images are the generator's indices ``0 .. synthetic_train - 1``, the test
+            images the next ``synthetic_test``; fix it to compare seeds on the same images.
         label_ratio: labelled fraction, ``"1/8"``, ``"1/4"``, ``"1/2"``, ``"0.25"``, ...
         seed: seed of the split, the initialisation, the views and every random draw.
         backbone: ``resnet34``, ``resnet50`` or ``resnet101``.
@@ -56,6 +59,10 @@ class TrainConfig:
         batch_unlabelled: unlabelled images per step and process.
         iterations: optimiser steps in total.
         lr: student (and projection head) learning rate (Adam).
+        lr_schedule: ``"poly"`` (the learning rate at iteration ``t`` is
+            ``lr * (1 - t / iterations) ** lr_power``, as in CE-Net and DPFR, so that the last
+            weights are those of a converged run, not of one noisy step) or ``"constant"``.
+        lr_power: the power of the poly schedule.
         weight_decay: student weight decay (AdamW style, decoupled).
         ema_decay: teacher EMA decay.
         threshold: pseudo-label entropy threshold in nats (``K = 3``: 0.5 keeps p >= ~0.8).
@@ -140,6 +147,7 @@ class TrainConfig:
     synthetic_size: int = 128
     synthetic_train: int = 16
     synthetic_test: int = 4
+    synthetic_seed: int = -1
     label_ratio: str = "1/4"
     seed: int = 0
     backbone: str = "resnet34"
@@ -149,6 +157,8 @@ class TrainConfig:
     batch_unlabelled: int = 2
     iterations: int = 100
     lr: float = 1e-3
+    lr_schedule: str = "poly"
+    lr_power: float = 0.9
     weight_decay: float = 1e-4
     ema_decay: float = 0.99
     threshold: float = 0.5
@@ -198,7 +208,10 @@ class TrainConfig:
         _one_of("backbone", self.backbone, ("resnet34", "resnet50", "resnet101"))
         _one_of("perturb_at", self.perturb_at, ("bottleneck", "decoder", "classifier"))
         _one_of("teacher_buffers", self.teacher_buffers, ("ema", "copy"))
+        _one_of("lr_schedule", self.lr_schedule, ("constant", "poly"))
         _one_of("flow_labelled_source", self.flow_labelled_source, ("teacher", "student"))
+        if self.synthetic_seed < -1:
+            raise ValueError(f"synthetic_seed must be >= 0 (or -1: the run's seed), got {self.synthetic_seed}")
         if not 0 <= self.flow_label_fraction <= 1:
             raise ValueError(f"flow_label_fraction must be in [0, 1], got {self.flow_label_fraction}")
         if self.cutmix and self.semi and self.batch_unlabelled < 2:
@@ -218,7 +231,7 @@ class TrainConfig:
                      "eval_limit", "eval_pictures", "min_size", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("lr", "flow_lr", "threshold", "temperature"):
+        for name in ("lr", "flow_lr", "threshold", "temperature", "lr_power"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value}")

@@ -62,6 +62,22 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
+_CLASS_NAMES = ("background", "interior", "contour")
+
+
+def _class_keep_rates(logits: torch.Tensor, kept: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per class of the teacher's argmax: the share it predicts (``share_<class>``) and the share
+    of those pixels the entropy filter keeps (``kept_<class>``; 0 where the class is absent)."""
+    argmax = logits.detach().argmax(dim=1)
+    logs = {}
+    for c, name in enumerate(_CLASS_NAMES):
+        predicted = argmax == c
+        count = predicted.sum()
+        logs[f"share_{name}"] = count.float() / argmax.numel()
+        logs[f"kept_{name}"] = (predicted & kept).sum().float() / count.clamp(min=1).float()
+    return logs
+
+
 class _DensityInput(nn.Module):
     """What the density sees of a perturbed map: the block after the site (if any), then
     (with ``flow_normalize``) per-pixel L2 normalisation — the flow's training features are
@@ -269,7 +285,10 @@ class Trainer:
 
         Returns:
             Detached 0-dim tensors: ``loss``, ``sup``, and as the method has them ``mt``,
-            ``fdp``, ``contrast``, ``flow_nll_per_dim``, ``kept``, ``weight``.
+            ``fdp``, ``contrast``, ``flow_nll_per_dim``, ``kept``, ``weight``; semi-supervised
+            methods also log, per class of the teacher's argmax on the unlabelled batch, the
+            share of pixels it predicts (``share_background`` ...) and the share of those the
+            entropy filter keeps (``kept_background``, ``kept_interior``, ``kept_contour``).
 
         Raises:
             ValueError: a semi-supervised method without an unlabelled batch.
@@ -304,6 +323,7 @@ class Trainer:
         offset = n_l if teacher_on_labelled else 0
         pseudo = self.pseudo_labeler(teacher_out.logits[offset:].float())
         logs["kept"] = pseudo.kept_fraction.detach()
+        logs.update(_class_keep_rates(teacher_out.logits[offset:], pseudo.mask))
         # 2. Strong views of the same weak views (pixel-aligned), then CutMix with the labels.
         x_s = augment.strong_from_weak(x_w, self._generator(t, 1))
         y_u = pseudo.labels
@@ -375,7 +395,24 @@ class Trainer:
         logs["loss"] = loss.detach()
         return logs
 
+    def learning_rate(self, iteration: int) -> float:
+        """The student's learning rate at ``iteration`` (``config.lr`` under ``lr_schedule``).
+
+        A function of the iteration alone, so that a resumed run follows the same schedule.
+
+        Example:
+            >>> trainer = Trainer(TrainConfig(method="supervised", iterations=10, lr=1.0, lr_power=1.0))
+            >>> [round(trainer.learning_rate(t), 2) for t in (0, 5, 9)]
+            [1.0, 0.5, 0.1]
+        """
+        config = self.config
+        if config.lr_schedule == "constant":
+            return config.lr
+        return config.lr * max(1.0 - iteration / config.iterations, 0.0) ** config.lr_power
+
     def _backward_and_step(self, loss: torch.Tensor) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate(self.iteration)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)

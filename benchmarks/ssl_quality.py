@@ -1,0 +1,521 @@
+"""Does density perturbation help? The DPFR ablation on synthetic glands, as a resumable study.
+
+Run: ``OMP_WAIT_POLICY=PASSIVE python -m benchmarks.ssl_quality`` (the ``cpu`` scale; ``--scale
+gpu`` for a CUDA machine, ``--scale toy`` for the CI smoke run; ``--report`` only rebuilds the
+tables and figures from the finished runs).
+
+What it trains, all from the recipe's ``configs/demo_cpu.json`` with the overrides of the scale:
+
+- **main**: the five methods ``supervised``, ``mean_teacher``, ``fdp``, ``fr``, ``dpfr`` x the
+  seeds x the presets (``medium`` and the harder ``hard``), at 1/8 labels;
+- **ratio**: ``mean_teacher`` and ``dpfr`` at 1/4 and 1/2 labels (``medium``, every seed);
+- **sweep**: ``dpfr`` with the paper's absolute ``xi`` in {1, 3, 5} and ``num_anchors`` T in
+  {64, 256} (``medium``, seed 0).
+
+Every run of one preset trains on the same synthetic images and is scored on the same test
+images: both come from a generator seed (``DATA_SEEDS``) that no tuning of the recipe used (the
+demo and the tuning runs use generator seeds 0-2 and ``--split validation``). The run's
+``seed`` draws the labelled subset, the initialisation and every random view.
+
+Each finished run is written at once to ``benchmarks/results/ssl_quality/<scale>/<run>.json``
+(its config, student and teacher GlaS scores pooled and per image, predicted class shares on
+the test images, pseudo-label keep rates per class, the logged loss terms, wall time) and is
+skipped when the study is started again, so the study can stop and resume across sessions.
+The summary (mean +- std over seeds) goes to ``benchmarks/results/ssl_quality_<scale>.json``
+and to the figures in ``docs/_static/ssl_quality/`` (matplotlib, the ``bench`` extra).
+
+CPU budget of the ``cpu`` scale (2 shared cores): about 3.5 hours for the 47 runs (a
+``dpfr`` run of 600 iterations takes about 5 minutes, ``supervised`` about 2.5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import platform
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks._io import write_result
+from examples.dpfr_gland.augment import to_tensor
+from examples.dpfr_gland.batches import build_datasets
+from examples.dpfr_gland.checkpoint import atomic_write_text
+from examples.dpfr_gland.config import METHODS, TrainConfig, apply_overrides, load_config
+from examples.dpfr_gland.evaluate import predict
+from examples.dpfr_gland.targets import NUM_CLASSES, instances_to_classes
+
+__all__ = ["SCALES", "RunSpec", "main", "plan", "summarise"]
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).resolve().parent / "results"
+FIGURES = ROOT / "docs" / "_static" / "ssl_quality"
+DEMO_CONFIG = ROOT / "examples" / "dpfr_gland" / "configs" / "demo_cpu.json"
+#: Generator seeds of the study's images, per split: ``test`` seeds were never used to tune
+#: the recipe; ``validation`` seeds are for tuning (the demo itself uses the run's seed, 0).
+DATA_SEEDS = {"test": {"medium": 1009, "hard": 2003}, "validation": {"medium": 503, "hard": 607}}
+CLASS_NAMES = ("background", "interior", "contour")
+SCORE_KEYS = ("pooled_f1", "pooled_dice", "pooled_hausdorff", "per_image_f1", "per_image_dice",
+              "per_image_hausdorff", "pixel_dice")
+
+
+@dataclass(frozen=True)
+class Scale:
+    """One size of the study: the config overrides and the grid."""
+
+    overrides: dict[str, Any]
+    seeds: tuple[int, ...]
+    presets: tuple[str, ...] = ("medium", "hard")
+    ratios: tuple[str, ...] = ("1/4", "1/2")
+    xis: tuple[float, ...] = (1.0, 3.0, 5.0)
+    anchors: tuple[int, ...] = (64, 256)
+    feature_pixels: int = 300  # test pixels per class in the feature picture
+    note: str = ""
+
+
+_CPU = dict(synthetic_size=128, synthetic_train=64, synthetic_test=40, crop_size=96, iterations=600,
+            supervised_warmup=100, rampup=100, flow_warmup=100, log_every=10, checkpoint_every=100,
+            eval_pictures=0, device="cpu")
+SCALES: dict[str, Scale] = {
+    "toy": Scale(dict(_CPU, synthetic_size=64, synthetic_train=16, synthetic_test=2, crop_size=64, iterations=4,
+                      supervised_warmup=1, rampup=1, flow_warmup=1, log_every=2, checkpoint_every=0, eval_tile=64,
+                      num_anchors=8, num_negatives=16),
+                 seeds=(0, 1), presets=("medium",), ratios=("1/2",), xis=(3.0,), anchors=(8, 16), feature_pixels=20,
+                 note="CI smoke size: proves the machinery, measures nothing"),
+    "cpu": Scale(_CPU, seeds=(0, 1, 2), note="ResNet-34, 128 px images, 96 px crops, batch 2+2, 600 iterations, "
+                                              "64 training / 40 test images per preset, CPU"),
+    "gpu": Scale(dict(_CPU, backbone="resnet50", synthetic_size=384, synthetic_train=128, synthetic_test=80,
+                      crop_size=256, batch_labelled=4, batch_unlabelled=4, iterations=4000, supervised_warmup=500,
+                      rampup=500, flow_warmup=500, eval_tile=384, checkpoint_every=500, device="cuda",
+                      num_workers=4, ema_decay=0.99),
+                 seeds=(0, 1, 2), note="ResNet-50, 384 px images, 256 px crops, batch 4+4, 4000 iterations, CUDA"),
+}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of the study: a group (``main``/``ratio``/``sweep``) and its config keys."""
+
+    group: str
+    preset: str
+    method: str
+    seed: int
+    label_ratio: str = "1/8"
+    extra: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
+
+    def overrides(self, scale: Scale, split: str) -> dict[str, Any]:
+        return {**scale.overrides, "method": self.method, "seed": self.seed, "label_ratio": self.label_ratio,
+                "synthetic_preset": self.preset, "synthetic_seed": DATA_SEEDS[split][self.preset], **dict(self.extra)}
+
+    @property
+    def name(self) -> str:
+        parts = [self.preset, self.method, self.label_ratio.replace("/", "of"), f"s{self.seed}"]
+        parts += [f"{k}{v}" for k, v in self.extra]
+        return "_".join(parts)
+
+
+def plan(scale: Scale) -> list[RunSpec]:
+    """Every run of ``scale``, main grid first (so that a partial study answers the headline first).
+
+    Runs that a later group would repeat (e.g. the sweep's ``num_anchors`` equal to the
+    config's) appear once, at their first place.
+    """
+    runs = [RunSpec("main", preset, method, seed) for preset in scale.presets for seed in scale.seeds
+            for method in METHODS]
+    runs += [RunSpec("ratio", scale.presets[0], method, seed, ratio) for ratio in scale.ratios
+             for seed in scale.seeds for method in ("mean_teacher", "dpfr")]
+    runs += [RunSpec("sweep", scale.presets[0], "dpfr", scale.seeds[0], extra=(("xi", xi), ("xi_relative", False)))
+             for xi in scale.xis]
+    runs += [RunSpec("sweep", scale.presets[0], "dpfr", scale.seeds[0], extra=(("num_anchors", t),))
+             for t in scale.anchors]
+    return runs
+
+
+def _config(spec: RunSpec, scale: Scale, split: str, base: TrainConfig) -> TrainConfig:
+    return dataclasses.replace(base, **spec.overrides(scale, split))
+
+
+def _fingerprint(config: TrainConfig) -> str:
+    return hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- measurements of one run
+
+
+@torch.no_grad()
+def class_shares(model: torch.nn.Module, dataset: Any, config: TrainConfig) -> dict[str, dict[str, float]]:
+    """Argmax class shares of the model on the test images beside the ground truth's (contour erosion)."""
+    predicted = np.zeros(NUM_CLASSES)
+    truth = np.zeros(NUM_CLASSES)
+    for i in range(len(dataset)):
+        image, instances = dataset[i]
+        probs = predict(model, to_tensor(image), tile=config.eval_tile, overlap=config.eval_overlap)
+        predicted += np.bincount(probs.argmax(0).flatten().numpy(), minlength=NUM_CLASSES)
+        truth += np.bincount(instances_to_classes(instances, contour_width=config.contour_width).flatten(),
+                             minlength=NUM_CLASSES)
+    return {"predicted": dict(zip(CLASS_NAMES, (predicted / predicted.sum()).tolist())),
+            "truth": dict(zip(CLASS_NAMES, (truth / truth.sum()).tolist()))}
+
+
+@torch.no_grad()
+def decoder_features(model: torch.nn.Module, dataset: Any, config: TrainConfig, per_class: int,
+                     seed: int = 0) -> dict[str, Any]:
+    """Decoder features of test pixels projected to 2-D by PCA, ``per_class`` pixels of each class.
+
+    The projection is linear, so distances in the picture are distances in the feature space
+    (the article uses t-SNE; PCA does not invent clusters). ``separation`` is the accuracy of the
+    nearest class mean in the *full* feature space (leave-one-out is unnecessary at hundreds of
+    pixels per class), a number that goes with the picture.
+    """
+    model.eval()
+    feats, labels = [], []
+    for i in range(len(dataset)):
+        image, instances = dataset[i]
+        x = to_tensor(image)[None]
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % 32, (-w) % 32
+        if ph or pw:
+            x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
+        decoder = model(x).decoder[0].float()
+        size = decoder.shape[-2:]
+        classes = torch.as_tensor(instances_to_classes(instances, contour_width=config.contour_width))
+        classes = torch.nn.functional.pad(classes[None, None].float(), (0, pw, 0, ph), mode="replicate")[0, 0].long()
+        # nearest pixel of the full-resolution class map at each decoder position
+        rows = (torch.arange(size[0]) * classes.shape[0] // size[0])
+        cols = (torch.arange(size[1]) * classes.shape[1] // size[1])
+        small = classes[rows][:, cols]
+        feats.append(decoder.flatten(1).t())
+        labels.append(small.flatten())
+    f, y = torch.cat(feats).numpy().astype(np.float64), torch.cat(labels).numpy()
+    rng = np.random.default_rng(seed)
+    chosen = np.concatenate([rng.choice(np.flatnonzero(y == c), size=min(per_class, int((y == c).sum())), replace=False)
+                             for c in range(NUM_CLASSES) if (y == c).any()])
+    f, y = f[chosen], y[chosen]
+    centred = f - f.mean(0)
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    xy = centred @ vt[:2].T
+    means = np.stack([f[y == c].mean(0) for c in range(NUM_CLASSES)])
+    nearest = np.argmin(((f[:, None, :] - means[None]) ** 2).sum(-1), axis=1)
+    return {"xy": np.round(xy, 4).tolist(), "labels": y.tolist(),
+            "explained": float((s[:2] ** 2).sum() / (s ** 2).sum()), "separation": float((nearest == y).mean())}
+
+
+def _tail_mean(history: Sequence[dict[str, float]], key: str) -> float | None:
+    values = [row[key] for row in history[len(history) // 2:] if key in row]
+    return float(np.mean(values)) if values else None
+
+
+def run_one(spec: RunSpec, scale: Scale, split: str, base: TrainConfig, out_root: Path, features: bool) -> dict:
+    """Train one run (quietly: the trainer's lines go to ``train.log``) and measure it."""
+    from examples.dpfr_gland.evaluate import load_checkpoint_model
+    from examples.dpfr_gland.loop import train
+
+    config = _config(spec, scale, split, base)
+    out = out_root / spec.name
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        result = train(config, out, progress=False)
+    wall = time.perf_counter() - started
+    (out / "train.log").write_text(log.getvalue())
+    metrics, history = result["metrics"], result["history"]
+    _, test = build_datasets(config)
+    row: dict[str, Any] = {
+        "name": spec.name, "group": spec.group, "preset": spec.preset, "method": spec.method, "seed": spec.seed,
+        "label_ratio": spec.label_ratio, "extra": dict(spec.extra), "split": split,
+        "fingerprint": _fingerprint(config), "config": dataclasses.asdict(config), "wall_s": round(wall, 1),
+        "student": {k: metrics[k] for k in SCORE_KEYS},
+        "teacher": {k: metrics["teacher"][k] for k in SCORE_KEYS} if "teacher" in metrics else None,
+        "num_test_images": metrics["num_images"],
+        "history": history,
+        "keep": {k: _tail_mean(history, k) for k in ("kept", *(f"kept_{c}" for c in CLASS_NAMES),
+                                                      *(f"share_{c}" for c in CLASS_NAMES))},
+        "perturbation": {k: _tail_mean(history, k) for k in ("fdp_gain", "flip", "flow_nll_per_dim")},
+    }
+    student, _ = load_checkpoint_model(out / "checkpoint.pt", weights="student")
+    row["class_shares"] = class_shares(student, test, config)
+    if features:
+        row["features"] = decoder_features(student, test, config, scale.feature_pixels)
+    return row
+
+
+# ----------------------------------------------------------------------------- the summary
+
+
+def _stats(values: Iterable[float | None]) -> dict[str, float] | None:
+    v = [float(x) for x in values if x is not None and math.isfinite(x)]
+    if not v:
+        return None
+    return {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, "n": len(v),
+            "values": v}
+
+
+def summarise(rows: Sequence[dict]) -> dict[str, Any]:
+    """Mean +- std over seeds of every (group, preset, method, label ratio, extra) cell."""
+    cells: dict[tuple, list[dict]] = {}
+    for row in rows:
+        key = (row["group"], row["preset"], row["method"], row["label_ratio"], json.dumps(row["extra"], sort_keys=True))
+        cells.setdefault(key, []).append(row)
+    out = []
+    for (group, preset, method, ratio, extra), members in cells.items():
+        cell: dict[str, Any] = {"group": group, "preset": preset, "method": method, "label_ratio": ratio,
+                                "extra": json.loads(extra), "seeds": [m["seed"] for m in members]}
+        for weights in ("student", "teacher"):
+            if members[0][weights] is not None:
+                cell[weights] = {k: _stats(m[weights][k] for m in members) for k in SCORE_KEYS}
+        cell["keep"] = {k: _stats(m["keep"][k] for m in members) for k in members[0]["keep"]}
+        cell["contour_share"] = _stats(m["class_shares"]["predicted"]["contour"] for m in members)
+        cell["contour_share_truth"] = members[0]["class_shares"]["truth"]["contour"]
+        cell["perturbation"] = {k: _stats(m["perturbation"][k] for m in members) for k in members[0]["perturbation"]}
+        cell["wall_s"] = _stats(m["wall_s"] for m in members)
+        out.append(cell)
+    order = {m: i for i, m in enumerate(METHODS)}
+    out.sort(key=lambda c: (c["group"], c["preset"], order[c["method"]], _ratio(c["label_ratio"]),
+                            json.dumps(c["extra"], sort_keys=True)))
+    return {"cells": out}
+
+
+def _fmt(stat: dict | None, digits: int = 3) -> str:
+    if stat is None:
+        return "-"
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}" if stat["n"] > 1 else f"{stat['mean']:.{digits}f}"
+
+
+def tables(summary: dict) -> str:
+    """The study's tables in Markdown (one per group)."""
+    lines = []
+    cells = summary["cells"]
+    main = [c for c in cells if c["group"] == "main"]
+    for preset in dict.fromkeys(c["preset"] for c in main):
+        lines += [f"\n**{preset}, 1/8 labels, student (teacher O.F1 beside), mean ± std over seeds**\n",
+                  "| method | seeds | O.F1 | O.Dice | O.HD | per-image O.F1 | teacher O.F1 | contour share "
+                  "(truth) | kept | kept contour | wall s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for c in (c for c in main if c["preset"] == preset):
+            s, t, k = c["student"], c.get("teacher"), c["keep"]
+            lines.append(f"| {c['method']} | {len(c['seeds'])} | {_fmt(s['pooled_f1'])} | {_fmt(s['pooled_dice'])} | "
+                         f"{_fmt(s['pooled_hausdorff'], 1)} | {_fmt(s['per_image_f1'])} | "
+                         f"{_fmt(t['pooled_f1']) if t else '-'} | {_fmt(c['contour_share'])} "
+                         f"({c['contour_share_truth']:.3f}) | {_fmt(k.get('kept'), 2)} | "
+                         f"{_fmt(k.get('kept_contour'), 2)} | {_fmt(c['wall_s'], 0)} |")
+    ratio = [c for c in cells if c["group"] == "ratio" or (c["group"] == "main" and c["method"] in
+                                                            ("mean_teacher", "dpfr") and c["preset"] == "medium")]
+    if any(c["group"] == "ratio" for c in ratio):
+        lines += ["\n**Label ratio (medium), student pooled O.F1 / O.Dice**\n", "| method | ratio | O.F1 | O.Dice |",
+                  "|---|---|---|---|"]
+        for c in sorted(ratio, key=lambda c: (c["method"], _ratio(c["label_ratio"]))):
+            lines.append(f"| {c['method']} | {c['label_ratio']} | {_fmt(c['student']['pooled_f1'])} | "
+                         f"{_fmt(c['student']['pooled_dice'])} |")
+    sweep = [c for c in cells if c["group"] == "sweep"]
+    if sweep:
+        # the recipe's own setting is the main grid's first dpfr run (not trained twice)
+        default = [c for c in main if c["method"] == "dpfr" and c["preset"] == sweep[0]["preset"]]
+        if default:
+            first = min(default[0]["seeds"])
+            i = default[0]["seeds"].index(first)
+            pick = {w: {k: {"mean": v["values"][i], "std": 0.0, "n": 1, "values": [v["values"][i]]}
+                        for k, v in default[0][w].items() if v is not None} for w in ("student",)}
+            pick["perturbation"] = {k: None if v is None else {"mean": v["values"][i], "std": 0.0, "n": 1,
+                                                                 "values": [v["values"][i]]}
+                                    for k, v in default[0]["perturbation"].items()}
+            pick["extra"] = {"config": f"default (main run, seed {first})"}
+            sweep = [pick, *sweep]
+        lines += ["\n**dpfr sensitivity (medium, 1/8, one seed)**\n", "| setting | O.F1 | O.Dice | O.HD | fdp_gain | flip |",
+                  "|---|---|---|---|---|---|"]
+        for c in sweep:
+            p = c["perturbation"]
+            setting = ", ".join(f"{k}={v}" for k, v in c["extra"].items())
+            lines.append(f"| {setting} | {_fmt(c['student']['pooled_f1'])} | {_fmt(c['student']['pooled_dice'])} | "
+                         f"{_fmt(c['student']['pooled_hausdorff'], 1)} | {_fmt(p.get('fdp_gain'), 4)} | "
+                         f"{_fmt(p.get('flip'), 3)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _ratio(text: str) -> float:
+    from examples.dpfr_gland.data import parse_ratio
+    return parse_ratio(text)
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def figures(rows: Sequence[dict], summary: dict, folder: Path, title: str) -> list[Path]:
+    """The study's pictures (matplotlib): quality by method, by label ratio, loss terms, keep rates, features."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from examples.dpfr_gland.checkpoint import atomic_write
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def save(fig: Any, name: str) -> None:
+        path = folder / name
+        atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110, bbox_inches="tight"))
+        plt.close(fig)
+        written.append(path)
+
+    cells = summary["cells"]
+    main = [c for c in cells if c["group"] == "main"]
+    presets = list(dict.fromkeys(c["preset"] for c in main))
+    if main:
+        fig, axes = plt.subplots(len(presets), 3, figsize=(12, 3.2 * len(presets)), squeeze=False)
+        for r, preset in enumerate(presets):
+            these = [c for c in main if c["preset"] == preset]
+            for col, (key, label) in enumerate((("pooled_f1", "object F1"), ("pooled_dice", "object Dice"),
+                                                ("pooled_hausdorff", "object Hausdorff (px, lower is better)"))):
+                ax = axes[r, col]
+                for i, c in enumerate(these):
+                    stat = c["student"][key]
+                    ax.bar(i, stat["mean"], color=f"C{i}", alpha=0.6)
+                    ax.scatter([i] * stat["n"], stat["values"], color="k", s=12, zorder=3, label="seeds" if i == 0 else None)
+                    if c.get("teacher"):
+                        ax.scatter([i + 0.25] * c["teacher"][key]["n"], c["teacher"][key]["values"], marker="x",
+                                   color="C3", s=14, zorder=3, label="teacher" if i == 1 else None)
+                ax.set_xticks(range(len(these)), [c["method"] for c in these], rotation=30)
+                ax.set_title(f"{preset}: {label}", fontsize=9)
+                if r == 0 and col == 0:
+                    ax.legend(fontsize=7)
+        fig.suptitle(f"Student quality at 1/8 labels (bars: mean over seeds; dots: seeds) — {title}", fontsize=10)
+        save(fig, "quality_by_method.png")
+    ratio = [c for c in cells if (c["group"] == "ratio" or c["group"] == "main") and c["preset"] == presets[0]
+             and c["method"] in ("mean_teacher", "dpfr")] if presets else []
+    if any(c["group"] == "ratio" for c in ratio):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for i, method in enumerate(("mean_teacher", "dpfr")):
+            pts = sorted(((_ratio(c["label_ratio"]), c["student"]["pooled_f1"]) for c in ratio if c["method"] == method))
+            ax.errorbar([p for p, _ in pts], [s["mean"] for _, s in pts], yerr=[s["std"] for _, s in pts],
+                        marker="o", capsize=3, label=method, color=f"C{i}")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("labelled fraction")
+        ax.set_ylabel("object F1 (student, pooled)")
+        ax.set_title(f"Quality against label ratio ({presets[0]})", fontsize=10)
+        ax.legend()
+        save(fig, "quality_by_ratio.png")
+    first = [r for r in rows if r["group"] == "main" and presets and r["preset"] == presets[0]
+             and r["seed"] == min(x["seed"] for x in rows)]
+    if first:
+        keys = ("sup", "mt", "fdp", "contrast", "flow_nll_per_dim", "fdp_gain")
+        fig, axes = plt.subplots(1, len(keys), figsize=(3 * len(keys), 3))
+        for ax, key in zip(axes, keys):
+            for i, r in enumerate(first):
+                pts = [(h["iteration"], h[key]) for h in r["history"] if key in h]
+                if pts:
+                    ax.plot(*zip(*pts), label=r["method"], color=f"C{i}", lw=1)
+            ax.set_title(key, fontsize=9)
+            ax.set_xlabel("iteration", fontsize=8)
+        axes[0].legend(fontsize=7)
+        fig.suptitle(f"Loss terms over training ({presets[0]}, seed {first[0]['seed']})", fontsize=10)
+        save(fig, "loss_terms.png")
+        semi = [r for r in first if r["method"] != "supervised"]
+        fig, axes = plt.subplots(1, len(CLASS_NAMES), figsize=(10, 3), sharey=True)
+        for ax, name in zip(axes, CLASS_NAMES):
+            for i, r in enumerate(semi):
+                pts = [(h["iteration"], h[f"kept_{name}"]) for h in r["history"] if f"kept_{name}" in h]
+                if pts:
+                    ax.plot(*zip(*pts), label=r["method"], color=f"C{i + 1}", lw=1)
+            ax.set_title(f"pseudo labels kept: {name}", fontsize=9)
+            ax.set_xlabel("iteration", fontsize=8)
+        axes[0].legend(fontsize=7)
+        save(fig, "keep_rates.png")
+    with_features = [r for r in rows if "features" in r]
+    if with_features:
+        fig, axes = plt.subplots(1, len(with_features), figsize=(4.2 * len(with_features), 4), squeeze=False)
+        for ax, r in zip(axes[0], with_features):
+            xy, y = np.asarray(r["features"]["xy"]), np.asarray(r["features"]["labels"])
+            for c, name in enumerate(CLASS_NAMES):
+                ax.scatter(xy[y == c, 0], xy[y == c, 1], s=4, alpha=0.6, label=name)
+            ax.set_title(f"{r['method']}: PCA of decoder features\n(nearest class mean "
+                         f"{r['features']['separation']:.2f}, 2-D explains {r['features']['explained']:.0%})", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[0, 0].legend(fontsize=7, markerscale=3)
+        save(fig, "features.png")
+    return written
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def _load_rows(folder: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", choices=sorted(SCALES), default="cpu")
+    parser.add_argument("--split", choices=sorted(DATA_SEEDS), default="test",
+                        help="which generator seeds to train and score on (validation: for tuning)")
+    parser.add_argument("--groups", default="main,ratio,sweep", help="comma-separated subset of main,ratio,sweep")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the methods")
+    parser.add_argument("--presets", default="", help="comma-separated subset of the scale's presets")
+    parser.add_argument("--seeds", default="", help="comma-separated subset of the scale's seeds")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every run (e.g. for tuning on --split validation)")
+    parser.add_argument("--results", default="", help="folder of the per-run JSON (default under benchmarks/results)")
+    parser.add_argument("--outputs", default="", help="folder of the runs' checkpoints (default outputs/ssl_quality)")
+    parser.add_argument("--figures", default="", help="folder of the figures (default docs/_static/ssl_quality "
+                                                      "for the cpu scale on the test split)")
+    parser.add_argument("--report", action="store_true", help="only rebuild the summary, tables and figures")
+    args = parser.parse_args(argv)
+    scale = SCALES[args.scale]
+    tag = args.scale if args.split == "test" else f"{args.scale}_{args.split}"
+    results = Path(args.results) if args.results else RESULTS / "ssl_quality" / tag
+    outputs = Path(args.outputs) if args.outputs else ROOT / "outputs" / "ssl_quality" / tag
+    figures_dir = Path(args.figures) if args.figures else (FIGURES if tag == "cpu" else outputs / "figures")
+    base = apply_overrides(load_config(DEMO_CONFIG), args.set) if args.set else load_config(DEMO_CONFIG)
+    groups = set(args.groups.split(","))
+    methods = set(args.methods.split(","))
+    presets = set(args.presets.split(",")) if args.presets else set(scale.presets)
+    seeds = {int(s) for s in args.seeds.split(",")} if args.seeds else set(scale.seeds)
+    runs = [r for r in plan(scale) if r.group in groups and r.method in methods and r.preset in presets
+            and r.seed in seeds]
+    feature_runs = {(scale.presets[0], m, scale.seeds[0]) for m in ("mean_teacher", "dpfr")}
+    results.mkdir(parents=True, exist_ok=True)
+    if not args.report:
+        from tqdm import tqdm
+        bar = tqdm(runs, desc=f"ssl_quality {tag}", unit="run", dynamic_ncols=True)
+        seen: set[str] = set()
+        for spec in bar:
+            config = _config(spec, scale, args.split, base)
+            fingerprint = _fingerprint(config)
+            path = results / f"{spec.name}.json"
+            if fingerprint in seen:
+                continue
+            seen.add(fingerprint)
+            if path.is_file() and json.loads(path.read_text()).get("fingerprint") == fingerprint:
+                continue  # finished in an earlier start of the study
+            bar.set_postfix_str(spec.name)
+            features = spec.group == "main" and (spec.preset, spec.method, spec.seed) in feature_runs
+            row = run_one(spec, scale, args.split, base, outputs, features)
+            atomic_write_text(path, json.dumps(row) + "\n")
+            s = row["student"]
+            bar.write(f"{spec.name}: O.F1 {s['pooled_f1']:.3f} O.Dice {s['pooled_dice']:.3f} "
+                      f"O.HD {s['pooled_hausdorff']:.1f} ({row['wall_s']:.0f} s)")
+    rows = _load_rows(results)
+    summary = summarise(rows) if rows else {"cells": []}
+    summary.update(scale=args.scale, split=args.split, note=scale.note, runs=len(rows),
+                   machine=f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    text = tables(summary) if rows else "no finished runs\n"
+    print(text)
+    write_result(RESULTS / f"ssl_quality_{tag}.json" if not args.results else results / "summary.json", summary)
+    if rows:
+        for path in figures(rows, summary, figures_dir, f"{args.scale} scale, {summary['machine']}"):
+            print(f"wrote {path}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
