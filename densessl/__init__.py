@@ -8,6 +8,7 @@ The five primitives — :class:`FlowDensityHead`, :class:`DensityPerturbation`,
 
 from . import checks, functional, metrics, utils
 from ._checks import value_checks, value_checks_enabled
+from .alignment import DistributionAlignment
 from .contrast import HardAnchorContrast, ProjectionHead
 from .density import FlowDensityHead, GaussianMixturePrior
 from .flows import (
@@ -36,6 +37,7 @@ __all__ = [
     "EMATeacher",
     "EntropyPseudoLabeler",
     # their companions
+    "DistributionAlignment",
     "GaussianMixturePrior",
     "ProjectionHead",
     "PseudoLabels",

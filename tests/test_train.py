@@ -462,12 +462,25 @@ def test_every_method_runs_and_writes_files(method, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_continues_exactly(tmp_path):
+def test_resume_continues_exactly(tmp_path, monkeypatch):
     torch.use_deterministic_algorithms(True)
     try:
-        config = tiny_config(method="dpfr", iterations=4, flow_warmup=1, supervised_warmup=1, rampup=2)
+        config = tiny_config(method="dpfr", iterations=4, flow_warmup=1, supervised_warmup=1, rampup=2,
+                             checkpoint_every=2)
         straight = T.train(config, tmp_path / "straight", progress=False)["history"]
-        T.train(T.apply_overrides(config, ["iterations=2"]), tmp_path / "split", progress=False)
+        # the same run, killed after its checkpoint at iteration 2 (the poly learning rate
+        # depends on the total, so the interrupted run must be the same config)
+        real_step = T.Trainer.step
+
+        def killed_at_2(self, *args):
+            if self.iteration == 2:
+                raise KeyboardInterrupt
+            return real_step(self, *args)
+
+        monkeypatch.setattr(T.Trainer, "step", killed_at_2)
+        with pytest.raises(KeyboardInterrupt):
+            T.train(config, tmp_path / "split", progress=False)
+        monkeypatch.setattr(T.Trainer, "step", real_step)
         state = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
         assert state["iteration"] == 2 and len(state["history"]) == 2
         resumed = T.train(config, tmp_path / "split", resume=tmp_path / "split" / "checkpoint.pt",
@@ -572,3 +585,31 @@ def test_flow_labelled_features_from_the_student_need_no_labelled_teacher_pass(m
     c = trainer.flow.channels
     rows = fitted[0].reshape(c, -1).t()
     torch.testing.assert_close(rows[: 2 * 64 * 64], student_features[0][:2].permute(0, 2, 3, 1).reshape(-1, c))
+
+
+def test_per_class_keep_rates_add_up_to_the_kept_fraction():
+    # oracle: the kept fraction is the share-weighted sum of the per-class keep rates
+    torch.manual_seed(0)
+    trainer = T.Trainer(tiny_config(method="mean_teacher", threshold=0.9))
+    for step in range(2):
+        logs = trainer.step(*batches(step))
+    names = ("background", "interior", "contour")
+    shares = [float(logs[f"share_{n}"]) for n in names]
+    rates = [float(logs[f"kept_{n}"]) for n in names]
+    assert sum(shares) == pytest.approx(1.0)
+    assert all(0.0 <= r <= 1.0 for r in rates)
+    assert sum(s * r for s, r in zip(shares, rates)) == pytest.approx(float(logs["kept"]), abs=1e-6)
+
+
+def test_poly_schedule_sets_the_optimiser_learning_rate_every_step():
+    trainer = T.Trainer(tiny_config(method="supervised", iterations=4, lr=1e-2, lr_power=0.9))
+    seen = []
+    for step in range(4):
+        trainer.step(*batches(step)[:1], None)
+        seen.append(trainer.optimizer.param_groups[0]["lr"])
+    assert seen == pytest.approx([1e-2 * (1 - t / 4) ** 0.9 for t in range(4)])
+    constant = T.Trainer(tiny_config(method="supervised", iterations=4, lr=1e-2, lr_schedule="constant"))
+    constant.step(*batches(0)[:1], None)
+    assert constant.optimizer.param_groups[0]["lr"] == 1e-2
+    with pytest.raises(ValueError, match="lr_schedule"):
+        tiny_config(lr_schedule="cosine")

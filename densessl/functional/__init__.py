@@ -4,6 +4,8 @@ Modules in :mod:`densessl` hold parameters and state and call these functions; t
 and users can target either.
 """
 
+from ._alignment import *  # noqa: F401,F403
+from ._alignment import __all__ as _alignment_all
 from ._contrast import *  # noqa: F401,F403
 from ._contrast import __all__ as _contrast_all
 from ._density import *  # noqa: F401,F403
@@ -20,5 +22,5 @@ from ._pixels import *  # noqa: F401,F403
 from ._pixels import __all__ as _pixels_all
 
 __all__ = sorted(
-    [*_contrast_all, *_density_all, *_ema_all, *_entropy_all, *_labels_all, *_perturbation_all, *_pixels_all]
+    [*_alignment_all, *_contrast_all, *_density_all, *_ema_all, *_entropy_all, *_labels_all, *_perturbation_all, *_pixels_all]
 )

@@ -66,6 +66,11 @@ class TrainConfig:
         weight_decay: student weight decay (AdamW style, decoupled).
         ema_decay: teacher EMA decay.
         threshold: pseudo-label entropy threshold in nats (``K = 3``: 0.5 keeps p >= ~0.8).
+        min_class_keep: per class of the teacher's argmax, the least fraction of its pixels
+            kept as pseudo labels, the surest first (:class:`densessl.EntropyPseudoLabeler`).
+        distribution_alignment: align the teacher's class scores to the labelled pixels' class
+            frequencies before pseudo-labelling (:class:`densessl.DistributionAlignment`).
+        alignment_momentum: momentum of the alignment's running class distributions.
         unsup_weight: :math:`\\lambda_u`, weight of the Mean Teacher CE.
         alpha_perturbed: :math:`\\alpha_1`, weight of the perturbed branch's CE.
         alpha_contrast: :math:`\\alpha_2`, weight of the contrastive loss.
@@ -162,6 +167,9 @@ class TrainConfig:
     weight_decay: float = 1e-4
     ema_decay: float = 0.99
     threshold: float = 0.5
+    min_class_keep: float = 0.0
+    distribution_alignment: bool = False
+    alignment_momentum: float = 0.99
     unsup_weight: float = 1.0
     alpha_perturbed: float = 0.5
     alpha_contrast: float = 0.3
@@ -240,6 +248,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if not 0 <= self.min_class_keep <= 1:
+            raise ValueError(f"min_class_keep must be in [0, 1], got {self.min_class_keep}")
+        if not 0 <= self.alignment_momentum < 1:
+            raise ValueError(f"alignment_momentum must be in [0, 1), got {self.alignment_momentum}")
         if not 0 <= self.ema_decay <= 1:
             raise ValueError(f"ema_decay must be in [0, 1], got {self.ema_decay}")
         if self.uses_flow and self.flow_warmup < 1:

@@ -171,7 +171,11 @@ class Trainer:
             params += list(self.projector.parameters())
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.pseudo_labeler = densessl.EntropyPseudoLabeler(config.threshold, ignore_index=_IGNORE)
+        self.pseudo_labeler = densessl.EntropyPseudoLabeler(config.threshold, ignore_index=_IGNORE,
+                                                            min_class_keep=config.min_class_keep)
+        self.alignment = densessl.DistributionAlignment(self.num_classes, config.alignment_momentum,
+                                                        ignore_index=_IGNORE).to(self.device) \
+            if config.distribution_alignment and config.semi else None
         self.student: nn.Module = student
         self._flow_loss: nn.Module | None = None
         if world_size > 1:
@@ -198,6 +202,8 @@ class Trainer:
             state["flow_optimizer"] = self.flow_optimizer.state_dict()
         if self.projector is not None:
             state["projector"] = unwrap_model(self.projector).state_dict()
+        if self.alignment is not None:
+            state["alignment"] = self.alignment.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -221,6 +227,8 @@ class Trainer:
             self.flow_optimizer.load_state_dict(state["flow_optimizer"])
         if self.projector is not None:
             unwrap_model(self.projector).load_state_dict(state["projector"])
+        if self.alignment is not None:
+            self.alignment.load_state_dict(state["alignment"])
         self.iteration = int(state["iteration"])
 
     # -- one step -------------------------------------------------------------------
@@ -321,9 +329,13 @@ class Trainer:
         with self._autocast():
             teacher_out = self.teacher(teacher_in)
         offset = n_l if teacher_on_labelled else 0
-        pseudo = self.pseudo_labeler(teacher_out.logits[offset:].float())
+        teacher_logits = teacher_out.logits[offset:].float()
+        if self.alignment is not None:  # boost the classes the teacher under-predicts
+            self.alignment.observe_labels(y_l)
+            teacher_logits = self.alignment(teacher_logits)
+        pseudo = self.pseudo_labeler(teacher_logits)
         logs["kept"] = pseudo.kept_fraction.detach()
-        logs.update(_class_keep_rates(teacher_out.logits[offset:], pseudo.mask))
+        logs.update(_class_keep_rates(teacher_logits, pseudo.mask))
         # 2. Strong views of the same weak views (pixel-aligned), then CutMix with the labels.
         x_s = augment.strong_from_weak(x_w, self._generator(t, 1))
         y_u = pseudo.labels
