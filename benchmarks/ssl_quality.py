@@ -4,7 +4,8 @@ Run: ``OMP_WAIT_POLICY=PASSIVE python -m benchmarks.ssl_quality`` (the ``cpu`` s
 gpu`` for a CUDA machine, ``--scale toy`` for the CI smoke run; ``--report`` only rebuilds the
 tables and figures from the finished runs).
 
-What it trains, all from the recipe's ``configs/demo_cpu.json`` with the overrides of the scale:
+What it trains (the recipe's defaults with the overrides of the scale, which start from the demo
+config's values as of the study's design):
 
 - **main**: the five methods ``supervised``, ``mean_teacher``, ``fdp``, ``fr``, ``dpfr`` x the
   seeds x the presets (``medium`` and the harder ``hard``), at 1/8 labels;
@@ -51,7 +52,7 @@ from benchmarks._io import write_result
 from examples.dpfr_gland.augment import to_tensor
 from examples.dpfr_gland.batches import build_datasets
 from examples.dpfr_gland.checkpoint import atomic_write_text
-from examples.dpfr_gland.config import METHODS, TrainConfig, apply_overrides, load_config
+from examples.dpfr_gland.config import METHODS, TrainConfig, apply_overrides
 from examples.dpfr_gland.evaluate import predict
 from examples.dpfr_gland.targets import NUM_CLASSES, instances_to_classes
 
@@ -60,7 +61,6 @@ __all__ = ["SCALES", "RunSpec", "main", "plan", "summarise"]
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 FIGURES = ROOT / "docs" / "_static" / "ssl_quality"
-DEMO_CONFIG = ROOT / "examples" / "dpfr_gland" / "configs" / "demo_cpu.json"
 #: Generator seeds of the study's images, per split: ``test`` seeds were never used to tune
 #: the recipe; ``validation`` seeds are for tuning (the demo itself uses the run's seed, 0).
 DATA_SEEDS = {"test": {"medium": 1009, "hard": 2003}, "validation": {"medium": 503, "hard": 607}}
@@ -83,7 +83,12 @@ class Scale:
     note: str = ""
 
 
-_CPU = dict(synthetic_size=128, synthetic_train=64, synthetic_test=40, crop_size=96, iterations=600,
+# The demo config's values when the study was designed (2026-12-01), written out so that tuning
+# the demo later does not silently change (and re-run) the study.
+_BASE = dict(method="dpfr", dataset="synthetic", backbone="resnet34", batch_labelled=2, batch_unlabelled=2,
+             lr=1e-3, ema_decay=0.95, flow_hidden=64, projection_hidden=64, projection_dim=32, num_anchors=64,
+             num_negatives=128, num_workers=0, eval_tile=128, eval_overlap=32)
+_CPU = dict(_BASE, synthetic_size=128, synthetic_train=64, synthetic_test=40, crop_size=96, iterations=600,
             supervised_warmup=100, rampup=100, flow_warmup=100, log_every=10, checkpoint_every=100,
             eval_pictures=0, device="cpu")
 SCALES: dict[str, Scale] = {
@@ -141,8 +146,9 @@ def plan(scale: Scale) -> list[RunSpec]:
     return runs
 
 
-def _config(spec: RunSpec, scale: Scale, split: str, base: TrainConfig) -> TrainConfig:
-    return dataclasses.replace(base, **spec.overrides(scale, split))
+def _config(spec: RunSpec, scale: Scale, split: str, sets: Sequence[str] = ()) -> TrainConfig:
+    """The run's config: the recipe's defaults, the scale's and the run's keys, then ``--set``."""
+    return apply_overrides(dataclasses.replace(TrainConfig(), **spec.overrides(scale, split)), list(sets))
 
 
 def _fingerprint(config: TrainConfig) -> str:
@@ -215,12 +221,12 @@ def _tail_mean(history: Sequence[dict[str, float]], key: str) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def run_one(spec: RunSpec, scale: Scale, split: str, base: TrainConfig, out_root: Path, features: bool) -> dict:
+def run_one(spec: RunSpec, scale: Scale, split: str, sets: Sequence[str], out_root: Path, features: bool) -> dict:
     """Train one run (quietly: the trainer's lines go to ``train.log``) and measure it."""
     from examples.dpfr_gland.evaluate import load_checkpoint_model
     from examples.dpfr_gland.loop import train
 
-    config = _config(spec, scale, split, base)
+    config = _config(spec, scale, split, sets)
     out = out_root / spec.name
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -292,54 +298,73 @@ def _fmt(stat: dict | None, digits: int = 3) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}" if stat["n"] > 1 else f"{stat['mean']:.{digits}f}"
 
 
-def tables(summary: dict) -> str:
-    """The study's tables in Markdown (one per group)."""
-    lines = []
+def table_data(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The study's tables as ``(title, header, rows)`` of strings (one per group and preset)."""
+    out = []
     cells = summary["cells"]
     main = [c for c in cells if c["group"] == "main"]
     for preset in dict.fromkeys(c["preset"] for c in main):
-        lines += [f"\n**{preset}, 1/8 labels, student (teacher O.F1 beside), mean ± std over seeds**\n",
-                  "| method | seeds | O.F1 | O.Dice | O.HD | per-image O.F1 | teacher O.F1 | contour share "
-                  "(truth) | kept | kept contour | wall s |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        header = ["method", "seeds", "O.F1", "O.Dice", "O.HD", "per-image O.F1", "teacher O.F1",
+                  "contour share (truth)", "kept", "kept contour", "wall s"]
+        rows = []
         for c in (c for c in main if c["preset"] == preset):
             s, t, k = c["student"], c.get("teacher"), c["keep"]
-            lines.append(f"| {c['method']} | {len(c['seeds'])} | {_fmt(s['pooled_f1'])} | {_fmt(s['pooled_dice'])} | "
-                         f"{_fmt(s['pooled_hausdorff'], 1)} | {_fmt(s['per_image_f1'])} | "
-                         f"{_fmt(t['pooled_f1']) if t else '-'} | {_fmt(c['contour_share'])} "
-                         f"({c['contour_share_truth']:.3f}) | {_fmt(k.get('kept'), 2)} | "
-                         f"{_fmt(k.get('kept_contour'), 2)} | {_fmt(c['wall_s'], 0)} |")
+            rows.append([c["method"], str(len(c["seeds"])), _fmt(s["pooled_f1"]), _fmt(s["pooled_dice"]),
+                         _fmt(s["pooled_hausdorff"], 1), _fmt(s["per_image_f1"]), _fmt(t["pooled_f1"]) if t else "-",
+                         f"{_fmt(c['contour_share'])} ({c['contour_share_truth']:.3f})", _fmt(k.get("kept"), 2),
+                         _fmt(k.get("kept_contour"), 2), _fmt(c["wall_s"], 0)])
+        out.append((f"{preset}, 1/8 labels: student pooled scores (teacher O.F1 beside), mean ± std over seeds",
+                    header, rows))
     ratio = [c for c in cells if c["group"] == "ratio" or (c["group"] == "main" and c["method"] in
                                                             ("mean_teacher", "dpfr") and c["preset"] == "medium")]
     if any(c["group"] == "ratio" for c in ratio):
-        lines += ["\n**Label ratio (medium), student pooled O.F1 / O.Dice**\n", "| method | ratio | O.F1 | O.Dice |",
-                  "|---|---|---|---|"]
-        for c in sorted(ratio, key=lambda c: (c["method"], _ratio(c["label_ratio"]))):
-            lines.append(f"| {c['method']} | {c['label_ratio']} | {_fmt(c['student']['pooled_f1'])} | "
-                         f"{_fmt(c['student']['pooled_dice'])} |")
+        rows = [[c["method"], c["label_ratio"], str(len(c["seeds"])), _fmt(c["student"]["pooled_f1"]),
+                 _fmt(c["student"]["pooled_dice"]), _fmt(c["student"]["pooled_hausdorff"], 1)]
+                for c in sorted(ratio, key=lambda c: (c["method"], _ratio(c["label_ratio"])))]
+        out.append(("medium: student pooled scores against the label ratio", ["method", "labels", "seeds", "O.F1",
+                                                                             "O.Dice", "O.HD"], rows))
     sweep = [c for c in cells if c["group"] == "sweep"]
     if sweep:
         # the recipe's own setting is the main grid's first dpfr run (not trained twice)
         default = [c for c in main if c["method"] == "dpfr" and c["preset"] == sweep[0]["preset"]]
+        rows = []
         if default:
-            first = min(default[0]["seeds"])
-            i = default[0]["seeds"].index(first)
-            pick = {w: {k: {"mean": v["values"][i], "std": 0.0, "n": 1, "values": [v["values"][i]]}
-                        for k, v in default[0][w].items() if v is not None} for w in ("student",)}
-            pick["perturbation"] = {k: None if v is None else {"mean": v["values"][i], "std": 0.0, "n": 1,
-                                                                 "values": [v["values"][i]]}
-                                    for k, v in default[0]["perturbation"].items()}
-            pick["extra"] = {"config": f"default (main run, seed {first})"}
-            sweep = [pick, *sweep]
-        lines += ["\n**dpfr sensitivity (medium, 1/8, one seed)**\n", "| setting | O.F1 | O.Dice | O.HD | fdp_gain | flip |",
-                  "|---|---|---|---|---|---|"]
+            i = default[0]["seeds"].index(min(default[0]["seeds"]))
+            one = lambda stat, d=3: "-" if stat is None else f"{stat['values'][i]:.{d}f}"  # noqa: E731
+            s, p = default[0]["student"], default[0]["perturbation"]
+            rows.append([f"recipe default (main run, seed {default[0]['seeds'][i]})", one(s["pooled_f1"]),
+                         one(s["pooled_dice"]), one(s["pooled_hausdorff"], 1), one(p.get("fdp_gain"), 4),
+                         one(p.get("flip"))])
         for c in sweep:
-            p = c["perturbation"]
-            setting = ", ".join(f"{k}={v}" for k, v in c["extra"].items())
-            lines.append(f"| {setting} | {_fmt(c['student']['pooled_f1'])} | {_fmt(c['student']['pooled_dice'])} | "
-                         f"{_fmt(c['student']['pooled_hausdorff'], 1)} | {_fmt(p.get('fdp_gain'), 4)} | "
-                         f"{_fmt(p.get('flip'), 3)} |")
+            p, s = c["perturbation"], c["student"]
+            rows.append([", ".join(f"{k}={v}" for k, v in c["extra"].items()), _fmt(s["pooled_f1"]),
+                         _fmt(s["pooled_dice"]), _fmt(s["pooled_hausdorff"], 1), _fmt(p.get("fdp_gain"), 4),
+                         _fmt(p.get("flip"), 3)])
+        out.append(("dpfr sensitivity (medium, 1/8 labels, one seed)", ["setting", "O.F1", "O.Dice", "O.HD",
+                                                                          "fdp_gain", "flip"], rows))
+    return out
+
+
+def tables(summary: dict) -> str:
+    """The study's tables in Markdown."""
+    lines = []
+    for title, header, rows in table_data(summary):
+        lines += [f"\n**{title}**\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def rst_tables(summary: dict) -> str:
+    """The same tables as reStructuredText ``csv-table`` directives (for ``docs/benchmarks.rst``)."""
+    def quote(cell: str) -> str:
+        return '"' + cell.replace('"', '""') + '"'
+
+    parts = []
+    for title, header, rows in table_data(summary):
+        parts.append(f".. csv-table:: {title}\n   :header: {', '.join(quote(h) for h in header)}\n")
+        parts += [f"   {', '.join(quote(cell) for cell in row)}" for row in rows]
+        parts.append("")
+    return "\n".join(parts) + "\n"
 
 
 def _ratio(text: str) -> float:
@@ -419,7 +444,8 @@ def figures(rows: Sequence[dict], summary: dict, folder: Path, title: str) -> li
         axes[0].legend(fontsize=7)
         fig.suptitle(f"Loss terms over training ({presets[0]}, seed {first[0]['seed']})", fontsize=10)
         save(fig, "loss_terms.png")
-        semi = [r for r in first if r["method"] != "supervised"]
+    semi = [r for r in first if r["method"] != "supervised"]
+    if semi:
         fig, axes = plt.subplots(1, len(CLASS_NAMES), figsize=(10, 3), sharey=True)
         for ax, name in zip(axes, CLASS_NAMES):
             for i, r in enumerate(semi):
@@ -450,7 +476,7 @@ def figures(rows: Sequence[dict], summary: dict, folder: Path, title: str) -> li
 
 
 def _load_rows(folder: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json")) if p.name != "summary.json"]
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -472,10 +498,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     scale = SCALES[args.scale]
     tag = args.scale if args.split == "test" else f"{args.scale}_{args.split}"
+    if args.set:  # a variant of the recipe: its own folders, never mixed with the recipe's runs
+        tag += "_set-" + hashlib.sha256("\n".join(args.set).encode()).hexdigest()[:8]
     results = Path(args.results) if args.results else RESULTS / "ssl_quality" / tag
     outputs = Path(args.outputs) if args.outputs else ROOT / "outputs" / "ssl_quality" / tag
     figures_dir = Path(args.figures) if args.figures else (FIGURES if tag == "cpu" else outputs / "figures")
-    base = apply_overrides(load_config(DEMO_CONFIG), args.set) if args.set else load_config(DEMO_CONFIG)
     groups = set(args.groups.split(","))
     methods = set(args.methods.split(","))
     presets = set(args.presets.split(",")) if args.presets else set(scale.presets)
@@ -489,7 +516,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         bar = tqdm(runs, desc=f"ssl_quality {tag}", unit="run", dynamic_ncols=True)
         seen: set[str] = set()
         for spec in bar:
-            config = _config(spec, scale, args.split, base)
+            config = _config(spec, scale, args.split, args.set)
             fingerprint = _fingerprint(config)
             path = results / f"{spec.name}.json"
             if fingerprint in seen:
@@ -499,17 +526,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 continue  # finished in an earlier start of the study
             bar.set_postfix_str(spec.name)
             features = spec.group == "main" and (spec.preset, spec.method, spec.seed) in feature_runs
-            row = run_one(spec, scale, args.split, base, outputs, features)
+            row = run_one(spec, scale, args.split, args.set, outputs, features)
             atomic_write_text(path, json.dumps(row) + "\n")
             s = row["student"]
             bar.write(f"{spec.name}: O.F1 {s['pooled_f1']:.3f} O.Dice {s['pooled_dice']:.3f} "
                       f"O.HD {s['pooled_hausdorff']:.1f} ({row['wall_s']:.0f} s)")
     rows = _load_rows(results)
     summary = summarise(rows) if rows else {"cells": []}
-    summary.update(scale=args.scale, split=args.split, note=scale.note, runs=len(rows),
+    summary.update(scale=args.scale, split=args.split, note=scale.note, runs=len(rows), sets=args.set,
                    machine=f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     text = tables(summary) if rows else "no finished runs\n"
     print(text)
+    if rows and tag == "cpu" and not args.results:
+        atomic_write_text(ROOT / "docs" / "ssl_quality_tables.inc", rst_tables(summary))
     write_result(RESULTS / f"ssl_quality_{tag}.json" if not args.results else results / "summary.json", summary)
     if rows:
         for path in figures(rows, summary, figures_dir, f"{args.scale} scale, {summary['machine']}"):

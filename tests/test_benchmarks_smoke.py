@@ -45,3 +45,37 @@ def test_teacher_vs_student_scores_both_networks_of_a_run(tmp_path):
     (row,) = result["rows"]
     assert set(row["student"]) == set(row["teacher"]) == set(teacher_vs_student.KEYS)
     assert (tmp_path / "r.json").is_file()
+
+
+@pytest.mark.slow
+def test_ssl_quality_toy_study_runs_resumes_and_draws(tmp_path):
+    import json
+
+    from benchmarks import ssl_quality
+
+    args = ["--scale", "toy", "--methods", "supervised,mean_teacher,dpfr", "--results", str(tmp_path / "r"),
+            "--outputs", str(tmp_path / "o"), "--figures", str(tmp_path / "f")]
+    summary = ssl_quality.main(args)
+    cells = {(c["group"], c["method"], c["label_ratio"], json.dumps(c["extra"])) for c in summary["cells"]}
+    assert {m for g, m, _, _ in cells if g == "main"} == {"supervised", "mean_teacher", "dpfr"}
+    assert any(g == "ratio" for g, *_ in cells) and any(g == "sweep" for g, *_ in cells)
+    main_dpfr = next(c for c in summary["cells"] if c["group"] == "main" and c["method"] == "dpfr")
+    assert main_dpfr["student"]["pooled_f1"]["n"] == 2  # two seeds: a mean and a spread
+    assert main_dpfr["keep"]["kept_contour"] is not None and main_dpfr["teacher"] is not None
+    runs = sorted((tmp_path / "r").glob("*_s*.json"))
+    row = json.loads(runs[0].read_text())
+    assert {"student", "class_shares", "history", "wall_s", "fingerprint"} <= set(row)
+    for name in ("quality_by_method", "quality_by_ratio", "loss_terms", "keep_rates", "features"):
+        assert (tmp_path / "f" / f"{name}.png").is_file()
+    # a second start trains nothing: every run is found finished by its fingerprint
+    stamps = {p: p.stat().st_mtime_ns for p in runs}
+    ssl_quality.main(args)
+    assert {p: p.stat().st_mtime_ns for p in runs} == stamps
+    # a variant (--set) is trained as its own run, beside the recipe's, which stay as they are
+    variant = ["--scale", "toy", "--methods", "supervised", "--seeds", "0", "--groups", "main", "--set", "lr=0.002",
+               "--outputs", str(tmp_path / "o2"), "--results", str(tmp_path / "r2"), "--figures", str(tmp_path / "f2")]
+    changed = ssl_quality.main(variant)
+    assert changed["runs"] == 1 and changed["sets"] == ["lr=0.002"]
+    (run,) = (tmp_path / "r2").glob("*_s0.json")
+    assert json.loads(run.read_text())["config"]["lr"] == 0.002
+    assert {p: p.stat().st_mtime_ns for p in runs} == stamps
