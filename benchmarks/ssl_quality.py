@@ -375,6 +375,19 @@ def _ratio(text: str) -> float:
 # ----------------------------------------------------------------------------- figures
 
 
+def _colour(method: str) -> str:
+    """One colour per method in every figure."""
+    return f"C{METHODS.index(method)}"
+
+
+def _smooth(values: np.ndarray, width: int = 10) -> np.ndarray:
+    """Trailing moving mean (shorter at the start) for noisy per-step curves."""
+    cumulative = np.cumsum(np.insert(values.astype(np.float64), 0, 0.0))
+    index = np.arange(1, len(values) + 1)
+    start = np.maximum(index - width, 0)
+    return (cumulative[index] - cumulative[start]) / (index - start)
+
+
 def figures(rows: Sequence[dict], summary: dict, folder: Path, title: str) -> list[Path]:
     """The study's pictures (matplotlib): quality by method, by label ratio, loss terms, keep rates, features."""
     import matplotlib
@@ -396,7 +409,8 @@ def figures(rows: Sequence[dict], summary: dict, folder: Path, title: str) -> li
     main = [c for c in cells if c["group"] == "main"]
     presets = list(dict.fromkeys(c["preset"] for c in main))
     if main:
-        fig, axes = plt.subplots(len(presets), 3, figsize=(12, 3.2 * len(presets)), squeeze=False)
+        fig, axes = plt.subplots(len(presets), 3, figsize=(12, 3.4 * len(presets)), squeeze=False,
+                                 layout="constrained")
         for r, preset in enumerate(presets):
             these = [c for c in main if c["preset"] == preset]
             for col, (key, label) in enumerate((("pooled_f1", "object F1"), ("pooled_dice", "object Dice"),
@@ -404,8 +418,10 @@ def figures(rows: Sequence[dict], summary: dict, folder: Path, title: str) -> li
                 ax = axes[r, col]
                 for i, c in enumerate(these):
                     stat = c["student"][key]
-                    ax.bar(i, stat["mean"], color=f"C{i}", alpha=0.6)
-                    ax.scatter([i] * stat["n"], stat["values"], color="k", s=12, zorder=3, label="seeds" if i == 0 else None)
+                    ax.errorbar(i, stat["mean"], yerr=stat["std"], fmt="s", ms=8, capsize=4,
+                                color=_colour(c["method"]), label="mean ± std" if i == 0 else None)
+                    ax.scatter([i - 0.15] * stat["n"], stat["values"], color="k", s=10, zorder=3,
+                               label="seeds" if i == 0 else None)
                     if c.get("teacher"):
                         ax.scatter([i + 0.25] * c["teacher"][key]["n"], c["teacher"][key]["values"], marker="x",
                                    color="C3", s=14, zorder=3, label="teacher" if i == 1 else None)
@@ -413,16 +429,19 @@ def figures(rows: Sequence[dict], summary: dict, folder: Path, title: str) -> li
                 ax.set_title(f"{preset}: {label}", fontsize=9)
                 if r == 0 and col == 0:
                     ax.legend(fontsize=7)
-        fig.suptitle(f"Student quality at 1/8 labels (bars: mean over seeds; dots: seeds) — {title}", fontsize=10)
+                ax.set_xlim(-0.6, len(these) - 0.4)
+                ax.grid(axis="y", alpha=0.3)
+        fig.suptitle(f"Student quality at 1/8 labels (squares: mean ± std over seeds; dots: seeds; x: EMA teacher) "
+                     f"— {title}", fontsize=10)
         save(fig, "quality_by_method.png")
     ratio = [c for c in cells if (c["group"] == "ratio" or c["group"] == "main") and c["preset"] == presets[0]
              and c["method"] in ("mean_teacher", "dpfr")] if presets else []
     if any(c["group"] == "ratio" for c in ratio):
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for i, method in enumerate(("mean_teacher", "dpfr")):
+        fig, ax = plt.subplots(figsize=(5, 3.5), layout="constrained")
+        for method in ("mean_teacher", "dpfr"):
             pts = sorted(((_ratio(c["label_ratio"]), c["student"]["pooled_f1"]) for c in ratio if c["method"] == method))
             ax.errorbar([p for p, _ in pts], [s["mean"] for _, s in pts], yerr=[s["std"] for _, s in pts],
-                        marker="o", capsize=3, label=method, color=f"C{i}")
+                        marker="o", capsize=3, label=method, color=_colour(method))
         ax.set_xscale("log", base=2)
         ax.set_xlabel("labelled fraction")
         ax.set_ylabel("object F1 (student, pooled)")
@@ -433,25 +452,30 @@ def figures(rows: Sequence[dict], summary: dict, folder: Path, title: str) -> li
              and r["seed"] == min(x["seed"] for x in rows)]
     if first:
         keys = ("sup", "mt", "fdp", "contrast", "flow_nll_per_dim", "fdp_gain")
-        fig, axes = plt.subplots(1, len(keys), figsize=(3 * len(keys), 3))
+        fig, axes = plt.subplots(1, len(keys), figsize=(3 * len(keys), 3), layout="constrained")
         for ax, key in zip(axes, keys):
-            for i, r in enumerate(first):
+            for r in first:
                 pts = [(h["iteration"], h[key]) for h in r["history"] if key in h]
                 if pts:
-                    ax.plot(*zip(*pts), label=r["method"], color=f"C{i}", lw=1)
+                    its, values = map(np.asarray, zip(*pts))
+                    colour = _colour(r["method"])
+                    ax.plot(its, values, color=colour, lw=0.5, alpha=0.25)
+                    ax.plot(its, _smooth(values), color=colour, lw=1.5, label=r["method"])
             ax.set_title(key, fontsize=9)
             ax.set_xlabel("iteration", fontsize=8)
         axes[0].legend(fontsize=7)
-        fig.suptitle(f"Loss terms over training ({presets[0]}, seed {first[0]['seed']})", fontsize=10)
+        fig.suptitle(f"Loss terms over training ({presets[0]}, seed {first[0]['seed']}; faint: every logged step, "
+                     f"bold: moving mean over 10)", fontsize=10)
         save(fig, "loss_terms.png")
     semi = [r for r in first if r["method"] != "supervised"]
     if semi:
-        fig, axes = plt.subplots(1, len(CLASS_NAMES), figsize=(10, 3), sharey=True)
+        fig, axes = plt.subplots(1, len(CLASS_NAMES), figsize=(10, 3), sharey=True, layout="constrained")
         for ax, name in zip(axes, CLASS_NAMES):
-            for i, r in enumerate(semi):
+            for r in semi:
                 pts = [(h["iteration"], h[f"kept_{name}"]) for h in r["history"] if f"kept_{name}" in h]
                 if pts:
-                    ax.plot(*zip(*pts), label=r["method"], color=f"C{i + 1}", lw=1)
+                    its, values = map(np.asarray, zip(*pts))
+                    ax.plot(its, _smooth(values), label=r["method"], color=_colour(r["method"]), lw=1.2)
             ax.set_title(f"pseudo labels kept: {name}", fontsize=9)
             ax.set_xlabel("iteration", fontsize=8)
         axes[0].legend(fontsize=7)
