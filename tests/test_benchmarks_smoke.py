@@ -79,3 +79,25 @@ def test_ssl_quality_toy_study_runs_resumes_and_draws(tmp_path):
     (run,) = (tmp_path / "r2").glob("*_s0.json")
     assert json.loads(run.read_text())["config"]["lr"] == 0.002
     assert {p: p.stat().st_mtime_ns for p in runs} == stamps
+
+
+@pytest.mark.parametrize("scale", ["toy", "cpu", "gpu"])
+def test_ssl_quality_plan_is_valid_and_every_run_distinct(scale):
+    from benchmarks import ssl_quality as Q
+
+    runs = Q.plan(Q.SCALES[scale])
+    configs = [Q._config(spec, Q.SCALES[scale], "test") for spec in runs]  # each a valid TrainConfig
+    assert len({spec.name for spec in runs}) == len(runs)
+    fingerprints = [Q._fingerprint(c) for c in configs]
+    # the sweep may repeat the recipe's own setting (then trained once); nothing else repeats
+    repeated = {f for f in fingerprints if fingerprints.count(f) > 1}
+    assert all(spec.group == "sweep" for spec, f in zip(runs, fingerprints) if f in repeated
+               and spec is not runs[fingerprints.index(f)])
+    main = [(s, c) for s, c in zip(runs, configs) if s.group == "main"]
+    assert {c.method for _, c in main} == set(Q.METHODS) and {c.label_ratio for _, c in main} == {"1/8"}
+    assert len({s.seed for s, _ in main}) >= 2
+    # one preset: the same images for every method and seed, from a generator seed no tuning used
+    for preset in Q.SCALES[scale].presets:
+        seeds = {c.synthetic_seed for s, c in main if s.preset == preset}
+        assert seeds == {Q.DATA_SEEDS["test"][preset]} and Q.DATA_SEEDS["validation"][preset] not in seeds
+    assert not set(Q.DATA_SEEDS["test"].values()) & {0, 1, 2}  # the demo's data seeds
