@@ -54,6 +54,7 @@ from examples.dpfr_gland.batches import build_datasets
 from examples.dpfr_gland.checkpoint import atomic_write_text
 from examples.dpfr_gland.config import METHODS, TrainConfig, apply_overrides
 from examples.dpfr_gland.evaluate import predict
+from examples.dpfr_gland.plots import smooth
 from examples.dpfr_gland.targets import NUM_CLASSES, instances_to_classes
 
 __all__ = ["SCALES", "RunSpec", "main", "plan", "summarise"]
@@ -380,14 +381,6 @@ def _colour(method: str) -> str:
     return f"C{METHODS.index(method)}"
 
 
-def _smooth(values: np.ndarray, width: int = 10) -> np.ndarray:
-    """Trailing moving mean (shorter at the start) for noisy per-step curves."""
-    cumulative = np.cumsum(np.insert(values.astype(np.float64), 0, 0.0))
-    index = np.arange(1, len(values) + 1)
-    start = np.maximum(index - width, 0)
-    return (cumulative[index] - cumulative[start]) / (index - start)
-
-
 def figures(rows: Sequence[dict], summary: dict, folder: Path, title: str) -> list[Path]:
     """The study's pictures (matplotlib): quality by method, by label ratio, loss terms, keep rates, features."""
     import matplotlib
@@ -460,7 +453,7 @@ def figures(rows: Sequence[dict], summary: dict, folder: Path, title: str) -> li
                     its, values = map(np.asarray, zip(*pts))
                     colour = _colour(r["method"])
                     ax.plot(its, values, color=colour, lw=0.5, alpha=0.25)
-                    ax.plot(its, _smooth(values), color=colour, lw=1.5, label=r["method"])
+                    ax.plot(its, smooth(values), color=colour, lw=1.5, label=r["method"])
             ax.set_title(key, fontsize=9)
             ax.set_xlabel("iteration", fontsize=8)
         axes[0].legend(fontsize=7)
@@ -475,7 +468,7 @@ def figures(rows: Sequence[dict], summary: dict, folder: Path, title: str) -> li
                 pts = [(h["iteration"], h[f"kept_{name}"]) for h in r["history"] if f"kept_{name}" in h]
                 if pts:
                     its, values = map(np.asarray, zip(*pts))
-                    ax.plot(its, _smooth(values), label=r["method"], color=_colour(r["method"]), lw=1.2)
+                    ax.plot(its, smooth(values), label=r["method"], color=_colour(r["method"]), lw=1.2)
             ax.set_title(f"pseudo labels kept: {name}", fontsize=9)
             ax.set_xlabel("iteration", fontsize=8)
         axes[0].legend(fontsize=7)

@@ -28,6 +28,7 @@ def test_compare_trains_each_method_on_one_config_and_tabulates(tmp_path, capsys
         assert results[method]["num_images"] == 2 and "teacher" in results[method]
     printed = capsys.readouterr().out
     assert "| mean_teacher |" in printed and "| dpfr |" in printed
+    assert "| dpfr student |" in printed and "| dpfr teacher |" in printed  # each run's own table
     for name in ("comparison.json", "comparison.png", "predictions.png"):
         assert (tmp_path / name).is_file()
     # a finished run of the same config is not trained again

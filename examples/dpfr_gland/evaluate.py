@@ -26,6 +26,7 @@ __all__ = [
     "predict",
     "predict_instances",
     "save_predictions",
+    "score_table",
 ]
 
 import argparse
@@ -573,6 +574,35 @@ def _dataset(data: str, layout: str, split: str) -> object:
     return FolderDataset(root / "images", root / "masks")
 
 
+_TABLE = (("pooled_f1", "O.F1", 3), ("pooled_dice", "O.Dice", 3), ("pooled_hausdorff", "O.HD", 1),
+          ("per_image_f1", "img O.F1", 3), ("per_image_dice", "img O.Dice", 3), ("per_image_hausdorff", "img O.HD", 1),
+          ("pixel_dice", "pixel Dice", 3))
+
+
+def score_table(rows: dict[str, dict[str, Any]], first: str = "run") -> str:
+    """Scores of :func:`evaluate` as a Markdown table: pooled and per-image object F1 / Dice /
+    Hausdorff, pixel Dice and the number of images, one row per entry of ``rows``.
+
+    Args:
+        rows: row name (e.g. ``"dpfr student"``) -> the scores of :func:`evaluate`.
+        first: the heading of the name column.
+
+    Example:
+        >>> scores = dict(pooled_f1=0.8, pooled_dice=0.85, pooled_hausdorff=20.0, per_image_f1=0.7,
+        ...               per_image_dice=0.8, per_image_hausdorff=25.0, pixel_dice=0.9, num_images=16)
+        >>> print(score_table({"dpfr student": scores}))
+        | run | O.F1 | O.Dice | O.HD | img O.F1 | img O.Dice | img O.HD | pixel Dice | images |
+        |---|---|---|---|---|---|---|---|---|
+        | dpfr student | 0.800 | 0.850 | 20.0 | 0.700 | 0.800 | 25.0 | 0.900 | 16 |
+    """
+    header = [first, *(name for _, name, _ in _TABLE), "images"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, scores in rows.items():
+        cells = [f"{scores[key]:.{digits}f}" if key in scores else "-" for key, _, digits in _TABLE]
+        lines.append("| " + " | ".join([name, *cells, str(scores.get("num_images", "-"))]) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     """The command line: score a checkpoint on a dataset, write ``metrics.json`` and pictures.
 
@@ -624,7 +654,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
               "split": args.split, "tile": tile, "overlap": overlap, "min_size": min_size,
               "dilation": dilation, "scores": scores}
     atomic_write_text(out / "metrics.json", json.dumps(record, indent=2))
-    print(json.dumps(scores, indent=2))
+    print("\n" + score_table({f"{args.weights} ({args.split})": scores}) + "\n")
+    print(f"wrote {out / 'metrics.json'}" + ("" if args.no_pictures else f" and pictures in {out / 'pictures'}"))
     return scores
 
 

@@ -190,7 +190,14 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
         if history:
             metrics["final_losses"] = {k: v for k, v in history[-1].items() if k != "iteration"}
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-        print(f"[train] wrote {out / 'checkpoint.pt'}, {out / 'metrics.json'}, {out / 'losses.png'}", flush=True)
+        if test_set is not None:
+            rows = {f"{config.method} student": metrics}
+            if "teacher" in metrics:
+                rows[f"{config.method} teacher"] = metrics["teacher"]
+            print("\n" + evaluate.score_table(rows, first="weights") + "\n", flush=True)
+        pictures = f", {out / 'predictions'}/" if test_set is not None and config.eval_pictures else ""
+        print(f"[train] wrote {out / 'checkpoint.pt'}, {out / 'metrics.json'}, {out / 'losses.png'}{pictures}",
+              flush=True)
     if world_size > 1:
         dist.barrier()
     return {"history": history, "metrics": metrics, "iteration": trainer.iteration}

@@ -1,63 +1,107 @@
-"""Pictures of a training run."""
+"""Pictures of a training run (matplotlib, the ``examples`` extra)."""
 
 from __future__ import annotations
 
-__all__ = ["draw_loss_curves"]
+__all__ = ["draw_loss_curves", "smooth"]
 
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+import numpy as np
 
 from .checkpoint import atomic_write
 
+# the order of the panels: the losses first, then what the log says about them
+_ORDER = ("loss", "sup", "mt", "fdp", "contrast", "flow_nll_per_dim", "fdp_gain", "flip", "kept", "weight")
 
-_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-            (227, 119, 194), (127, 127, 127)]
+
+def smooth(values: Sequence[float], width: int = 10) -> np.ndarray:
+    """Trailing moving mean over ``width`` values (over fewer at the start).
+
+    Args:
+        values: a series.
+        width: the window, ``>= 1``.
+
+    Shapes:
+        - values: ``[N]``
+        - returns: ``[N]`` float64
+
+    Example:
+        >>> smooth([0.0, 2.0, 4.0, 6.0], width=2).tolist()
+        [0.0, 1.0, 3.0, 5.0]
+    """
+    if width < 1:
+        raise ValueError(f"width must be >= 1, got {width}")
+    v = np.asarray(values, dtype=np.float64)
+    cumulative = np.concatenate([[0.0], np.cumsum(v)])
+    index = np.arange(1, len(v) + 1)
+    start = np.maximum(index - width, 0)
+    return (cumulative[index] - cumulative[start]) / (index - start)
 
 
-def draw_loss_curves(history: Sequence[dict[str, float]], path: str | Path, size: tuple[int, int] = (640, 360)) -> None:
-    """Draw every logged series against the iteration into a PNG (Pillow only), one colour each.
+def draw_loss_curves(history: Sequence[dict[str, float]], path: str | Path, columns: int = 4) -> list[str]:
+    """Draw every logged series into a PNG, one panel per term on a shared iteration axis.
 
-    Each series is scaled to its own range (printed in the legend), so losses of very
-    different sizes stay readable.
+    Each panel shows the logged values faintly and their moving mean (10 logs) in bold, with
+    labelled axes; per-class keep rates and class shares (``kept_<class>``, ``share_<class>``)
+    share one panel each. The picture is written atomically.
 
     Args:
         history: one dict per logged iteration with ``"iteration"`` and the values.
-        path: the PNG to write (atomically).
-        size: picture ``(width, height)``.
+        path: the PNG to write.
+        columns: panels per row.
+
+    Returns:
+        The panel titles, in order.
 
     Example:
         >>> import tempfile, pathlib
         >>> path = pathlib.Path(tempfile.mkdtemp()) / "losses.png"
-        >>> draw_loss_curves([{"iteration": 0, "loss": 2.0}, {"iteration": 1, "loss": 1.0}], path)
+        >>> draw_loss_curves([{"iteration": 0, "loss": 2.0, "sup": 2.0}, {"iteration": 1, "loss": 1.0, "sup": 0.5}],
+        ...                  path)
+        ['loss', 'sup']
         >>> path.is_file()
         True
     """
-    width, height = size
-    picture = Image.new("RGB", size, (255, 255, 255))
-    draw = ImageDraw.Draw(picture)
-    left, right, top, bottom = 40, width - 10, 10, height - 25
-    draw.rectangle([left, top, right, bottom], outline=(0, 0, 0))
-    keys = sorted({k for row in history for k in row if k != "iteration"})
-    its = [row["iteration"] for row in history]
-    lo_it, hi_it = (min(its), max(its)) if its else (0, 1)
-    span_it = max(hi_it - lo_it, 1)
-    for n, key in enumerate(keys):
-        points = [(row["iteration"], row[key]) for row in history if key in row and math.isfinite(row[key])]
-        if not points:
-            continue
-        values = [v for _, v in points]
-        lo, hi = min(values), max(values)
-        span = hi - lo if hi > lo else 1.0
-        xy = [(left + (i - lo_it) / span_it * (right - left), bottom - (v - lo) / span * (bottom - top))
-              for i, v in points]
-        colour = _COLOURS[n % len(_COLOURS)]
-        if len(xy) > 1:
-            draw.line(xy, fill=colour, width=2)
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({k for row in history for k in row if k != "iteration"},
+                  key=lambda k: (_ORDER.index(k) if k in _ORDER else len(_ORDER), k))
+    panels: dict[str, list[str]] = {}
+    for key in keys:
+        if key == "kept" or key.startswith("kept_"):
+            title = "kept (all / per class)"
+        elif key.startswith("share_"):
+            title = "teacher's class shares"
         else:
-            draw.ellipse([xy[0][0] - 2, xy[0][1] - 2, xy[0][0] + 2, xy[0][1] + 2], fill=colour)
-        draw.text((left + 6, top + 4 + 12 * n), f"{key} [{lo:.3g}, {hi:.3g}]", fill=colour)
-    draw.text((left, bottom + 6), f"iteration {lo_it} .. {hi_it}", fill=(0, 0, 0))
-    atomic_write(path, lambda handle: picture.save(handle, format="PNG"))
+            title = key
+        panels.setdefault(title, []).append(key)
+    rows = max(1, math.ceil(len(panels) / columns))
+    cols = max(1, min(columns, len(panels)))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows), sharex=True, squeeze=False,
+                             layout="constrained")
+    for ax, (title, members) in zip(axes.flat, panels.items()):
+        for n, key in enumerate(members):
+            points = [(row["iteration"], row[key]) for row in history if key in row and math.isfinite(row[key])]
+            if not points:
+                continue
+            its, values = map(np.asarray, zip(*points))
+            colour = f"C{n}"
+            label = key if len(members) > 1 else None
+            if len(members) == 1:
+                ax.plot(its, values, color=colour, lw=0.6, alpha=0.3)
+            ax.plot(its, smooth(values), color=colour, lw=1.4, label=label)
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+        if len(members) > 1:
+            ax.legend(fontsize=6)
+    for ax in axes[-1]:
+        ax.set_xlabel("iteration", fontsize=8)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_axis_off()
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=100))
+    plt.close(fig)
+    return list(panels)
