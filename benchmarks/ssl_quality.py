@@ -305,16 +305,27 @@ def table_data(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     cells = summary["cells"]
     main = [c for c in cells if c["group"] == "main"]
     for preset in dict.fromkeys(c["preset"] for c in main):
-        header = ["method", "seeds", "O.F1", "O.Dice", "O.HD", "per-image O.F1", "teacher O.F1",
-                  "contour share (truth)", "kept", "kept contour", "wall s"]
+        these = [c for c in main if c["preset"] == preset]
+        header = ["method", "weights", "seeds", "O.F1", "O.Dice", "O.HD", "per-image O.F1", "per-image O.Dice",
+                  "per-image O.HD"]
         rows = []
-        for c in (c for c in main if c["preset"] == preset):
-            s, t, k = c["student"], c.get("teacher"), c["keep"]
-            rows.append([c["method"], str(len(c["seeds"])), _fmt(s["pooled_f1"]), _fmt(s["pooled_dice"]),
-                         _fmt(s["pooled_hausdorff"], 1), _fmt(s["per_image_f1"]), _fmt(t["pooled_f1"]) if t else "-",
-                         f"{_fmt(c['contour_share'])} ({c['contour_share_truth']:.3f})", _fmt(k.get("kept"), 2),
-                         _fmt(k.get("kept_contour"), 2), _fmt(c["wall_s"], 0)])
-        out.append((f"{preset}, 1/8 labels: student pooled scores (teacher O.F1 beside), mean ± std over seeds",
+        for c in these:
+            for weights in ("student", "teacher"):
+                if c.get(weights):
+                    s = c[weights]
+                    rows.append([c["method"], weights, str(len(c["seeds"])), _fmt(s["pooled_f1"]),
+                                 _fmt(s["pooled_dice"]), _fmt(s["pooled_hausdorff"], 1), _fmt(s["per_image_f1"]),
+                                 _fmt(s["per_image_dice"]), _fmt(s["per_image_hausdorff"], 1)])
+        out.append((f"{preset}, 1/8 labels: GlaS object scores, mean ± std over seeds", header, rows))
+        header = ["method", "student contour share (truth)", "kept", "kept background", "kept interior",
+                  "kept contour", "fdp_gain", "flip", "wall s"]
+        rows = []
+        for c in these:
+            k, p = c["keep"], c["perturbation"]
+            rows.append([c["method"], f"{_fmt(c['contour_share'])} ({c['contour_share_truth']:.3f})",
+                         *(_fmt(k.get(key), 2) for key in ("kept", "kept_background", "kept_interior", "kept_contour")),
+                         _fmt(p.get("fdp_gain"), 4), _fmt(p.get("flip"), 3), _fmt(c["wall_s"], 0)])
+        out.append((f"{preset}, 1/8 labels: diagnostics (second half of training; contour share on the test images)",
                     header, rows))
     ratio = [c for c in cells if c["group"] == "ratio" or (c["group"] == "main" and c["method"] in
                                                             ("mean_teacher", "dpfr") and c["preset"] == "medium")]
