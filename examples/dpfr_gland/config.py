@@ -53,7 +53,10 @@ class TrainConfig:
         label_ratio: labelled fraction, ``"1/8"``, ``"1/4"``, ``"1/2"``, ``"0.25"``, ...
         seed: seed of the split, the initialisation, the views and every random draw.
         backbone: ``resnet34``, ``resnet50`` or ``resnet101``.
-        pretrained: local path of a torchvision-format ResNet state dict (empty: none).
+        pretrained: the encoder's initial weights: ``"imagenet"`` (torchvision's default ImageNet
+            weights of the backbone, fetched once into torch's hub cache), a weights name such as
+            ``"IMAGENET1K_V2"``, a local path of a torchvision-format ResNet state dict, or
+            ``""`` / ``"none"`` (random weights).
         crop_size: weak-view crop side, a multiple of 32.
         batch_labelled: labelled images per step and process.
         batch_unlabelled: unlabelled images per step and process.

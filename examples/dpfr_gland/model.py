@@ -1,8 +1,12 @@
 """CE-Net (Gu et al., TMI 2019): a ResNet encoder, the DAC and RMP context blocks and a decoder with skips.
 
 The encoder is a plain-torch ResNet-34/50/101 with torchvision's parameter names, so a
-torchvision ResNet state dict saved to a local file loads into it (``pretrained=``); nothing
-is ever downloaded. :class:`CENet` returns its logits together with the two feature maps the
+torchvision ResNet state dict loads into it (``pretrained=``): a local file, or torchvision's
+published ImageNet weights by name (``"imagenet"``, ``"IMAGENET1K_V1"``, ``"IMAGENET1K_V2"``;
+:data:`IMAGENET_WEIGHTS`), fetched on first use by ``torch.hub.load_state_dict_from_url``
+(hash-checked, cached in torch's hub directory, where a file can also be placed by hand).
+torchvision itself is not imported (its wheel paired with the CPU torch here fails to import).
+:class:`CENet` returns its logits together with the two feature maps the
 DPFR recipe needs: the map at the perturbation point (``perturb_at``) and the last decoder
 map (the input of a :class:`densessl.ProjectionHead`).
 
@@ -28,6 +32,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+import torch.hub
 import torch.nn.functional as F
 from torch import nn
 
@@ -35,6 +40,8 @@ from densessl.checks import check_features, check_number
 
 __all__ = [
     "BACKBONES",
+    "IMAGENET_DEFAULT",
+    "IMAGENET_WEIGHTS",
     "CENet",
     "CENetOutput",
     "SiteState",
@@ -42,6 +49,8 @@ __all__ = [
     "DecoderBlock",
     "ResNetEncoder",
     "RMPBlock",
+    "imagenet_state_dict",
+    "is_weights_name",
 ]
 
 #: Block type and blocks per stage of each supported ResNet, as in torchvision.
@@ -103,6 +112,69 @@ def _check_backbone(backbone: object) -> str:
     if backbone not in BACKBONES:
         raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {backbone!r}")
     return str(backbone)
+
+
+#: torchvision's published ImageNet weights of the three encoders: ``(backbone, name) -> URL``. The
+#: eight hex digits before ``.pth`` are the start of the file's SHA-256, which
+#: ``torch.hub.load_state_dict_from_url(check_hash=True)`` verifies after a download.
+IMAGENET_WEIGHTS: dict[tuple[str, str], str] = {
+    ("resnet34", "IMAGENET1K_V1"): "https://download.pytorch.org/models/resnet34-b627a593.pth",
+    ("resnet50", "IMAGENET1K_V1"): "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+    ("resnet50", "IMAGENET1K_V2"): "https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
+    ("resnet101", "IMAGENET1K_V1"): "https://download.pytorch.org/models/resnet101-63fe2227.pth",
+    ("resnet101", "IMAGENET1K_V2"): "https://download.pytorch.org/models/resnet101-cd907fc2.pth",
+}
+#: what ``pretrained="imagenet"`` means per backbone: torchvision's ``DEFAULT`` weights.
+IMAGENET_DEFAULT = {"resnet34": "IMAGENET1K_V1", "resnet50": "IMAGENET1K_V2", "resnet101": "IMAGENET1K_V2"}
+
+
+def is_weights_name(pretrained: str) -> bool:
+    """Whether ``pretrained`` names ImageNet weights (``"imagenet"`` or e.g. ``"IMAGENET1K_V2"``),
+    not a path.
+
+    Example:
+        >>> is_weights_name("imagenet"), is_weights_name("IMAGENET1K_V2"), is_weights_name("r50.pth")
+        (True, True, False)
+    """
+    return pretrained.lower() == "imagenet" or pretrained.upper().startswith("IMAGENET1K_")
+
+
+def imagenet_state_dict(backbone: str, name: str = "imagenet") -> dict[str, torch.Tensor]:
+    """torchvision's ImageNet weights of ``backbone``, from torch's hub cache or downloaded into it.
+
+    Args:
+        backbone: ``"resnet34"``, ``"resnet50"`` or ``"resnet101"``.
+        name: ``"imagenet"`` (torchvision's default weights of that backbone) or a weights
+            name of :data:`IMAGENET_WEIGHTS`, e.g. ``"IMAGENET1K_V2"``.
+
+    Returns:
+        The state dict (CPU tensors, read with ``weights_only=True``).
+
+    Raises:
+        ValueError: an unknown backbone or weights name (the message lists the known ones).
+        RuntimeError: the file is not cached and cannot be downloaded (the message names the
+            URL and the path to place the file at by hand).
+
+    Example:
+        >>> sorted(name for backbone, name in IMAGENET_WEIGHTS if backbone == "resnet101")
+        ['IMAGENET1K_V1', 'IMAGENET1K_V2']
+    """
+    key = IMAGENET_DEFAULT.get(backbone) if name.lower() == "imagenet" else name.upper()
+    url = IMAGENET_WEIGHTS.get((backbone, key or ""))
+    if url is None:
+        known = ", ".join(f"{b}:{n}" for b, n in IMAGENET_WEIGHTS)
+        raise ValueError(f"pretrained: no ImageNet weights {name!r} for backbone {backbone!r}; known: {known} "
+                         f"(or 'imagenet' for the default, or a local file)")
+    target = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[1]
+    try:
+        return torch.hub.load_state_dict_from_url(url, map_location="cpu", check_hash=True, weights_only=True,
+                                                  progress=True)
+    except (OSError, RuntimeError) as error:  # URLError is an OSError (offline); a bad hash a RuntimeError
+        raise RuntimeError(
+            f"pretrained={name!r}: could not fetch {url} ({error}). On a machine without internet, download "
+            f"that file elsewhere and place it at {target} (torch's hub cache; TORCH_HOME moves it), or give "
+            f"its local path as pretrained=/path/to/{target.name}; pretrained=none trains from random "
+            f"weights") from error
 
 
 class ResNetEncoder(nn.Module):
@@ -182,15 +254,16 @@ class ResNetEncoder(nn.Module):
         e4 = self.layer4(e3)
         return e1, e2, e3, e4
 
-    def load_torchvision(self, path: str | os.PathLike) -> None:
-        """Load a torchvision-format ResNet state dict from a local file (``fc.*`` dropped).
+    def load_torchvision(self, path: str | os.PathLike | dict[str, torch.Tensor]) -> None:
+        """Load a torchvision-format ResNet state dict (``fc.*`` dropped).
 
-        The file is read with ``torch.load(..., weights_only=True)`` on the CPU. Every
+        A file is read with ``torch.load(..., weights_only=True)`` on the CPU. Every
         encoder key must be present with the right shape and no key other than ``fc.*``
         may be left over; otherwise nothing is loaded.
 
         Args:
-            path: local path to a file holding the state dict (a mapping of names to tensors).
+            path: local path to a file holding the state dict (a mapping of names to
+                tensors), or the state dict itself.
 
         Raises:
             FileNotFoundError: no file at ``path``.
@@ -207,10 +280,14 @@ class ResNetEncoder(nn.Module):
             >>> torch.equal(src.conv1.weight, dst.conv1.weight)
             True
         """
-        file = Path(path)
-        if not file.is_file():
-            raise FileNotFoundError(f"pretrained must be a local file holding a ResNet state dict, got {str(path)!r}")
-        state = torch.load(file, map_location="cpu", weights_only=True)
+        if isinstance(path, dict):
+            state, path = path, "<state dict>"
+        else:
+            file = Path(path)
+            if not file.is_file():
+                raise FileNotFoundError(f"pretrained must be a local file holding a ResNet state dict, "
+                                        f"got {str(path)!r}")
+            state = torch.load(file, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise TypeError(f"pretrained file {str(path)!r} must hold a state dict (names -> tensors), "
                             f"got {type(state).__name__}")
@@ -460,9 +537,11 @@ class CENet(nn.Module):
         num_classes: number of classes ``K`` (3 for background / interior / contour).
         backbone: ``"resnet34"``, ``"resnet50"`` or ``"resnet101"``.
         in_channels: number of image channels.
-        pretrained: optional local path to a torchvision-format ResNet state dict for the
-            encoder (loaded with ``weights_only=True``; ``fc.*`` keys dropped, other
-            mismatches raise). Nothing is downloaded.
+        pretrained: the encoder's initial weights: ``None`` (random), a local path to a
+            torchvision-format ResNet state dict (loaded with ``weights_only=True``; ``fc.*``
+            keys dropped, other mismatches raise), or torchvision's ImageNet weights by name
+            (``"imagenet"``, ``"IMAGENET1K_V1"``, ``"IMAGENET1K_V2"``; see
+            :func:`imagenet_state_dict`, which fetches them into torch's hub cache once).
         perturb_at: ``"bottleneck"`` or ``"decoder"``.
 
     Shapes:
@@ -518,7 +597,10 @@ class CENet(nn.Module):
         self.backbone = self.encoder.backbone
         self.in_channels = self.encoder.conv1.in_channels
         if pretrained is not None:
-            self.encoder.load_torchvision(pretrained)
+            if isinstance(pretrained, str) and is_weights_name(pretrained):
+                self.encoder.load_torchvision(imagenet_state_dict(self.backbone, pretrained))
+            else:
+                self.encoder.load_torchvision(pretrained)
         c1, c2, c3, c4 = self.encoder.stage_channels
         self.dac = DACBlock(c4)
         self.rmp = RMPBlock(c4)

@@ -138,7 +138,7 @@ class Trainer:
         self.rank, self.world_size = rank, world_size
         self.amp = bool(config.amp and self.device.type == "cuda")
         torch.manual_seed(config.seed)  # the same initial weights on every rank
-        pretrained = config.pretrained or None
+        pretrained = None if config.pretrained.lower() in ("", "none") else config.pretrained
         student = CENet(num_classes=NUM_CLASSES, backbone=config.backbone, pretrained=pretrained,
                         perturb_at=config.perturb_at)
         student = student.to(self.device)
