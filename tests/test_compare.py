@@ -49,3 +49,30 @@ def test_cli_refuses_a_repeated_method(tmp_path, capsys):
         C.main(["--config", "examples/dpfr_gland/configs/demo_cpu.json", "--methods", "dpfr", "dpfr",
                 "--out", str(tmp_path)])
     assert "each method once" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_every_run_writes_a_small_inference_export_that_predicts_like_the_student(tmp_path):
+    import numpy as np
+    import torch
+
+    from examples.dpfr_gland.batches import build_datasets
+    from examples.dpfr_gland.evaluate import load_checkpoint_model, predict
+    from examples.dpfr_gland.augment import to_tensor
+    from examples.dpfr_gland.loop import train
+
+    config = TrainConfig(**{**TINY, "method": "dpfr"})
+    train(config, tmp_path, progress=False)
+    export = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert export["format"] == "dpfr-inference-1" and export["weights"] == "student"
+    assert set(export) == {"model", "config", "weights", "format"}  # no optimiser, teacher or flow
+    assert (tmp_path / "model.pt").stat().st_size < 0.2 * (tmp_path / "checkpoint.pt").stat().st_size
+    small, _ = load_checkpoint_model(tmp_path / "model.pt")
+    full, _ = load_checkpoint_model(tmp_path / "checkpoint.pt", weights="student")
+    _, test = build_datasets(config)
+    image = to_tensor(test[0][0])
+    p_small, p_full = predict(small, image, tile=64), predict(full, image, tile=64)
+    # float16 storage: probabilities within 1e-2, argmax equal on almost every pixel
+    assert float((p_small - p_full).abs().max()) < 1e-2
+    assert float((p_small.argmax(0) == p_full.argmax(0)).float().mean()) > 0.999
+    assert np.isfinite(p_small.numpy()).all()

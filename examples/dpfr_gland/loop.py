@@ -17,9 +17,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from densessl.utils import unwrap_model
+
 from . import evaluate
 from .batches import BatchStream, ViewDataset, _loader, build_datasets
-from .checkpoint import atomic_save, atomic_write_text, load_checkpoint
+from .checkpoint import atomic_save, atomic_write_text, inference_export, load_checkpoint
 from .config import TrainConfig
 from .data import label_split
 from .plots import draw_loss_curves
@@ -54,7 +56,8 @@ def train(config: TrainConfig, out: str | Path, resume: str | Path | None = None
 
     Args:
         config: the run's configuration.
-        out: the output folder (``checkpoint.pt``, ``metrics.json``, ``losses.png``, ``log.jsonl``).
+        out: the output folder (``model.pt`` — student weights and config, for inference —
+            ``checkpoint.pt`` to resume, ``metrics.json``, ``losses.png``, ``log.jsonl``).
         resume: a checkpoint to continue from (its iteration, weights, optimisers, history;
             ``log.jsonl`` is rewritten from that history, dropping rows logged after it).
         progress: show a tqdm bar on rank 0.
@@ -174,6 +177,9 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
     if bar is not None:
         bar.close()
     save()
+    if main_process:  # the small file for inference (predict / evaluate): student weights + config
+        atomic_save(inference_export(unwrap_model(trainer.student).state_dict(), dataclasses.asdict(config)),
+                    out / "model.pt")
     metrics: dict[str, Any] = {}
     if main_process:
         if history:
@@ -196,7 +202,8 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
                 rows[f"{config.method} teacher"] = metrics["teacher"]
             print("\n" + evaluate.score_table(rows, first="weights") + "\n", flush=True)
         pictures = f", {out / 'predictions'}/" if test_set is not None and config.eval_pictures else ""
-        print(f"[train] wrote {out / 'checkpoint.pt'}, {out / 'metrics.json'}, {out / 'losses.png'}{pictures}",
+        print(f"[train] wrote {out / 'model.pt'} (for inference), {out / 'checkpoint.pt'} (to resume), "
+              f"{out / 'metrics.json'}, {out / 'losses.png'}{pictures}",
               flush=True)
     if world_size > 1:
         dist.barrier()
