@@ -535,6 +535,10 @@ def load_checkpoint_model(
     checkpoint = load_checkpoint(path, map_location="cpu")
     if weights not in ("student", "teacher"):
         raise ValueError(f"weights must be 'student' or 'teacher', got {weights!r}")
+    exported = checkpoint.get("weights")
+    if isinstance(exported, str) and "model" in checkpoint and weights != exported:
+        raise ValueError(f"checkpoint {path} is an inference export of the {exported} only, got weights={weights!r}; "
+                         f"use the run's checkpoint.pt for the other network")
     key = next((k for k in (weights, "model") if isinstance(checkpoint.get(k), dict)), weights)
     state = checkpoint.get(key)
     config = checkpoint.get("config")

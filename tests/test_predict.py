@@ -1,0 +1,99 @@
+"""The predict command: any folder of images in, instance / class / overlay maps out."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from examples.dpfr_gland import predict as P
+from examples.dpfr_gland.config import TrainConfig
+from examples.dpfr_gland.data import read_instances, write_image
+from examples.dpfr_gland.evaluate import load_checkpoint_model, predict_instances
+from examples.dpfr_gland.loop import train
+from examples.dpfr_gland.synthetic import SyntheticGlands
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    config = TrainConfig(method="supervised", synthetic_size=64, synthetic_train=4, synthetic_test=1, crop_size=64,
+                         iterations=2, label_ratio="1/2", eval_pictures=0, eval_tile=64, eval_overlap=16, log_every=1)
+    train(config, out, progress=False)
+    return out
+
+
+def _images(folder):
+    glands = SyntheticGlands("medium", size=(70, 90), seed=3)
+    image = glands.sample(0)[0]
+    write_image(folder / "b_10.png", image)
+    write_image(folder / "b_2.png", image)
+    Image.fromarray(image[..., 0]).save(folder / "grey.jpg")  # grey JPEG -> RGB
+    Image.fromarray(np.dstack([image, np.full(image.shape[:2], 255, np.uint8)])).save(folder / "rgba.tif")
+    (folder / "notes.txt").write_text("not an image")  # ignored: not an image extension
+    return image
+
+
+@pytest.mark.slow
+def test_predict_writes_three_maps_per_image_that_match_predict_instances(run, tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    image = _images(images)
+    assert P.main(["--weights", str(run / "model.pt"), "--images", str(images), "--out", str(tmp_path / "out"),
+                   "--no-progress"]) == 0
+    for stem in ("b_2", "b_10", "grey", "rgba"):
+        for kind in ("instances", "classes", "overlay"):
+            assert (tmp_path / "out" / f"{stem}_{kind}.png").is_file(), (stem, kind)
+    saved = Image.open(tmp_path / "out" / "b_2_instances.png")
+    assert saved.mode.startswith("I")  # 16 bits per pixel, whatever the count
+    model, config = load_checkpoint_model(run / "model.pt")
+    expected = predict_instances(model, image, tile=config["eval_tile"], overlap=config["eval_overlap"],
+                                 min_size=config["min_size"], dilation=config["contour_width"])
+    np.testing.assert_array_equal(read_instances(tmp_path / "out" / "b_2_instances.png"), expected)
+    classes = np.asarray(Image.open(tmp_path / "out" / "b_2_classes.png"))
+    assert classes.shape == image.shape[:2] and set(np.unique(classes)) <= {0, 1, 2}
+    assert np.asarray(Image.open(tmp_path / "out" / "b_2_overlay.png")).shape == image.shape
+    assert "4 image(s)" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bad_files_are_named_and_skipped_or_refused(run, tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    _images(images)
+    (images / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(SystemExit):
+        P.main(["--weights", str(run / "model.pt"), "--images", str(images), "--out", str(tmp_path / "a"),
+                "--no-progress"])
+    assert "broken.png" in capsys.readouterr().err
+    assert P.main(["--weights", str(run / "model.pt"), "--images", str(images), "--out", str(tmp_path / "b"),
+                   "--on-error", "skip", "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert "skipped" in captured.err and "broken.png" in captured.out
+    assert len(list((tmp_path / "b").glob("*_instances.png"))) == 4
+    # a single file, and the resume checkpoint's teacher-less student
+    assert P.main(["--weights", str(run / "checkpoint.pt"), "--images", str(images / "b_2.png"),
+                   "--out", str(tmp_path / "c"), "--no-progress"]) == 0
+
+
+def test_more_than_65535_glands_go_to_a_32_bit_tiff(tmp_path, monkeypatch):
+    many = np.arange(70_000, dtype=np.int32).reshape(280, 250)
+    monkeypatch.setattr(P, "classes_to_instances", lambda *a, **k: many)
+    write_image(tmp_path / "x.png", np.zeros((280, 250, 3), np.uint8))
+    result = P.predict_file(torch.nn.Conv2d(3, 3, 1), tmp_path / "x.png", tmp_path / "out", tile=64)
+    assert result["instances"].endswith("x_instances.tif") and result["glands"] == 69_999
+    np.testing.assert_array_equal(read_instances(result["instances"]), many)
+
+
+def test_inference_export_refuses_the_teacher(run):
+    with pytest.raises(ValueError, match="inference export of the student only"):
+        load_checkpoint_model(run / "model.pt", weights="teacher")
+
+
+def test_missing_inputs_are_named(tmp_path, run):
+    with pytest.raises(SystemExit):
+        P.main(["--weights", str(tmp_path / "none.pt"), "--images", str(tmp_path), "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit):
+        P.main(["--weights", str(run / "model.pt"), "--images", str(tmp_path / "empty_or_missing"),
+                "--out", str(tmp_path / "o")])
