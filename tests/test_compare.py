@@ -76,3 +76,21 @@ def test_every_run_writes_a_small_inference_export_that_predicts_like_the_studen
     assert float((p_small - p_full).abs().max()) < 1e-2
     assert float((p_small.argmax(0) == p_full.argmax(0)).float().mean()) > 0.999
     assert np.isfinite(p_small.numpy()).all()
+
+
+@pytest.mark.slow
+def test_glas_runs_score_testA_and_testB_separately(tmp_path, capsys):
+    from examples.dpfr_gland.data import write_synthetic
+    from examples.dpfr_gland.loop import train
+
+    write_synthetic(tmp_path / "glas", "glas", num=12, size=64, seed=0)
+    config = TrainConfig(**{**TINY, "method": "mean_teacher", "dataset": "glas", "data": str(tmp_path / "glas"),
+                            "test_split": "testA,testB", "label_ratio": "1/2"})
+    metrics = train(config, tmp_path / "run", progress=False)["metrics"]
+    assert set(metrics["splits"]) == {"testA", "testB"}
+    assert metrics["pooled_f1"] == metrics["splits"]["testA"]["pooled_f1"]  # the first split is the headline
+    assert all("teacher" in scores for scores in metrics["splits"].values())
+    printed = capsys.readouterr().out
+    assert "| mean_teacher student testA |" in printed and "| mean_teacher teacher testB |" in printed
+    with pytest.raises(ValueError, match="test_split must name"):
+        TrainConfig(dataset="glas", data="x", test_split=" , ")

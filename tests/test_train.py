@@ -56,8 +56,11 @@ def test_config_defaults_follow_the_paper_except_the_measured_step():
 def test_shipped_configs_load(name):
     config = T.load_config(ROOT / "examples" / "dpfr_gland" / "configs" / f"{name}.json")
     assert config.method == "dpfr"
-    if name != "demo_cpu":
-        assert config.backbone == "resnet50" and config.crop_size >= 256 and config.device == "auto"
+    if name != "demo_cpu":  # the paper's setting: CE-Net ResNet-101 from ImageNet, 416 px, 8 + 8, poly
+        assert (config.backbone, config.pretrained, config.crop_size) == ("resnet101", "imagenet", 416)
+        assert (config.batch_labelled, config.batch_unlabelled, config.lr_schedule) == (8, 8, "poly")
+        assert config.device == "auto"
+        assert T.test_splits(config) == (["testA", "testB"] if name == "glas_full" else ["valid"])
     else:
         assert config.dataset == "synthetic" and config.iterations <= 500
 

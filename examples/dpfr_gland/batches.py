@@ -7,7 +7,7 @@ the very batches the interrupted one would have.
 
 from __future__ import annotations
 
-__all__ = ["BatchStream", "ViewDataset", "build_datasets"]
+__all__ = ["BatchStream", "ViewDataset", "build_datasets", "build_test_sets", "test_splits"]
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -39,6 +39,35 @@ class _SyntheticSplit:
         return self.samples[index]
 
 
+def test_splits(config: TrainConfig) -> list[str]:
+    """The test splits a config names: ``test_split`` may list several, comma-separated
+    (GlaS ``"testA,testB"``, reported separately); the synthetic and folder sets have one.
+
+    Example:
+        >>> test_splits(TrainConfig(dataset="glas", data="x", test_split="testA, testB"))
+        ['testA', 'testB']
+    """
+    if config.dataset in ("synthetic", "folder"):
+        return ["test"]
+    return [part.strip() for part in config.test_split.split(",") if part.strip()]
+
+
+def build_test_sets(config: TrainConfig) -> dict[str, Any]:
+    """Every test split of ``config`` by name (empty when there is none to test on).
+
+    Example:
+        >>> sets = build_test_sets(TrainConfig(synthetic_train=2, synthetic_test=1))
+        >>> list(sets), len(sets["test"])
+        (['test'], 1)
+    """
+    if config.dataset == "synthetic" or (config.dataset == "folder"):
+        test = build_datasets(config)[1]
+        return {} if test is None else {"test": test}
+    root = Path(config.data)
+    reader = GlaSDataset if config.dataset == "glas" else CRAGDataset
+    return {split: reader(root, split) for split in test_splits(config)}
+
+
 def build_datasets(config: TrainConfig) -> tuple[Any, Any | None]:
     """The training and test datasets of ``config`` (map-style, ``(image, instances)`` items).
 
@@ -66,10 +95,9 @@ def build_datasets(config: TrainConfig) -> tuple[Any, Any | None]:
         raise ValueError(f"data must name the {config.dataset} folder for dataset={config.dataset!r} "
                          f"(e.g. --set data=/path/to/{config.dataset})")
     root = Path(config.data)
-    if config.dataset == "glas":
-        return GlaSDataset(root, config.train_split), GlaSDataset(root, config.test_split)
-    if config.dataset == "crag":
-        return CRAGDataset(root, config.train_split), CRAGDataset(root, config.test_split)
+    if config.dataset in ("glas", "crag"):  # the first test split (build_test_sets has them all)
+        reader = GlaSDataset if config.dataset == "glas" else CRAGDataset
+        return reader(root, config.train_split), reader(root, test_splits(config)[0])
     train = FolderDataset(root / "images", root / "masks")
     test = FolderDataset(Path(config.test_data) / "images", Path(config.test_data) / "masks") \
         if config.test_data else None

@@ -42,7 +42,9 @@ class TrainConfig:
         test_data: ``folder`` only: a root with ``images/`` and ``masks/`` to test on
             (empty: the training folder's unlabelled part is not used for testing; no test).
         train_split: reader split to train on (GlaS/CRAG ``"train"``).
-        test_split: reader split to test on (GlaS ``"testA"``/``"testB"``, CRAG ``"valid"``).
+        test_split: reader split(s) to test on, comma-separated, each scored and reported
+            separately (GlaS ``"testA,testB"``, CRAG ``"valid"``); the first is the headline of
+            ``metrics.json``.
         synthetic_preset: ``easy``/``medium``/``hard`` for ``synthetic``.
         synthetic_size: side of synthetic images in pixels.
         synthetic_train: number of synthetic training images.
@@ -221,6 +223,8 @@ class TrainConfig:
         _one_of("teacher_buffers", self.teacher_buffers, ("ema", "copy"))
         _one_of("lr_schedule", self.lr_schedule, ("constant", "poly"))
         _one_of("flow_labelled_source", self.flow_labelled_source, ("teacher", "student"))
+        if self.dataset in ("glas", "crag") and not any(p.strip() for p in self.test_split.split(",")):
+            raise ValueError(f"test_split must name at least one split, got {self.test_split!r}")
         if self.synthetic_seed < -1:
             raise ValueError(f"synthetic_seed must be >= 0 (or -1: the run's seed), got {self.synthetic_seed}")
         if not 0 <= self.flow_label_fraction <= 1:

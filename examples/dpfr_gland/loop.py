@@ -20,7 +20,7 @@ from torch import nn
 from densessl.utils import unwrap_model
 
 from . import evaluate
-from .batches import BatchStream, ViewDataset, _loader, build_datasets
+from .batches import BatchStream, ViewDataset, _loader, build_datasets, build_test_sets
 from .checkpoint import atomic_save, atomic_write_text, inference_export, load_checkpoint
 from .config import TrainConfig
 from .data import label_split
@@ -91,7 +91,8 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
     main_process = rank == 0
     if main_process:
         out.mkdir(parents=True, exist_ok=True)
-    train_set, test_set = build_datasets(config)
+    train_set, _ = build_datasets(config)
+    test_sets = build_test_sets(config) if main_process else {}
     labelled_idx, unlabelled_idx = label_split(len(train_set), config.label_ratio, seed=config.seed)
     if config.semi and len(unlabelled_idx) == 0:
         raise ValueError(f"label_ratio={config.label_ratio!r} leaves no unlabelled image for {config.method!r}")
@@ -184,24 +185,35 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
     if main_process:
         if history:
             draw_loss_curves(history, out / "losses.png")
-        if test_set is not None:
-            # The student is the headline (the paper infers with it); the teacher is reported beside it.
-            metrics = _evaluate(trainer.eval_model("student"), test_set, config, out)
+        # The student is the headline (the paper infers with it); the teacher is reported beside it.
+        # Each test split is scored on its own (GlaS testA and testB); the first is the headline.
+        by_split: dict[str, dict[str, Any]] = {}
+        for n, (split, test_set) in enumerate(test_sets.items()):
+            folder = out if n == 0 else out / split
+            scores = _evaluate(trainer.eval_model("student"), test_set, config, folder)
             if trainer.teacher is not None:
-                metrics["teacher"] = _evaluate(trainer.eval_model("teacher"), test_set,
-                                               dataclasses.replace(config, eval_pictures=0), out)
+                scores["teacher"] = _evaluate(trainer.eval_model("teacher"), test_set,
+                                              dataclasses.replace(config, eval_pictures=0), folder)
+            by_split[split] = scores
+        if by_split:
+            metrics = dict(next(iter(by_split.values())))
+            if len(by_split) > 1:
+                metrics["splits"] = by_split
         metrics["method"] = config.method
         metrics["iterations"] = trainer.iteration
         metrics["evaluated"] = "student"
         if history:
             metrics["final_losses"] = {k: v for k, v in history[-1].items() if k != "iteration"}
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-        if test_set is not None:
-            rows = {f"{config.method} student": metrics}
-            if "teacher" in metrics:
-                rows[f"{config.method} teacher"] = metrics["teacher"]
+        if by_split:
+            rows = {}
+            for split, scores in by_split.items():
+                name = f"{config.method} {{}}" + (f" {split}" if len(by_split) > 1 else "")
+                rows[name.format("student")] = scores
+                if "teacher" in scores:
+                    rows[name.format("teacher")] = scores["teacher"]
             print("\n" + evaluate.score_table(rows, first="weights") + "\n", flush=True)
-        pictures = f", {out / 'predictions'}/" if test_set is not None and config.eval_pictures else ""
+        pictures = f", {out / 'predictions'}/" if by_split and config.eval_pictures else ""
         print(f"[train] wrote {out / 'model.pt'} (for inference), {out / 'checkpoint.pt'} (to resume), "
               f"{out / 'metrics.json'}, {out / 'losses.png'}{pictures}",
               flush=True)
