@@ -6,6 +6,7 @@ import copy
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ._checks import check_number
@@ -15,6 +16,11 @@ from .utils import unwrap_model
 __all__ = ["EMATeacher"]
 
 _BUFFER_MODES = ("copy", "ema", "none")
+
+
+def _distributed() -> bool:
+    """Whether this process is one of several in an initialised ``torch.distributed`` group."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 class EMATeacher(nn.Module):
@@ -33,6 +39,13 @@ class EMATeacher(nn.Module):
     ``"copy"`` takes the student's, ``"ema"`` averages floating buffers with the same
     ``d_t`` and copies integer ones, ``"none"`` leaves the teacher's untouched.
 
+    Under ``torch.distributed`` (an initialised process group of more than one process),
+    ``sync_buffers`` broadcasts the teacher's buffers from rank 0 after each update, as
+    ``DistributedDataParallel(broadcast_buffers=True)`` does for the student before each
+    forward: every rank's student updates its BatchNorm statistics on its own batch, so copied
+    or averaged statistics would otherwise differ per rank, and with them the pseudo labels.
+    Parameters need no sync: DDP keeps the students equal and the EMA is deterministic.
+
     The student is unwrapped from ``DistributedDataParallel``/``DataParallel`` and
     ``torch.compile`` both at construction and at every update, so either the wrapped
     or the plain model may be passed. The teacher's parameters have
@@ -44,6 +57,8 @@ class EMATeacher(nn.Module):
         student: the network to follow (possibly DDP- or compile-wrapped).
         decay: long-run EMA decay in ``[0, 1]``.
         buffers: ``"copy"``, ``"ema"`` or ``"none"``.
+        sync_buffers: under ``torch.distributed``, broadcast the teacher's buffers from rank 0
+            after each update (no effect in one process).
 
     Shapes:
         - forward inputs/outputs: whatever the student takes and returns
@@ -77,8 +92,12 @@ class EMATeacher(nn.Module):
 
     num_updates: torch.Tensor
 
-    def __init__(self, student: nn.Module, decay: float = 0.99, buffers: str = "copy") -> None:
+    def __init__(self, student: nn.Module, decay: float = 0.99, buffers: str = "copy",
+                 sync_buffers: bool = True) -> None:
         super().__init__()
+        if not isinstance(sync_buffers, bool):
+            raise TypeError(f"sync_buffers must be a bool, got {type(sync_buffers).__name__}")
+        self.sync_buffers = sync_buffers
         if not isinstance(student, nn.Module):
             raise TypeError(f"student must be a torch.nn.Module, got {type(student).__name__}")
         self.decay = float(check_number("decay", decay, low=0.0, high=1.0))
@@ -98,7 +117,7 @@ class EMATeacher(nn.Module):
         self._step = int(self.num_updates)
 
     def extra_repr(self) -> str:
-        return f"decay={self.decay}, buffers={self.buffers_mode!r}"
+        return f"decay={self.decay}, buffers={self.buffers_mode!r}, sync_buffers={self.sync_buffers}"
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Run the teacher under ``torch.no_grad()``; arguments go to the student's ``forward``."""
@@ -168,5 +187,8 @@ class EMATeacher(nn.Module):
                 ema_update_([t for t, _ in floating], [s for _, s in floating], decay)
             if others:
                 torch._foreach_copy_([t for t, _ in others], [s for _, s in others])
+        if self.sync_buffers and self.buffers_mode != "none" and t_bufs and _distributed():
+            for _, buffer in t_bufs:  # small (BatchNorm statistics): one broadcast each
+                dist.broadcast(buffer, src=0)
         self.num_updates += 1
         self._step += 1

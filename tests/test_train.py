@@ -552,7 +552,7 @@ def test_two_process_ddp_on_cpu(tmp_path):
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [row["iteration"] for row in rows] == [0, 1]  # written once, not once per rank
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["checkpoint.pt", "config.json", "log.jsonl", "losses.png", "metrics.json"])
+        ["checkpoint.pt", "config.json", "log.jsonl", "losses.png", "metrics.json", "model.pt"])
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["iteration"] == 2 and not any(k.startswith("module.") for k in state["student"])
 
@@ -616,3 +616,112 @@ def test_poly_schedule_sets_the_optimiser_learning_rate_every_step():
     assert constant.optimizer.param_groups[0]["lr"] == 1e-2
     with pytest.raises(ValueError, match="lr_schedule"):
         tiny_config(lr_schedule="cosine")
+
+
+_DDP_TEACHERS = r'''
+import sys
+import torch
+import torch.distributed as dist
+sys.path.insert(0, sys.argv[1])
+from examples.dpfr_gland import train as T
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+config = T.TrainConfig(method="dpfr", synthetic_size=80, crop_size=64, flow_hidden=16, flow_warmup=1,
+                       supervised_warmup=0, rampup=0, projection_hidden=16, projection_dim=8, num_anchors=8,
+                       num_negatives=16, device="cpu", iterations=6)
+
+
+def batches(seed):
+    g = torch.Generator().manual_seed(seed)
+    return ((torch.randn(2, 3, 64, 64, generator=g), torch.randint(0, 3, (2, 64, 64), generator=g)),
+            torch.randn(2, 3, 64, 64, generator=g))
+
+
+def teacher_digest(trainer):
+    return {k: v.double().sum().item() for k, v in trainer.teacher.state_dict().items() if v.is_floating_point()}
+
+
+def same_on_every_rank(trainer, when):
+    digests = [None, None]
+    dist.all_gather_object(digests, teacher_digest(trainer))
+    bad = [k for k in digests[0] if digests[0][k] != digests[1][k]]
+    assert not bad, (when, bad[:5])
+    return digests[0]
+
+
+trainer = T.Trainer(config, "cpu", rank, 2)
+for t in range(3):  # each rank its own batches: BatchNorm statistics differ per rank
+    trainer.step(*batches(100 * rank + t))
+same_on_every_rank(trainer, "after 3 steps")
+state = [trainer.state_dict() if rank == 0 else None]
+dist.broadcast_object_list(state, src=0)  # rank 0's checkpoint, as a resume reads it
+resumed = T.Trainer(config, "cpu", rank, 2)
+resumed.load_state_dict(state[0])
+assert same_on_every_rank(resumed, "after loading") == same_on_every_rank(trainer, "before")
+resumed.step(*batches(200 + rank))
+same_on_every_rank(resumed, "after a resumed step")
+unsynced = T.Trainer(config, "cpu", rank, 2)
+unsynced.teacher.sync_buffers = False
+for t in range(2):
+    unsynced.step(*batches(300 * rank + t))
+digests = [None, None]
+dist.all_gather_object(digests, teacher_digest(unsynced))
+assert digests[0] != digests[1], "without the broadcast the teachers' statistics differ (the test can fail)"
+if rank == 0:
+    print("TEACHERS EQUAL")
+dist.destroy_process_group()
+'''
+
+
+@pytest.mark.slow
+def test_ddp_teachers_have_equal_weights_and_buffers_on_every_rank(tmp_path):
+    script = tmp_path / "teachers.py"
+    script.write_text(_DDP_TEACHERS)
+    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(ROOT)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "TEACHERS EQUAL" in result.stdout
+
+
+def test_the_teacher_skips_steps_that_grad_scaler_skipped():
+    torch.manual_seed(0)
+    trainer = T.Trainer(tiny_config(method="mean_teacher"))
+    trainer.step(*batches(0))
+    before = {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
+
+    class SkippingScaler:  # what GradScaler does on inf/NaN gradients: no step, then a lower scale
+        def __init__(self):
+            self.value = 1024.0
+
+        def is_enabled(self):
+            return True
+
+        def get_scale(self):
+            return self.value
+
+        def scale(self, loss):
+            return loss
+
+        def step(self, optimizer):
+            pass
+
+        def update(self):
+            self.value /= 2
+
+    fake = SkippingScaler()
+    trainer.scaler = fake
+    logs = trainer.step(*batches(1))
+    assert float(logs["skipped"]) == 1.0 and trainer.iteration == 2
+    for key, value in trainer.teacher.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_cuda_n_under_torchrun_is_refused():
+    from examples.dpfr_gland.loop import _resolve_device
+
+    with pytest.raises(ValueError, match="each process takes cuda:LOCAL_RANK"):
+        _resolve_device(tiny_config(device="cuda:1"), local_rank=0, world_size=2)
+    assert _resolve_device(tiny_config(device="cpu"), local_rank=1, world_size=2) == torch.device("cpu")

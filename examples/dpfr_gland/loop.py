@@ -39,7 +39,10 @@ def _evaluate(model: nn.Module, dataset: Any, config: TrainConfig, out: Path) ->
     return dict(metrics)
 
 
-def _resolve_device(config: TrainConfig, local_rank: int) -> torch.device:
+def _resolve_device(config: TrainConfig, local_rank: int, world_size: int = 1) -> torch.device:
+    if world_size > 1 and config.device.startswith("cuda:"):
+        raise ValueError(f"device={config.device!r} under torchrun: each process takes cuda:LOCAL_RANK; set "
+                         f"device=cuda or auto (and CUDA_VISIBLE_DEVICES to choose the cards)")
     if config.device == "auto":
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     if config.device == "cuda":
@@ -72,7 +75,7 @@ def train(config: TrainConfig, out: str | Path, resume: str | Path | None = None
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = _resolve_device(config, local_rank)
+    device = _resolve_device(config, local_rank, world_size)
     own_group = False
     if world_size > 1 and not dist.is_initialized():
         if device.type == "cuda":
@@ -181,6 +184,13 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
     if main_process:  # the small file for inference (predict / evaluate): student weights + config
         atomic_save(inference_export(unwrap_model(trainer.student).state_dict(), dataclasses.asdict(config)),
                     out / "model.pt")
+    if world_size > 1:
+        # Release the other ranks before rank 0 evaluates: a long evaluation must not hold them
+        # at a barrier past the collective timeout. Evaluation runs on rank 0 alone, without
+        # collectives (the unwrapped networks).
+        dist.barrier()
+        if not main_process:
+            return {"history": history, "metrics": {}, "iteration": trainer.iteration}
     metrics: dict[str, Any] = {}
     if main_process:
         if history:
@@ -217,8 +227,6 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
         print(f"[train] wrote {out / 'model.pt'} (for inference), {out / 'checkpoint.pt'} (to resume), "
               f"{out / 'metrics.json'}, {out / 'losses.png'}{pictures}",
               flush=True)
-    if world_size > 1:
-        dist.barrier()
     return {"history": history, "metrics": metrics, "iteration": trainer.iteration}
 
 

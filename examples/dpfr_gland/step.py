@@ -293,7 +293,8 @@ class Trainer:
 
         Returns:
             Detached 0-dim tensors: ``loss``, ``sup``, and as the method has them ``mt``,
-            ``fdp``, ``contrast``, ``flow_nll_per_dim``, ``kept``, ``weight``; semi-supervised
+            ``fdp``, ``contrast``, ``flow_nll_per_dim``, ``kept``, ``weight``, ``skipped`` (1 when
+            GradScaler skipped the step and the teacher was not updated); semi-supervised
             methods also log, per class of the teacher's argmax on the unlabelled batch, the
             share of pixels it predicts (``share_background`` ...) and the share of those the
             entropy filter keeps (``kept_background``, ``kept_interior``, ``kept_contour``).
@@ -401,9 +402,12 @@ class Trainer:
                 for y in (y_l, unlabelled_f)
             ])
             logs["flow_nll_per_dim"] = self._fit_flow(features_f, labels_f, t)
-        # 6. Student step, then the teacher follows.
-        self._backward_and_step(loss)
-        self.teacher.update(self.student)
+        # 6. Student step, then the teacher follows — unless GradScaler skipped the step (inf/NaN
+        #    gradients under AMP): the teacher must not average in a student that did not move.
+        stepped = self._backward_and_step(loss)
+        if stepped:
+            self.teacher.update(self.student)
+        logs["skipped"] = torch.tensor(0.0 if stepped else 1.0)
         logs["loss"] = loss.detach()
         return logs
 
@@ -422,14 +426,21 @@ class Trainer:
             return config.lr
         return config.lr * max(1.0 - iteration / config.iterations, 0.0) ** config.lr_power
 
-    def _backward_and_step(self, loss: torch.Tensor) -> None:
+    def _backward_and_step(self, loss: torch.Tensor) -> bool:
+        """Backward, optimiser step (through GradScaler), iteration + 1; whether the step was taken.
+
+        GradScaler skips a step whose gradients hold inf/NaN and then lowers its scale, so a
+        lower scale after ``update()`` means this step was skipped (only with AMP enabled).
+        """
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(self.iteration)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.iteration += 1
+        return scale is None or self.scaler.get_scale() >= scale
 
     def eval_model(self, weights: str = "student") -> nn.Module:
         """The network to evaluate: the student (the headline, as in the paper) or the EMA teacher.
