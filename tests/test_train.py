@@ -451,8 +451,10 @@ def test_every_method_runs_and_writes_files(method, tmp_path):
     assert _finite_history(result["history"])
     expected = {"supervised": set(), "mean_teacher": {"mt", "kept"}, "fdp": {"mt", "kept", "fdp", "fdp_gain", "flip", "flow_nll_per_dim"},
                 "fr": {"mt", "kept", "contrast"}, "dpfr": {"mt", "kept", "fdp", "fdp_gain", "flip", "contrast", "flow_nll_per_dim"}}
-    assert set(result["history"][-1]) == {"iteration", "loss", "sup", "weight"} | expected[method]
-    for name in ("checkpoint.pt", "metrics.json", "losses.png", "config.json", "log.jsonl"):
+    semi = set() if method == "supervised" else {"skipped"} | {
+        f"{kind}_{c}" for kind in ("kept", "share") for c in ("background", "interior", "contour")}
+    assert set(result["history"][-1]) == {"iteration", "loss", "sup", "weight"} | expected[method] | semi
+    for name in ("checkpoint.pt", "model.pt", "metrics.json", "losses.png", "config.json", "log.jsonl"):
         assert (tmp_path / name).is_file(), name
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["method"] == method and metrics["iterations"] == 3
