@@ -52,7 +52,7 @@ def test_config_defaults_follow_the_paper_except_the_measured_step():
     assert (config.perturb_at, config.xi, config.xi_relative, config.flow_normalize) == ("classifier", 0.25, True, True)
 
 
-@pytest.mark.parametrize("name", ["demo_cpu", "glas_full", "crag_full"])
+@pytest.mark.parametrize("name", ["demo_cpu", "glas_full", "crag_full", "pgland_full"])
 def test_shipped_configs_load(name):
     config = T.load_config(ROOT / "examples" / "dpfr_gland" / "configs" / f"{name}.json")
     assert config.method == "dpfr"
@@ -60,7 +60,9 @@ def test_shipped_configs_load(name):
         assert (config.backbone, config.pretrained, config.crop_size) == ("resnet101", "imagenet", 416)
         assert (config.batch_labelled, config.batch_unlabelled, config.lr_schedule) == (8, 8, "poly")
         assert config.device == "auto"
-        assert T.test_splits(config) == (["testA", "testB"] if name == "glas_full" else ["valid"])
+        splits = {"glas_full": ["testA", "testB"], "crag_full": ["valid"], "pgland_full": ["test"]}
+        assert T.test_splits(config) == splits[name]
+        assert (config.task, config.num_classes) == (("semantic", 2) if name == "pgland_full" else ("instance", 3))
     else:
         assert config.dataset == "synthetic" and config.iterations <= 500
 

@@ -36,6 +36,12 @@ class TrainConfig:
 
     Args:
         method: one of :data:`METHODS`.
+        task: ``"instance"`` (GlaS / CRAG: glands as instances, trained as 3 classes — background,
+            interior, contour — and scored with the GlaS object metrics) or ``"semantic"``
+            (PGland: ``semantic_classes`` classes straight from the masks, scored with pixel F1,
+            Dice and mIoU; the flow's mixture has one component per class).
+        semantic_classes: ``K`` of the semantic task (2: background and gland; masks with any
+            non-zero value are gland then, so 0/255 masks and instance maps both work).
         dataset: ``"synthetic"`` (in memory, no files), ``"glas"``, ``"crag"`` or ``"folder"``.
         data: the dataset folder (GlaS/CRAG root; for ``folder``, a root holding
             ``images/`` and ``masks/``); unused for ``synthetic``.
@@ -148,6 +154,8 @@ class TrainConfig:
     """
 
     method: str = "dpfr"
+    task: str = "instance"
+    semantic_classes: int = 2
     dataset: str = "synthetic"
     data: str = ""
     test_data: str = ""
@@ -217,6 +225,9 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             setattr(self, f.name, _check_type(f.name, getattr(self, f.name), _field_types()[f.name]))
         _one_of("method", self.method, METHODS)
+        _one_of("task", self.task, ("instance", "semantic"))
+        if self.semantic_classes < 2:
+            raise ValueError(f"semantic_classes must be >= 2, got {self.semantic_classes}")
         _one_of("dataset", self.dataset, _DATASETS)
         _one_of("backbone", self.backbone, ("resnet34", "resnet50", "resnet101"))
         _one_of("perturb_at", self.perturb_at, ("bottleneck", "decoder", "classifier"))
@@ -274,6 +285,11 @@ class TrainConfig:
             parse_ratio(self.label_ratio)
         except ValueError as error:
             raise ValueError(f"label_ratio: {error}") from None
+
+    @property
+    def num_classes(self) -> int:
+        """The network's number of classes: 3 for the instance task, ``semantic_classes`` otherwise."""
+        return 3 if self.task == "instance" else self.semantic_classes
 
     @property
     def semi(self) -> bool:

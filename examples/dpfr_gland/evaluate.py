@@ -25,9 +25,11 @@ __all__ = [
     "main",
     "predict",
     "predict_instances",
+    "evaluate_semantic",
     "prediction_picture",
     "save_predictions",
     "score_table",
+    "semantic_table",
 ]
 
 import argparse
@@ -297,6 +299,99 @@ def predict_instances(
     return classes_to_instances(probs.cpu(), min_size=min_size, dilation=dilation).numpy()
 
 
+def evaluate_semantic(
+    model: nn.Module,
+    dataset: object,
+    num_classes: int = 2,
+    tile: int = 256,
+    overlap: int | None = None,
+    batch_size: int = 4,
+    amp: bool = True,
+    limit: int | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Score a semantic segmenter (the PGland task) with pixel F1, Dice and mIoU.
+
+    Each image is predicted by :func:`predict` and reduced by argmax; its target is
+    :func:`~examples.dpfr_gland.targets.semantic_targets` of the dataset's mask. Keys:
+
+    - ``pixel_f1``: foreground (any class but 0) F1 with the pixels of all images pooled;
+    - ``pixel_dice``: the foreground Dice of each image, averaged over images;
+    - ``miou``: the mean over classes of the IoU, pixels of all images pooled (classes absent
+      from prediction and truth skipped, :func:`densessl.metrics.mean_iou`);
+    - ``num_images``.
+
+    Args:
+        model: a network giving ``num_classes`` scores per pixel.
+        dataset: ``(image, mask)`` items as in :func:`evaluate`.
+        num_classes: ``K``.
+        tile: see :func:`predict`.
+        overlap: see :func:`predict`.
+        batch_size: see :func:`predict`.
+        amp: see :func:`predict`.
+        limit: score only the first ``limit`` images.
+        progress: show a tqdm bar.
+
+    Returns:
+        The scores as Python floats (``num_images`` an int).
+
+    Raises:
+        ValueError: an empty dataset; a model that does not give ``num_classes`` classes; a mask
+            value outside the classes.
+
+    Example:
+        >>> import numpy as np, torch
+        >>> mask = np.zeros((32, 32), np.int32)
+        >>> scores = evaluate_semantic(torch.nn.Conv2d(3, 2, 1), [(np.zeros((32, 32, 3), np.uint8), mask)], tile=32)
+        >>> sorted(scores)
+        ['miou', 'num_images', 'pixel_dice', 'pixel_f1']
+    """
+    from densessl.metrics import pixel_dice
+
+    from .targets import semantic_targets
+
+    limit = None if limit is None else check_int_in_range("limit", limit, 1)
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    dice = []
+    tp = fp = fn = 0
+    for index, image, mask in tqdm(_samples(dataset, limit), total=_length(dataset, limit), disable=not progress,
+                                   desc="evaluate"):
+        probs = predict(model, to_tensor(image), tile=tile, overlap=overlap, batch_size=batch_size, amp=amp)
+        if probs.shape[0] != num_classes:
+            raise ValueError(f"model output (logits) must have {num_classes} classes, got {probs.shape[0]}")
+        pred = probs.argmax(0).cpu().numpy()
+        gt = semantic_targets(mask, num_classes, name=f"mask of image {index}")
+        confusion += np.bincount(gt.ravel() * num_classes + pred.ravel(),
+                                 minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+        p, g = pred > 0, gt > 0
+        tp += int(np.count_nonzero(p & g))
+        fp += int(np.count_nonzero(p & ~g))
+        fn += int(np.count_nonzero(~p & g))
+        dice.append(pixel_dice(pred, gt))
+    if not dice:
+        raise ValueError("dataset holds no images: nothing to evaluate")
+    union = confusion.sum(0) + confusion.sum(1) - np.diag(confusion)
+    present = union > 0
+    miou = float((np.diag(confusion)[present] / union[present]).mean()) if present.any() else 1.0
+    f1 = 1.0 if tp + fp + fn == 0 else 2.0 * tp / (2 * tp + fp + fn)
+    return {"pixel_f1": f1, "pixel_dice": float(np.mean(dice)), "miou": miou, "num_images": len(dice)}
+
+
+def semantic_table(rows: dict[str, dict[str, Any]], first: str = "run") -> str:
+    """Scores of :func:`evaluate_semantic` as a Markdown table, one row per entry.
+
+    Example:
+        >>> print(semantic_table({"dpfr student": {"pixel_f1": 0.9, "pixel_dice": 0.88, "miou": 0.8, "num_images": 4}}))
+        | run | pixel F1 | Dice | mIoU | images |
+        |---|---|---|---|---|
+        | dpfr student | 0.900 | 0.880 | 0.800 | 4 |
+    """
+    lines = [f"| {first} | pixel F1 | Dice | mIoU | images |", "|---|---|---|---|---|"]
+    for name, s in rows.items():
+        lines.append(f"| {name} | {s['pixel_f1']:.3f} | {s['pixel_dice']:.3f} | {s['miou']:.3f} | {s['num_images']} |")
+    return "\n".join(lines)
+
+
 def prediction_picture(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, name: str) -> tuple[bytes, dict[str, float]]:
     """A PNG to judge one prediction by: image | ground truth | prediction, outlines per instance.
 
@@ -557,7 +652,8 @@ def load_checkpoint_model(
     ``weights`` names the state dict to load — ``"student"`` (the paper infers with the
     student) or ``"teacher"``; a checkpoint with only ``"model"`` (an inference checkpoint)
     loads that. DDP, ``torch.compile`` and ``EMATeacher`` key prefixes are removed.
-    ``"config"`` is a dict with at least ``backbone`` (optionally ``num_classes``, default 3,
+    ``"config"`` is a dict with at least ``backbone`` (optionally ``task`` and
+    ``semantic_classes`` for the semantic task, else ``num_classes``, default 3,
     and ``perturb_at``).
 
     Args:
@@ -599,7 +695,9 @@ def load_checkpoint_model(
         raise ValueError(f"checkpoint {path} config lacks 'backbone', got keys {sorted(config)}")
     from .model import CENet  # imported here: the rest of this module does not need the model
 
-    kwargs = dict(num_classes=int(config.get("num_classes", 3)), backbone=str(config["backbone"]))
+    num_classes = int(config.get("semantic_classes", 2)) if config.get("task") == "semantic" \
+        else int(config.get("num_classes", 3))
+    kwargs = dict(num_classes=num_classes, backbone=str(config["backbone"]))
     if "perturb_at" in config:
         kwargs["perturb_at"] = str(config["perturb_at"])
     model = CENet(**kwargs)

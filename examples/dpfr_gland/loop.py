@@ -32,6 +32,10 @@ def _evaluate(model: nn.Module, dataset: Any, config: TrainConfig, out: Path) ->
     """Test metrics by :func:`examples.dpfr_gland.evaluate.evaluate`, pictures by ``save_predictions``."""
     options = dict(tile=config.eval_tile, overlap=config.eval_overlap, min_size=config.min_size,
                    dilation=config.contour_width, amp=config.amp)
+    if config.task == "semantic":
+        return dict(evaluate.evaluate_semantic(model, dataset, config.num_classes, tile=config.eval_tile,
+                                               overlap=config.eval_overlap, amp=config.amp,
+                                               limit=config.eval_limit or None))
     metrics = evaluate.evaluate(model, dataset, limit=config.eval_limit or None, **options)
     if config.eval_pictures:
         evaluate.save_predictions(model, dataset, out / "predictions", limit=config.eval_pictures,
@@ -111,7 +115,8 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
         history = list(state.get("history", []))
     start = trainer.iteration
     pin = device.type == "cuda"
-    views = dict(crop_size=config.crop_size, seed=config.seed, rank=rank, contour_width=config.contour_width)
+    views = dict(crop_size=config.crop_size, seed=config.seed, rank=rank, contour_width=config.contour_width,
+                 task=config.task, num_classes=config.num_classes)
     labelled_loader = _loader(
         ViewDataset(train_set, labelled_idx, stream=0, labelled=True, **views),
         BatchStream(len(labelled_idx), config.batch_labelled, config.seed, rank, world_size, start),
@@ -222,7 +227,8 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
                 rows[name.format("student")] = scores
                 if "teacher" in scores:
                     rows[name.format("teacher")] = scores["teacher"]
-            print("\n" + evaluate.score_table(rows, first="weights") + "\n", flush=True)
+            table = evaluate.semantic_table if config.task == "semantic" else evaluate.score_table
+            print("\n" + table(rows, first="weights") + "\n", flush=True)
         pictures = f", {out / 'predictions'}/" if by_split and config.eval_pictures else ""
         print(f"[train] wrote {out / 'model.pt'} (for inference), {out / 'checkpoint.pt'} (to resume), "
               f"{out / 'metrics.json'}, {out / 'losses.png'}{pictures}",

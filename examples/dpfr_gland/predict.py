@@ -14,6 +14,8 @@ checkpoint (``checkpoint.pt``; ``--network student|teacher`` picks the network).
 - ``NAME_classes.png``: the 3-class map (0 background, 1 interior, 2 contour), 8-bit;
 - ``NAME_overlay.png``: the image with each gland's outline in its own colour.
 
+A model of the semantic task (PGland) writes the class map (classes ``0..K-1``) and the overlay.
+
 A file that cannot be read is named in the error; ``--on-error skip`` reports it and goes on
 (the default ``stop`` refuses the run before anything is written for that file).
 """
@@ -32,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from scipy import ndimage
 from torch import nn
 
 from .augment import to_tensor
@@ -49,8 +52,12 @@ def _save(path: Path, image: Image.Image, fmt: str) -> Path:
 
 
 def predict_file(model: nn.Module, path: str | Path, out: str | Path, tile: int = 256, overlap: int | None = None,
-                 batch_size: int = 4, min_size: int = 16, dilation: int = 2, amp: bool = True) -> dict[str, Any]:
+                 batch_size: int = 4, min_size: int = 16, dilation: int = 2, amp: bool = True,
+                 task: str = "instance") -> dict[str, Any]:
     """Predict one image file and write its instance map, class map and overlay into ``out``.
+
+    For the semantic task (``task="semantic"``, e.g. PGland) there is no instance map: the class
+    map holds the classes ``0..K-1`` and the overlay outlines the connected gland regions.
 
     Args:
         model: a 3-class (background, interior, contour) network, e.g. from
@@ -63,9 +70,11 @@ def predict_file(model: nn.Module, path: str | Path, out: str | Path, tile: int 
         min_size: smallest gland interior kept, in pixels.
         dilation: growth of the interiors back to glands (the training's contour width).
         amp: mixed precision on CUDA.
+        task: ``"instance"`` or ``"semantic"``.
 
     Returns:
-        ``{"image", "glands", "instances", "classes", "overlay"}`` (paths as strings).
+        ``{"image", "glands", "instances", "classes", "overlay"}`` (paths as strings;
+        ``instances`` is ``None`` for the semantic task, ``glands`` then counts regions).
 
     Raises:
         FileNotFoundError: no such file.
@@ -85,10 +94,16 @@ def predict_file(model: nn.Module, path: str | Path, out: str | Path, tile: int 
     image = read_image(path)
     probs = predict(model, to_tensor(image), tile=tile, overlap=overlap, batch_size=batch_size, amp=amp)
     classes = probs.argmax(0).to(torch.uint8).cpu().numpy()
-    instances = classes_to_instances(classes, min_size=min_size, dilation=dilation)
-    glands = int(instances.max()) if instances.size else 0
     out.mkdir(parents=True, exist_ok=True)
     stem = path.stem
+    if task == "semantic":
+        regions, glands = ndimage.label(classes > 0)
+        class_path = _save(out / f"{stem}_classes.png", Image.fromarray(classes, mode="L"), "PNG")
+        overlay_path = _save(out / f"{stem}_overlay.png", Image.fromarray(draw_outlines(image, regions)), "PNG")
+        return {"image": str(path), "glands": int(glands), "instances": None, "classes": str(class_path),
+                "overlay": str(overlay_path)}
+    instances = classes_to_instances(classes, min_size=min_size, dilation=dilation)
+    glands = int(instances.max()) if instances.size else 0
     if glands <= 65535:
         instance_path = _save(out / f"{stem}_instances.png", Image.fromarray(instances.astype(np.uint16)), "PNG")
     else:  # PNG holds 16 bits; a 32-bit grey TIFF holds any count
@@ -169,7 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    overlap=args.overlap if args.overlap is not None else config.get("eval_overlap"),
                    batch_size=args.batch_size,
                    min_size=args.min_size if args.min_size is not None else int(config.get("min_size", 16)),
-                   dilation=args.dilation if args.dilation is not None else int(config.get("contour_width", 2)))
+                   dilation=args.dilation if args.dilation is not None else int(config.get("contour_width", 2)),
+                   task=str(config.get("task", "instance")))
     try:
         results, skipped = predict_folder(model, args.images, args.out, on_error=args.on_error,
                                           progress=not args.no_progress, **options)

@@ -6,7 +6,7 @@ networks and optimisers of one process and :meth:`Trainer.step` runs one iterati
 
 from __future__ import annotations
 
-__all__ = ["Trainer", "unsupervised_weight"]
+__all__ = ["Trainer", "class_names", "unsupervised_weight"]
 
 import math
 from typing import Any
@@ -23,7 +23,6 @@ from densessl.utils import unwrap_model
 from . import augment
 from .config import TrainConfig
 from .model import CENet
-from .targets import NUM_CLASSES
 
 _IGNORE = 255
 
@@ -62,15 +61,27 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
-_CLASS_NAMES = ("background", "interior", "contour")
+def class_names(config: TrainConfig) -> tuple[str, ...]:
+    """The classes' names in logs: background, interior, contour (instance task); background,
+    gland (semantic, 2 classes); ``class0`` ... (semantic, more).
+
+    Example:
+        >>> class_names(TrainConfig(task="semantic"))
+        ('background', 'gland')
+    """
+    if config.task == "instance":
+        return ("background", "interior", "contour")
+    if config.semantic_classes == 2:
+        return ("background", "gland")
+    return tuple(f"class{c}" for c in range(config.semantic_classes))
 
 
-def _class_keep_rates(logits: torch.Tensor, kept: torch.Tensor) -> dict[str, torch.Tensor]:
+def _class_keep_rates(logits: torch.Tensor, kept: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
     """Per class of the teacher's argmax: the share it predicts (``share_<class>``) and the share
     of those pixels the entropy filter keeps (``kept_<class>``; 0 where the class is absent)."""
     argmax = logits.detach().argmax(dim=1)
     logs = {}
-    for c, name in enumerate(_CLASS_NAMES):
+    for c, name in enumerate(names):
         predicted = argmax == c
         count = predicted.sum()
         logs[f"share_{name}"] = count.float() / argmax.numel()
@@ -139,10 +150,10 @@ class Trainer:
         self.amp = bool(config.amp and self.device.type == "cuda")
         torch.manual_seed(config.seed)  # the same initial weights on every rank
         pretrained = None if config.pretrained.lower() in ("", "none") else config.pretrained
-        student = CENet(num_classes=NUM_CLASSES, backbone=config.backbone, pretrained=pretrained,
+        student = CENet(num_classes=config.num_classes, backbone=config.backbone, pretrained=pretrained,
                         perturb_at=config.perturb_at)
         student = student.to(self.device)
-        self.num_classes = NUM_CLASSES
+        self.num_classes = config.num_classes
         self.teacher = densessl.EMATeacher(student, decay=config.ema_decay, buffers=config.teacher_buffers) \
             if config.semi else None
         if self.teacher is not None:
@@ -336,7 +347,7 @@ class Trainer:
             teacher_logits = self.alignment(teacher_logits)
         pseudo = self.pseudo_labeler(teacher_logits)
         logs["kept"] = pseudo.kept_fraction.detach()
-        logs.update(_class_keep_rates(teacher_logits, pseudo.mask))
+        logs.update(_class_keep_rates(teacher_logits, pseudo.mask, class_names(config)))
         # 2. Strong views of the same weak views (pixel-aligned), then CutMix with the labels.
         x_s = augment.strong_from_weak(x_w, self._generator(t, 1))
         y_u = pseudo.labels

@@ -36,6 +36,7 @@ __all__ = [
     "classes_to_instances",
     "disk",
     "instances_to_classes",
+    "semantic_targets",
 ]
 
 BACKGROUND = 0
@@ -301,3 +302,41 @@ def classes_to_instances(
     else:
         result = _instances_from_class_map(classes, min_size, dilation, structure)
     return _like(result, pred)
+
+
+def semantic_targets(mask: np.ndarray, num_classes: int = 2, name: str = "mask") -> np.ndarray:
+    """Class targets of the semantic task (PGland) from a mask as read from disk.
+
+    With ``num_classes = 2`` every non-zero value is gland (class 1): binary masks stored as
+    0/1 or 0/255 and instance maps all give the binary gland mask. With more classes the mask
+    values are the classes and must lie in ``0..num_classes - 1``.
+
+    Args:
+        mask: the mask (any integer dtype).
+        num_classes: ``K >= 2``.
+        name: what to call the mask in an error (e.g. its file).
+
+    Shapes:
+        - mask: ``[H, W]``
+        - returns: ``[H, W]`` int64 in ``0..K-1``
+
+    Raises:
+        ValueError: a value outside ``0..K-1`` when ``K > 2`` (names the mask and the value).
+
+    Example:
+        >>> import numpy as np
+        >>> semantic_targets(np.array([[0, 255], [3, 0]])).tolist()
+        [[0, 1], [1, 0]]
+        >>> semantic_targets(np.array([[0, 5]]), num_classes=3)
+        Traceback (most recent call last):
+        ...
+        ValueError: mask must hold classes 0..2 for semantic_classes=3, got value 5
+    """
+    mask = np.asarray(mask)
+    if num_classes == 2:
+        return (mask > 0).astype(np.int64)
+    bad = (mask < 0) | (mask >= num_classes)
+    if bad.any():
+        raise ValueError(f"{name} must hold classes 0..{num_classes - 1} for semantic_classes={num_classes}, "
+                         f"got value {int(mask[bad].flat[0])}")
+    return mask.astype(np.int64)
