@@ -57,7 +57,7 @@ from examples.dpfr_gland.evaluate import predict
 from examples.dpfr_gland.plots import smooth
 from examples.dpfr_gland.targets import NUM_CLASSES, instances_to_classes
 
-__all__ = ["SCALES", "RunSpec", "main", "plan", "summarise"]
+__all__ = ["SCALES", "RunSpec", "effective_config", "main", "plan", "summarise"]
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -152,8 +152,45 @@ def _config(spec: RunSpec, scale: Scale, split: str, sets: Sequence[str] = ()) -
     return apply_overrides(dataclasses.replace(TrainConfig(), **spec.overrides(scale, split)), list(sets))
 
 
+# Config fields that only some methods read: a finished run is reused when every field its method
+# reads is unchanged (a change of the pseudo labels does not re-run ``supervised``).
+_SEMI_ONLY = {"ema_decay", "threshold", "min_class_keep", "distribution_alignment", "alignment_momentum",
+              "unsup_weight", "teacher_buffers", "batch_unlabelled", "cutmix", "supervised_warmup", "rampup"}
+_FDP_ONLY = {"alpha_perturbed", "xi", "xi_relative", "perturb_at", "flow_warmup", "flow_depth", "flow_hidden",
+             "flow_lr", "flow_grad_clip", "flow_pixels", "flow_noise", "flow_normalize", "flow_labelled_source",
+             "flow_pseudo_labels", "flow_label_fraction"}
+_FR_ONLY = {"alpha_contrast", "num_anchors", "num_negatives", "temperature", "projection_hidden", "projection_dim"}
+
+
+def effective_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a run's config that its method reads (the others cannot change its result).
+
+    Example:
+        >>> sorted(set(dataclasses.asdict(TrainConfig(method="dpfr"))) -
+        ...        set(effective_config(dataclasses.asdict(TrainConfig(method="fr")))))[:3]
+        ['alpha_perturbed', 'flow_depth', 'flow_grad_clip']
+    """
+    method = config["method"]
+    unused = set()
+    if method == "supervised":
+        unused |= _SEMI_ONLY
+    if method in ("supervised", "mean_teacher", "fr"):
+        unused |= _FDP_ONLY
+    if method in ("supervised", "mean_teacher", "fdp"):
+        unused |= _FR_ONLY
+    return {k: v for k, v in config.items() if k not in unused}
+
+
+def _reusable(stored: dict[str, Any], config: TrainConfig) -> bool:
+    """Whether a finished run's stored config is ``config`` on every field its method reads
+    (fields added to the recipe since that run count at their defaults)."""
+    filled = {**dataclasses.asdict(TrainConfig()), **stored}
+    return effective_config(filled) == effective_config(dataclasses.asdict(config))
+
+
 def _fingerprint(config: TrainConfig) -> str:
-    return hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[:16]
+    effective = effective_config(dataclasses.asdict(config))
+    return hashlib.sha256(json.dumps(effective, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- measurements of one run
@@ -550,8 +587,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             if fingerprint in seen:
                 continue
             seen.add(fingerprint)
-            if path.is_file() and json.loads(path.read_text()).get("fingerprint") == fingerprint:
-                continue  # finished in an earlier start of the study
+            if path.is_file() and _reusable(json.loads(path.read_text())["config"], config):
+                continue  # finished in an earlier start of the study (with every field its method reads)
             bar.set_postfix_str(spec.name)
             features = spec.group == "main" and (spec.preset, spec.method, spec.seed) in feature_runs
             row = run_one(spec, scale, args.split, args.set, outputs, features)

@@ -101,3 +101,21 @@ def test_ssl_quality_plan_is_valid_and_every_run_distinct(scale):
         seeds = {c.synthetic_seed for s, c in main if s.preset == preset}
         assert seeds == {Q.DATA_SEEDS["test"][preset]} and Q.DATA_SEEDS["validation"][preset] not in seeds
     assert not set(Q.DATA_SEEDS["test"].values()) & {0, 1, 2}  # the demo's data seeds
+
+
+def test_ssl_quality_reuses_a_run_only_when_every_field_its_method_reads_is_unchanged():
+    import dataclasses
+
+    from benchmarks import ssl_quality as Q
+    from examples.dpfr_gland.config import TrainConfig
+
+    for method, reused in (("supervised", True), ("mean_teacher", False), ("dpfr", False)):
+        stored = dataclasses.asdict(TrainConfig(method=method))
+        assert Q._reusable(stored, TrainConfig(method=method))
+        assert Q._reusable(stored, TrainConfig(method=method, min_class_keep=0.2)) == reused
+    fr = dataclasses.asdict(TrainConfig(method="fr"))
+    assert Q._reusable(fr, TrainConfig(method="fr", xi=3.0))  # fr has no perturbation
+    assert not Q._reusable(fr, TrainConfig(method="fr", num_anchors=8))
+    del fr["task"]  # a field added to the recipe after the run: its default
+    assert Q._reusable(fr, TrainConfig(method="fr"))
+    assert not Q._reusable(fr, TrainConfig(method="fr", seed=1))
