@@ -643,7 +643,7 @@ def batches(seed):
 
 
 def teacher_digest(trainer):
-    return {k: v.double().sum().item() for k, v in trainer.teacher.state_dict().items() if v.is_floating_point()}
+    return {k: v.double().sum().item() for k, v in trainer.teacher.state_dict().items()}  # weights and buffers
 
 
 def same_on_every_rank(trainer, when):

@@ -13,8 +13,12 @@ the code is :meth:`examples.dpfr_gland.step.Trainer.step`):
 1. **Teacher, once.** :math:`(p_T, f_T) = T([x_l;\ x_w])` — the EMA teacher (eval mode, no
    gradient) in ONE batched pass: logits :math:`p_T` and the density's features :math:`f_T`
    (the labelled half only for the flow; methods without a flow pass :math:`x_w` alone).
-   :math:`\hat y = \arg\max p_T` on :math:`x_w` where the entropy :math:`H(\mathrm{softmax}\,p_T) <
-   \gamma`, else ignored (:class:`densessl.EntropyPseudoLabeler`).
+   :math:`\hat y = \arg\max \tilde p_T` on :math:`x_w` where the entropy :math:`H(\mathrm{softmax}\,\tilde p_T) <
+   \gamma` or the pixel is among the surest 20 % of its argmax class, else ignored
+   (:class:`densessl.EntropyPseudoLabeler` with ``min_class_keep``); :math:`\tilde p_T` is
+   :math:`p_T` aligned to the labelled pixels' class frequencies
+   (:class:`densessl.DistributionAlignment`). Both against the contour erosion measured by
+   ``benchmarks.ssl_quality``: with the threshold alone no contour pixel is ever kept.
 2. **Views.** :math:`x_s = \mathrm{strong}(x_w)` (photometric only, so pixel-aligned
    with :math:`x_w`), then CutMix :math:`(\tilde x_s, \tilde y, B) =
    \mathrm{cutmix}(x_s, \hat y)` pastes boxes between images of the batch, applied
