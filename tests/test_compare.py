@@ -94,3 +94,15 @@ def test_glas_runs_score_testA_and_testB_separately(tmp_path, capsys):
     assert "| mean_teacher student testA |" in printed and "| mean_teacher teacher testB |" in printed
     with pytest.raises(ValueError, match="test_split must name"):
         TrainConfig(dataset="glas", data="x", test_split=" , ")
+
+
+def test_a_fresh_run_into_a_used_folder_starts_a_new_log(tmp_path):
+    import json
+
+    from examples.dpfr_gland.loop import train
+
+    config = TrainConfig(**{**TINY, "method": "supervised", "iterations": 2})
+    train(config, tmp_path, progress=False)
+    train(config, tmp_path, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [row["iteration"] for row in rows] == [0, 1]

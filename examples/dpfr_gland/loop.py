@@ -129,8 +129,9 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
             config.num_workers, pin)
     if main_process:
         atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
-        if resume is not None:  # rows logged after the checkpoint will be logged again: drop them
-            atomic_write_text(out / "log.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+        # A resume drops the rows logged after its checkpoint (they will be logged again); a fresh
+        # run into a used folder starts a new log instead of appending to the old run's.
+        atomic_write_text(out / "log.jsonl", "".join(json.dumps(row) + "\n" for row in history))
         print(f"[train] {config.method} on {config.dataset}: {len(labelled_idx)} labelled / "
               f"{len(unlabelled_idx)} unlabelled images, {world_size} process(es) on {device}, "
               f"iterations {start}..{config.iterations}", flush=True)
