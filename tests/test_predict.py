@@ -10,7 +10,9 @@ from PIL import Image
 from examples.dpfr_gland import predict as P
 from examples.dpfr_gland.config import TrainConfig
 from examples.dpfr_gland.data import read_instances, write_image
-from examples.dpfr_gland.evaluate import load_checkpoint_model, predict_instances
+from examples.dpfr_gland.evaluate import load_checkpoint_model
+from examples.dpfr_gland.large import predict_large
+from examples.dpfr_gland.targets import classes_to_instances
 from examples.dpfr_gland.loop import train
 from examples.dpfr_gland.synthetic import SyntheticGlands
 
@@ -48,8 +50,8 @@ def test_predict_writes_three_maps_per_image_that_match_predict_instances(run, t
     saved = Image.open(tmp_path / "out" / "b_2_instances.png")
     assert saved.mode.startswith("I")  # 16 bits per pixel, whatever the count
     model, config = load_checkpoint_model(run / "model.pt")
-    expected = predict_instances(model, image, tile=config["eval_tile"], overlap=config["eval_overlap"],
-                                 min_size=config["min_size"], dilation=config["contour_width"])
+    classes = predict_large(model, image, tile=config["eval_tile"], overlap=config["eval_overlap"])
+    expected = classes_to_instances(classes, min_size=config["min_size"], dilation=config["contour_width"])
     np.testing.assert_array_equal(read_instances(tmp_path / "out" / "b_2_instances.png"), expected)
     classes = np.asarray(Image.open(tmp_path / "out" / "b_2_classes.png"))
     assert classes.shape == image.shape[:2] and set(np.unique(classes)) <= {0, 1, 2}
@@ -79,7 +81,7 @@ def test_bad_files_are_named_and_skipped_or_refused(run, tmp_path, capsys):
 
 def test_more_than_65535_glands_go_to_a_32_bit_tiff(tmp_path, monkeypatch):
     many = np.arange(70_000, dtype=np.int32).reshape(280, 250)
-    monkeypatch.setattr(P, "classes_to_instances", lambda *a, **k: many)
+    monkeypatch.setattr(P, "instances_by_strips", lambda *a, **k: many)
     write_image(tmp_path / "x.png", np.zeros((280, 250, 3), np.uint8))
     result = P.predict_file(torch.nn.Conv2d(3, 3, 1), tmp_path / "x.png", tmp_path / "out", tile=64)
     assert result["instances"].endswith("x_instances.tif") and result["glands"] == 69_999
@@ -97,3 +99,25 @@ def test_missing_inputs_are_named(tmp_path, run):
     with pytest.raises(SystemExit):
         P.main(["--weights", str(run / "model.pt"), "--images", str(tmp_path / "empty_or_missing"),
                 "--out", str(tmp_path / "o")])
+
+
+@pytest.mark.slow
+def test_geojson_and_memory_mapped_npy_images(run, tmp_path):
+    import json
+
+    from examples.dpfr_gland.geojson import rasterize_geojson
+
+    images = tmp_path / "images"
+    images.mkdir()
+    image = SyntheticGlands("medium", size=(100, 130), seed=5).sample(0)[0]
+    np.save(images / "big.npy", image)
+    assert P.main(["--weights", str(run / "model.pt"), "--images", str(images), "--out", str(tmp_path / "out"),
+                   "--geojson", "--tile-progress", "--no-progress", "--tile", "64", "--overlap", "16"]) == 0
+    instances = read_instances(tmp_path / "out" / "big_instances.png")
+    collection = json.loads((tmp_path / "out" / "big.geojson").read_text())
+    np.testing.assert_array_equal(rasterize_geojson(collection, instances.shape), instances)
+    for feature in collection["features"]:
+        assert 0.0 <= feature["properties"]["mean_probability"] <= 1.0
+    np.save(images / "bad.npy", np.zeros((4, 4), np.float32))
+    with pytest.raises(SystemExit):
+        P.main(["--weights", str(run / "model.pt"), "--images", str(images / "bad.npy"), "--out", str(tmp_path / "x")])

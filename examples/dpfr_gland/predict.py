@@ -6,13 +6,17 @@ Run::
 
 ``--weights`` takes the small inference export every run writes (``model.pt``) or a resume
 checkpoint (``checkpoint.pt``; ``--network student|teacher`` picks the network). Every image
-(PNG, BMP, TIFF or JPEG; grey and RGBA are turned into RGB) is predicted at full size by
-:func:`examples.dpfr_gland.evaluate.predict` and written as
+(PNG, BMP, TIFF or JPEG; grey and RGBA are turned into RGB; or a ``uint8 [H, W, 3]`` ``.npy``
+array, memory-mapped and read tile by tile) is predicted at full size by
+:func:`examples.dpfr_gland.large.predict_large` (tiles blended with a Gaussian window, one band
+of tiles in memory) and written as
 
 - ``NAME_instances.png``: the glands, a 16-bit label map (0 = background, ``1..n``); a 32-bit
   ``NAME_instances.tif`` instead when there are more than 65 535 glands;
 - ``NAME_classes.png``: the 3-class map (0 background, 1 interior, 2 contour), 8-bit;
-- ``NAME_overlay.png``: the image with each gland's outline in its own colour.
+- ``NAME_overlay.png``: the image with each gland's outline in its own colour;
+- with ``--geojson``, ``NAME.geojson``: one polygon per gland (holes kept, its area and mean
+  probability), a ``FeatureCollection`` in full-image pixel coordinates that QuPath imports.
 
 A model of the semantic task (PGland) writes the class map (classes ``0..K-1``) and the overlay.
 
@@ -37,12 +41,12 @@ from PIL import Image
 from scipy import ndimage
 from torch import nn
 
-from .augment import to_tensor
 from .checkpoint import atomic_write
-from .data import IMAGE_EXTENSIONS, _images_in, read_image
-from .evaluate import load_checkpoint_model, predict
+from .data import IMAGE_EXTENSIONS, _images_in, _natural_key, read_image
+from .evaluate import load_checkpoint_model
+from .geojson import instances_to_geojson, write_geojson
+from .large import WINDOWS, instances_by_strips, predict_large
 from .synthetic import draw_outlines
-from .targets import classes_to_instances
 
 
 def _save(path: Path, image: Image.Image, fmt: str) -> Path:
@@ -53,7 +57,8 @@ def _save(path: Path, image: Image.Image, fmt: str) -> Path:
 
 def predict_file(model: nn.Module, path: str | Path, out: str | Path, tile: int = 256, overlap: int | None = None,
                  batch_size: int = 4, min_size: int = 16, dilation: int = 2, amp: bool = True,
-                 task: str = "instance") -> dict[str, Any]:
+                 task: str = "instance", geojson: bool = False, window: str = "gaussian",
+                 tile_progress: bool = False) -> dict[str, Any]:
     """Predict one image file and write its instance map, class map and overlay into ``out``.
 
     For the semantic task (``task="semantic"``, e.g. PGland) there is no instance map: the class
@@ -64,17 +69,26 @@ def predict_file(model: nn.Module, path: str | Path, out: str | Path, tile: int 
             :func:`~examples.dpfr_gland.evaluate.load_checkpoint_model`.
         path: the image file.
         out: the output folder (created).
-        tile: see :func:`~examples.dpfr_gland.evaluate.predict`.
-        overlap: see :func:`~examples.dpfr_gland.evaluate.predict`.
+        tile: tile side (a multiple of 32) of :func:`~examples.dpfr_gland.large.predict_large`.
+        overlap: pixels shared by neighbouring tiles (``None``: a quarter of ``tile``).
         batch_size: tiles per forward pass.
         min_size: smallest gland interior kept, in pixels.
         dilation: growth of the interiors back to glands (the training's contour width).
         amp: mixed precision on CUDA.
         task: ``"instance"`` or ``"semantic"``.
+        geojson: also write ``NAME.geojson`` (:func:`~examples.dpfr_gland.geojson.instances_to_geojson`,
+            with each gland's mean probability; instance task only).
+        window: the tiles' blending window (see :func:`~examples.dpfr_gland.large.window_weights`).
+        tile_progress: a progress bar over the image's tiles (for large images).
+
+    The image is read whole, except a ``.npy`` file, which is memory-mapped and read tile by
+    tile; the class map is blended band by band (:func:`~examples.dpfr_gland.large.predict_large`)
+    and the glands found strip by strip (:func:`~examples.dpfr_gland.large.instances_by_strips`).
 
     Returns:
-        ``{"image", "glands", "instances", "classes", "overlay"}`` (paths as strings;
-        ``instances`` is ``None`` for the semantic task, ``glands`` then counts regions).
+        ``{"image", "glands", "instances", "classes", "overlay", "geojson"}`` (paths as strings;
+        ``instances`` and ``geojson`` are ``None`` when not written, ``glands`` counts regions
+        for the semantic task).
 
     Raises:
         FileNotFoundError: no such file.
@@ -91,9 +105,21 @@ def predict_file(model: nn.Module, path: str | Path, out: str | Path, tile: int 
         ['a_classes.png', 'a_instances.png', 'a_overlay.png']
     """
     path, out = Path(path), Path(out)
-    image = read_image(path)
-    probs = predict(model, to_tensor(image), tile=tile, overlap=overlap, batch_size=batch_size, amp=amp)
-    classes = probs.argmax(0).to(torch.uint8).cpu().numpy()
+    if path.suffix.lower() == ".npy":
+        if not path.is_file():
+            raise FileNotFoundError(f"image {path} does not exist")
+        try:
+            image = np.load(path, mmap_mode="r")
+        except (ValueError, OSError) as error:
+            raise ValueError(f"image {path} is unreadable or corrupt: {error}") from error
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"image {path} must hold a uint8 [H, W, 3] array, got {image.dtype} {image.shape}")
+    else:
+        image = read_image(path)
+    overlap = tile // 4 if overlap is None else overlap
+    probability = np.zeros(image.shape[:2], np.float32) if geojson and task != "semantic" else None
+    classes = predict_large(model, image, tile=tile, overlap=overlap, batch_size=batch_size, window=window,
+                            amp=amp, probability_out=probability, progress=tile_progress)
     out.mkdir(parents=True, exist_ok=True)
     stem = path.stem
     if task == "semantic":
@@ -101,8 +127,8 @@ def predict_file(model: nn.Module, path: str | Path, out: str | Path, tile: int 
         class_path = _save(out / f"{stem}_classes.png", Image.fromarray(classes, mode="L"), "PNG")
         overlay_path = _save(out / f"{stem}_overlay.png", Image.fromarray(draw_outlines(image, regions)), "PNG")
         return {"image": str(path), "glands": int(glands), "instances": None, "classes": str(class_path),
-                "overlay": str(overlay_path)}
-    instances = classes_to_instances(classes, min_size=min_size, dilation=dilation)
+                "overlay": str(overlay_path), "geojson": None}
+    instances = instances_by_strips(classes, min_size=min_size, dilation=dilation)
     glands = int(instances.max()) if instances.size else 0
     if glands <= 65535:
         instance_path = _save(out / f"{stem}_instances.png", Image.fromarray(instances.astype(np.uint16)), "PNG")
@@ -110,9 +136,13 @@ def predict_file(model: nn.Module, path: str | Path, out: str | Path, tile: int 
         instance_path = _save(out / f"{stem}_instances.tif", Image.fromarray(instances.astype(np.int32), mode="I"),
                               "TIFF")
     class_path = _save(out / f"{stem}_classes.png", Image.fromarray(classes, mode="L"), "PNG")
-    overlay_path = _save(out / f"{stem}_overlay.png", Image.fromarray(draw_outlines(image, instances)), "PNG")
+    overlay_path = _save(out / f"{stem}_overlay.png", Image.fromarray(draw_outlines(np.asarray(image), instances)),
+                         "PNG")
+    geojson_path = None
+    if geojson:
+        geojson_path = write_geojson(out / f"{stem}.geojson", instances_to_geojson(instances, probability))
     return {"image": str(path), "glands": glands, "instances": str(instance_path), "classes": str(class_path),
-            "overlay": str(overlay_path)}
+            "overlay": str(overlay_path), "geojson": None if geojson_path is None else str(geojson_path)}
 
 
 def predict_folder(model: nn.Module, images: str | Path, out: str | Path, on_error: str = "stop",
@@ -143,7 +173,9 @@ def predict_folder(model: nn.Module, images: str | Path, out: str | Path, on_err
     source = Path(images)
     if not source.exists():
         raise FileNotFoundError(f"images {source} does not exist")
-    files = [source] if source.is_file() else _images_in(source)
+    files = [source] if source.is_file() else sorted(
+        [*_images_in(source), *(p for p in source.iterdir() if p.is_file() and p.suffix.lower() == ".npy")],
+        key=lambda p: _natural_key(p.name))
     if not files:
         raise ValueError(f"images: no {'/'.join(IMAGE_EXTENSIONS)} file in {source}")
     results, skipped = [], []
@@ -173,6 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dilation", type=int, default=None, help="interior growth (default: the run's contour width)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--on-error", choices=("stop", "skip"), default="stop", help="what to do with unreadable files")
+    parser.add_argument("--geojson", action="store_true", help="also write NAME.geojson (QuPath) per image")
+    parser.add_argument("--window", choices=WINDOWS, default="gaussian", help="blending window of the tiles")
+    parser.add_argument("--tile-progress", action="store_true", help="a progress bar over each image's tiles")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -185,7 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    batch_size=args.batch_size,
                    min_size=args.min_size if args.min_size is not None else int(config.get("min_size", 16)),
                    dilation=args.dilation if args.dilation is not None else int(config.get("contour_width", 2)),
-                   task=str(config.get("task", "instance")))
+                   task=str(config.get("task", "instance")), geojson=args.geojson, window=args.window,
+                   tile_progress=args.tile_progress)
     try:
         results, skipped = predict_folder(model, args.images, args.out, on_error=args.on_error,
                                           progress=not args.no_progress, **options)
