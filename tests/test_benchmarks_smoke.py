@@ -119,3 +119,18 @@ def test_ssl_quality_reuses_a_run_only_when_every_field_its_method_reads_is_unch
     del fr["task"]  # a field added to the recipe after the run: its default
     assert Q._reusable(fr, TrainConfig(method="fr"))
     assert not Q._reusable(fr, TrainConfig(method="fr", seed=1))
+
+
+@pytest.mark.slow
+def test_large_image_benchmark_measures_every_stage(tmp_path):
+    from benchmarks import large_image
+
+    result = large_image.main(["--sides", "256", "--models", "tiny,cenet", "--tile", "128", "--overlap", "32",
+                               "--out", str(tmp_path / "r.json"), "--cache", str(tmp_path / "cache")])
+    tiled = [r for r in result["rows"] if r["mode"] == "tiled"]
+    assert {r["model"] for r in tiled} == {"tiny", "cenet"}
+    for row in tiled:
+        assert set(row["stages"]) == {"predict_large", "instances_by_strips", "geojson"}
+        assert all(v["seconds_per_mp"] > 0 for v in row["stages"].values())
+    (untiled,) = [r for r in result["rows"] if r["mode"] == "untiled"]
+    assert 0.9 <= untiled["class_agreement_with_tiled"] <= 1.0  # blending differs from a plain average

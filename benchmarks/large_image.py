@@ -1,0 +1,188 @@
+"""Whole images: seconds per megapixel and peak memory of tiled prediction against the image's side.
+
+Run: ``OMP_WAIT_POLICY=PASSIVE python -m benchmarks.large_image`` (sides 2048, 8192, 16384 with a
+small per-tile network, plus CE-Net ResNet-34 at 2048, tiled against untiled);
+``--sides 512 --models tiny`` for a smoke run. Each measurement runs in a fresh subprocess:
+
+1. the image is a memory-mapped ``uint8 [N, N, 3]`` ``.npy`` made of synthetic 512-pixel gland
+   samples (written once to ``outputs/large_image/``);
+2. :func:`examples.dpfr_gland.large.predict_large` writes the class map and the winning class's
+   probability into memory-mapped arrays, :func:`~examples.dpfr_gland.large.instances_by_strips`
+   the glands into a third, and the GeoJSON is written;
+3. reported: seconds per megapixel of each stage and the growth of the peak resident set (VmHWM
+   reset before the call) — memory that stays in RAM while the outputs live on disk.
+
+``untiled`` rows run :func:`examples.dpfr_gland.evaluate.predict` on the whole image in memory
+and ``classes_to_instances``, where that fits, and say how many pixels' classes agree with the
+tiled run. Writes ``benchmarks/results/large_image.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).resolve().parent / "results" / "large_image.json"
+CACHE = ROOT / "outputs" / "large_image"
+
+
+def _status_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024.0
+    raise KeyError(field)
+
+
+def _reset_peak() -> None:
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def synthetic_slide(side: int, folder: Path = CACHE, piece: int = 512) -> Path:
+    """A memory-mapped ``uint8 [side, side, 3]`` image of synthetic gland samples (cached)."""
+    from examples.dpfr_gland.synthetic import SyntheticGlands
+
+    path = folder / f"slide_{side}.npy"
+    if path.is_file():
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    glands = SyntheticGlands("medium", size=piece, seed=11)
+    tmp = path.with_suffix(".tmp.npy")
+    image = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(side, side, 3))
+    n = 0
+    for y in range(0, side, piece):
+        for x in range(0, side, piece):
+            sample = glands.sample(n)[0]
+            n += 1
+            image[y : y + piece, x : x + piece] = sample[: side - y, : side - x]
+    image.flush()
+    del image
+    tmp.replace(path)
+    return path
+
+
+def _model(name: str):
+    import torch
+
+    torch.manual_seed(0)
+    if name == "tiny":  # a stand-in with CE-Net's interface and a 5x5 receptive field: memory rows
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 3, padding=1))
+    from examples.dpfr_gland.model import CENet
+    return CENet(num_classes=3, backbone="resnet34").eval()
+
+
+def _child(config: dict) -> dict:
+    import torch
+
+    from examples.dpfr_gland.geojson import instances_to_geojson, write_geojson
+    from examples.dpfr_gland.large import instances_by_strips, predict_large
+
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    side, tile, overlap = config["side"], config["tile"], config["overlap"]
+    image = np.load(config["image"], mmap_mode="r")
+    model = _model(config["model"])
+    folder = Path(config["out"])
+    folder.mkdir(parents=True, exist_ok=True)
+    megapixels = side * side / 1e6
+    row = dict(config)
+    if config["mode"] == "untiled":
+        from examples.dpfr_gland.augment import to_tensor
+        from examples.dpfr_gland.evaluate import predict
+        from examples.dpfr_gland.targets import classes_to_instances
+
+        _reset_peak()
+        before = _status_mib("VmRSS")
+        start = time.perf_counter()
+        probs = predict(model, to_tensor(np.asarray(image)), tile=tile, overlap=overlap)
+        classes = probs.argmax(0).to(torch.uint8).numpy()
+        instances = classes_to_instances(classes)
+        row["seconds_per_mp"] = round((time.perf_counter() - start) / megapixels, 3)
+        row["peak_growth_mib"] = round(_status_mib("VmHWM") - before, 1)
+        tiled = np.load(folder / "classes.npy", mmap_mode="r") if (folder / "classes.npy").is_file() else None
+        if tiled is not None:
+            row["class_agreement_with_tiled"] = float((np.asarray(tiled) == classes).mean())
+        row["glands"] = int(instances.max())
+        return row
+    classes = np.lib.format.open_memmap(folder / "classes.npy", mode="w+", dtype=np.uint8, shape=(side, side))
+    probability = np.lib.format.open_memmap(folder / "probability.npy", mode="w+", dtype=np.float16,
+                                            shape=(side, side))
+    instances = np.lib.format.open_memmap(folder / "instances.npy", mode="w+", dtype=np.int32, shape=(side, side))
+    stages = {}
+    for stage in ("predict_large", "instances_by_strips", "geojson"):
+        _reset_peak()
+        before = _status_mib("VmRSS")
+        start = time.perf_counter()
+        if stage == "predict_large":
+            predict_large(model, image, tile=tile, overlap=overlap, out=classes, probability_out=probability)
+            classes.flush()
+        elif stage == "instances_by_strips":
+            instances_by_strips(classes, out=instances)
+            instances.flush()
+        else:
+            collection = instances_to_geojson(instances, probability)
+            write_geojson(folder / "slide.geojson", collection)
+            row["glands"] = len(collection["features"])
+        stages[stage] = {"seconds_per_mp": round((time.perf_counter() - start) / megapixels, 3),
+                         "peak_growth_mib": round(_status_mib("VmHWM") - before, 1)}
+    row["stages"] = stages
+    return row
+
+
+def _run_child(config: dict) -> dict:
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", MALLOC_MMAP_THRESHOLD_="65536")
+    out = subprocess.run([sys.executable, "-m", "benchmarks.large_image", "--child", json.dumps(config)], env=env,
+                         capture_output=True, text=True, cwd=ROOT)
+    if out.returncode:
+        raise RuntimeError(f"child {config} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sides", default="2048,8192,16384", help="image sides for the tiny model")
+    parser.add_argument("--models", default="tiny,cenet", help="tiny (all sides) and/or cenet (the first side)")
+    parser.add_argument("--tile", type=int, default=512)
+    parser.add_argument("--overlap", type=int, default=128)
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--cache", default=str(CACHE))
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(_child(json.loads(args.child))))
+        return {}
+    from tqdm import tqdm
+
+    from benchmarks._io import write_result
+
+    sides = [int(s) for s in args.sides.split(",")]
+    models = args.models.split(",")
+    plan = [("tiny", side, "tiled") for side in sides] if "tiny" in models else []
+    if "cenet" in models:
+        plan += [("cenet", sides[0], "tiled"), ("cenet", sides[0], "untiled")]
+    rows = []
+    for model, side, mode in tqdm(plan, desc="large_image", unit="run"):
+        image = synthetic_slide(side, Path(args.cache))
+        config = dict(model=model, side=side, mode=mode, tile=args.tile, overlap=args.overlap, image=str(image),
+                      out=str(Path(args.cache) / f"{model}_{side}"))
+        row = _run_child(config)
+        rows.append(row)
+        if mode == "tiled":
+            text = ", ".join(f"{k} {v['seconds_per_mp']} s/MP {v['peak_growth_mib']} MiB" for k, v in row["stages"].items())
+        else:
+            text = f"{row['seconds_per_mp']} s/MP {row['peak_growth_mib']} MiB"
+        tqdm.write(f"{model} {side}² {mode}: {text}")
+    result = {"tile": args.tile, "overlap": args.overlap, "rows": rows,
+              "note": "peak_growth_mib: VmHWM growth over the RSS before the stage; outputs are memory-mapped"}
+    write_result(args.out, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
