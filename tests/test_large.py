@@ -145,3 +145,30 @@ def test_strips_read_a_memory_mapped_class_map_and_write_a_memory_mapped_result(
     out = np.lib.format.open_memmap(tmp_path / "i.npy", mode="w+", dtype=np.int32, shape=truth.shape)
     assert instances_by_strips(classes, strip=37, out=out) is out
     np.testing.assert_array_equal(np.load(tmp_path / "i.npy"), classes_to_instances(np.asarray(classes)))
+
+
+def test_a_memory_mapped_tiff_and_an_openslide_style_slide_are_read_by_region(tmp_path):
+    import tifffile
+    from PIL import Image
+
+    from examples.dpfr_gland.large import SlideRegions, tiff_regions
+
+    image = _image(90, 130, seed=7)
+    tifffile.imwrite(tmp_path / "slide.tif", image)  # uncompressed, contiguous: memory-mappable
+    model = torch.nn.Conv2d(3, 3, kernel_size=1)
+    expected = predict_large(model, image, tile=64, overlap=16)
+    np.testing.assert_array_equal(predict_large(model, tiff_regions(str(tmp_path / "slide.tif")), tile=64, overlap=16),
+                                  expected)
+
+    class Slide:  # the OpenSlide calling convention: (x, y) location, level, (w, h) size, RGBA out
+        dimensions = (130, 90)
+
+        def read_region(self, location, level, size):
+            (x, y), (w, h) = location, size
+            rgba = np.dstack([image[y : y + h, x : x + w], np.full((h, w), 255, np.uint8)])
+            return Image.fromarray(rgba, "RGBA")
+
+    np.testing.assert_array_equal(predict_large(model, SlideRegions(Slide()), tile=64, overlap=16), expected)
+    tifffile.imwrite(tmp_path / "packed.tif", image, compression="zlib")
+    with pytest.raises(ValueError, match="cannot be memory-mapped"):
+        tiff_regions(str(tmp_path / "packed.tif"))

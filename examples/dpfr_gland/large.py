@@ -13,7 +13,7 @@ memory), TIAToolbox's semantic segmentor (tile-by-tile reading with margins).
 
 from __future__ import annotations
 
-__all__ = ["ArrayRegions", "instances_by_strips", "predict_large", "window_weights"]
+__all__ = ["ArrayRegions", "SlideRegions", "instances_by_strips", "predict_large", "tiff_regions", "window_weights"]
 
 import math
 from typing import Any, Protocol
@@ -67,6 +67,63 @@ class ArrayRegions:
 
     def read_region(self, y: int, x: int, h: int, w: int) -> np.ndarray:
         return np.ascontiguousarray(self.array[y : y + h, x : x + w])
+
+
+class SlideRegions:
+    """:class:`RegionReader` over an OpenSlide-style slide (``openslide.OpenSlide``, TIAToolbox's
+    readers): anything with ``dimensions`` ``(W, H)`` and ``read_region((x, y), level, (w, h))``
+    returning an RGBA picture. Level 0 (full resolution) by default.
+
+    Args:
+        slide: the opened slide.
+        level: the pyramid level (its size is ``slide.level_dimensions[level]`` when the slide
+            has levels).
+
+    Example:
+        >>> import numpy as np
+        >>> from PIL import Image
+        >>> class Fake:
+        ...     dimensions = (6, 4)
+        ...     def read_region(self, location, level, size):
+        ...         return Image.new("RGBA", size, (10, 20, 30, 255))
+        >>> SlideRegions(Fake()).read_region(1, 2, 2, 3)[0, 0].tolist()
+        [10, 20, 30]
+    """
+
+    def __init__(self, slide: Any, level: int = 0) -> None:
+        self.slide, self.level = slide, level
+        levels = getattr(slide, "level_dimensions", None)
+        width, height = levels[level] if levels else slide.dimensions
+        self.shape = (int(height), int(width), 3)
+        self._scale = getattr(slide, "level_downsamples", [1.0] * (level + 1))[level]
+
+    def read_region(self, y: int, x: int, h: int, w: int) -> np.ndarray:
+        # OpenSlide takes the location in level-0 pixels and the size in the level's pixels
+        location = (int(round(x * self._scale)), int(round(y * self._scale)))
+        picture = self.slide.read_region(location, self.level, (w, h))
+        return np.ascontiguousarray(np.asarray(picture.convert("RGB"), dtype=np.uint8))
+
+
+def tiff_regions(path: str) -> ArrayRegions:
+    """A TIFF too large to load, memory-mapped by ``tifffile`` (the ``large`` extra): an
+    uncompressed, contiguous RGB TIFF is read region by region straight from the file.
+
+    Raises:
+        ImportError: tifffile is not installed (``pip install "densessl[large]"``-style extra
+            of the recipe: ``tifffile``).
+        ValueError: the TIFF is compressed or tiled, so it cannot be memory-mapped (convert it,
+            or open it with OpenSlide and :class:`SlideRegions`).
+    """
+    try:
+        import tifffile
+    except ImportError as error:  # pragma: no cover - the test extra installs it
+        raise ImportError("tiff_regions needs tifffile: pip install tifffile") from error
+    try:
+        array = tifffile.memmap(path, mode="r")
+    except ValueError as error:
+        raise ValueError(f"{path} cannot be memory-mapped ({error}): it is compressed or tiled; convert it to "
+                         f"an uncompressed TIFF or .npy, or read it with OpenSlide (SlideRegions)") from error
+    return ArrayRegions(array)
 
 
 def window_weights(height: int, width: int, kind: str = "gaussian") -> torch.Tensor:

@@ -45,7 +45,7 @@ from .checkpoint import atomic_write
 from .data import IMAGE_EXTENSIONS, _images_in, _natural_key, read_image
 from .evaluate import load_checkpoint_model
 from .geojson import instances_to_geojson, write_geojson
-from .large import WINDOWS, instances_by_strips, predict_large
+from .large import WINDOWS, instances_by_strips, predict_large, tiff_regions
 from .synthetic import draw_outlines
 
 
@@ -53,6 +53,17 @@ def _save(path: Path, image: Image.Image, fmt: str) -> Path:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt)
     return atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
+
+
+def _memory_mapped_tiff(path: Path) -> np.ndarray | None:
+    """An uncompressed RGB TIFF memory-mapped (tifffile), or ``None`` to read it as usual."""
+    if path.suffix.lower() not in (".tif", ".tiff") or not path.is_file():
+        return None
+    try:
+        array = tiff_regions(str(path)).array
+    except (ImportError, ValueError, OSError):
+        return None  # compressed, tiled, not RGB, or no tifffile: Pillow reads it whole
+    return array
 
 
 def predict_file(model: nn.Module, path: str | Path, out: str | Path, tile: int = 256, overlap: int | None = None,
@@ -81,8 +92,8 @@ def predict_file(model: nn.Module, path: str | Path, out: str | Path, tile: int 
         window: the tiles' blending window (see :func:`~examples.dpfr_gland.large.window_weights`).
         tile_progress: a progress bar over the image's tiles (for large images).
 
-    The image is read whole, except a ``.npy`` file, which is memory-mapped and read tile by
-    tile; the class map is blended band by band (:func:`~examples.dpfr_gland.large.predict_large`)
+    The image is read whole, except a ``.npy`` file or an uncompressed RGB TIFF, which are
+    memory-mapped and read tile by tile; the class map is blended band by band (:func:`~examples.dpfr_gland.large.predict_large`)
     and the glands found strip by strip (:func:`~examples.dpfr_gland.large.instances_by_strips`).
 
     Returns:
@@ -115,7 +126,9 @@ def predict_file(model: nn.Module, path: str | Path, out: str | Path, tile: int 
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"image {path} must hold a uint8 [H, W, 3] array, got {image.dtype} {image.shape}")
     else:
-        image = read_image(path)
+        image = _memory_mapped_tiff(path)
+        if image is None:
+            image = read_image(path)
     overlap = tile // 4 if overlap is None else overlap
     probability = np.zeros(image.shape[:2], np.float32) if geojson and task != "semantic" else None
     classes = predict_large(model, image, tile=tile, overlap=overlap, batch_size=batch_size, window=window,
