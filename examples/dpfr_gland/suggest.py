@@ -1,0 +1,199 @@
+"""What to label next: rank unlabelled images by the flow's density and the network's uncertainty.
+
+Run::
+
+    python -m examples.dpfr_gland.suggest --weights RUN/checkpoint.pt --images DIR --k 8 --out DIR
+
+For every image of ``--images`` the run's EMA teacher gives the class scores and the features the
+flow models (at the run's ``perturb_at`` site, normalised as in training), and the run's flow
+their per-pixel log-density. Per image:
+
+- ``low_density``: the share of pixels whose log-density lies below the ``--quantile`` of the
+  labelled pixels' (:func:`densessl.functional.low_density_fraction`) — appearance the labels
+  do not cover;
+- ``entropy``: the mean normalised predictive entropy (:func:`densessl.functional.image_entropy`);
+- ``combined``: the mean of their ranks (:func:`densessl.functional.rank_combined`).
+
+The ``--k`` images to label are then picked greedily by ``combined`` and by distance to the ones
+already picked in pooled features (:func:`densessl.functional.diverse_top_k`), so near-duplicates
+do not fill the list. The labelled reference is ``--reference DIR`` (images of the labelled set) or,
+by default, the run's own labelled images, rebuilt from its config (synthetic data, or a dataset
+folder that is still there). Writes ``ranking.csv`` (every image, best first, the picks marked)
+and ``suggestions.png`` (the picks, low-density pixels in red).
+"""
+
+from __future__ import annotations
+
+__all__ = ["main", "score_images"]
+
+import argparse
+import csv
+import io
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from densessl.functional import diverse_top_k, image_entropy, low_density_fraction, normalize_pixels, rank_combined
+
+from .augment import to_tensor
+from .checkpoint import atomic_write, load_checkpoint
+from .config import config_from_dict
+from .data import _images_in, read_image
+
+
+def _trainer(path: Path, device: str) -> Any:
+    """The run's networks and flow, from its resume checkpoint (the inference export has no flow)."""
+    from .step import Trainer
+
+    state = load_checkpoint(path, map_location=device)
+    if "flow" not in state or "teacher" not in state:
+        raise ValueError(f"{path} holds no flow (keys {sorted(state)}): suggest needs the checkpoint.pt of an "
+                         f"fdp or dpfr run (the model.pt inference export keeps the student only)")
+    config = config_from_dict({k: v for k, v in state["config"].items() if not k.startswith("_")})
+    trainer = Trainer(config, device)
+    trainer.load_state_dict(state)
+    return trainer
+
+
+@torch.no_grad()
+def _image_maps(trainer: Any, image: np.ndarray, pixels: int, seed: int) -> dict[str, torch.Tensor]:
+    """Teacher logits, per-pixel log-density and pooled features of one image."""
+    model, flow, config = trainer.teacher.model.eval(), trainer.flow.eval(), trainer.config
+    x = to_tensor(image)[None].to(trainer.device)
+    h, w = x.shape[-2:]
+    x = torch.nn.functional.pad(x, (0, (-w) % 32, 0, (-h) % 32), mode="replicate")
+    out = model(x)
+    features = out.features.float()
+    if config.flow_normalize:
+        features = normalize_pixels(features)
+    log_prob = flow.log_prob(features)[0]  # [h', w'] at the density's resolution
+    logits = torch.nn.functional.interpolate(out.logits.float(), size=log_prob.shape, mode="bilinear",
+                                             align_corners=False)
+    rows = (torch.arange(log_prob.shape[0]) * x.shape[-2] // log_prob.shape[0]) < h
+    cols = (torch.arange(log_prob.shape[1]) * x.shape[-1] // log_prob.shape[1]) < w
+    inside = rows[:, None] & cols[None, :]  # the image, not its padding
+    sample = log_prob[inside]
+    if sample.numel() > pixels:
+        g = torch.Generator().manual_seed(seed)
+        sample = sample[torch.randperm(sample.numel(), generator=g)[:pixels]]
+    return {"log_prob": log_prob.cpu(), "logits": logits[0].cpu(), "inside": inside.cpu(), "sample": sample.cpu(),
+            "pooled": features[0][:, inside.to(features.device)].mean(1).cpu()}
+
+
+def score_images(trainer: Any, images: Sequence[np.ndarray], reference: Sequence[np.ndarray], quantile: float = 0.05,
+                 pixels: int = 4096) -> dict[str, Any]:
+    """The ranking scores of ``images`` against the labelled ``reference`` images.
+
+    Args:
+        trainer: a :class:`~examples.dpfr_gland.step.Trainer` holding the run (teacher and flow).
+        images: the unlabelled images to rank.
+        reference: labelled images (their pixels' log-densities set the threshold).
+        quantile: see :func:`densessl.functional.low_density_fraction`.
+        pixels: pixels sampled per reference image.
+
+    Shapes:
+        - each image: ``[H, W, 3]`` uint8 (any size)
+
+    Returns:
+        ``{"low_density", "entropy", "combined"}`` as ``[N]`` tensors, ``"pooled"`` ``[N, C]`` and
+        ``"low_maps"`` (per image, a bool map of its low-density pixels at the density's resolution).
+    """
+    if not reference:
+        raise ValueError("reference: at least one labelled image is needed")
+    ref = torch.cat([_image_maps(trainer, image, pixels, n)["sample"] for n, image in enumerate(reference)])
+    threshold = torch.quantile(ref.double(), quantile).item()
+    low, entropy, pooled, maps = [], [], [], []
+    for image in images:
+        m = _image_maps(trainer, image, pixels, 0)
+        low.append(low_density_fraction(m["log_prob"][None], ref, quantile, mask=m["inside"][None]))
+        entropy.append(image_entropy(m["logits"][None], mask=m["inside"][None]))
+        pooled.append(m["pooled"])
+        maps.append((m["log_prob"] < threshold) & m["inside"])
+    low_t, entropy_t = torch.cat(low), torch.cat(entropy)
+    return {"low_density": low_t, "entropy": entropy_t, "combined": rank_combined(low_t, entropy_t),
+            "pooled": torch.stack(pooled), "low_maps": maps}
+
+
+def _reference_images(config: Any) -> list[np.ndarray]:
+    from .batches import build_datasets
+    from .data import label_split
+
+    train, _ = build_datasets(config)
+    labelled, _ = label_split(len(train), config.label_ratio, seed=config.seed)
+    return [train[i][0] for i in labelled]
+
+
+def _contact_sheet(images: list[np.ndarray], maps: list[torch.Tensor], names: list[str], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = min(4, len(images))
+    rows = -(-len(images) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.4 * rows), squeeze=False, layout="constrained")
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for n, (ax, image, low, name) in enumerate(zip(axes.flat, images, maps, names)):
+        h, w = image.shape[:2]
+        # the map covers the image padded to a multiple of 32: nearest cell of each pixel
+        rows = np.arange(h) * low.shape[0] // (-(-h // 32) * 32)
+        cols = np.arange(w) * low.shape[1] // (-(-w // 32) * 32)
+        big = low.numpy()[rows][:, cols]
+        shown = image.copy()
+        shown[big] = (0.5 * shown[big] + 0.5 * np.array([230, 30, 30])).astype(np.uint8)
+        ax.imshow(shown)
+        ax.set_title(f"{n + 1}. {name}", fontsize=8)
+    fig.suptitle("label next (red: pixels less likely than 95 % of the labelled ones)", fontsize=9)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line (see the module docstring). Returns the exit status, 0."""
+    parser = argparse.ArgumentParser(prog="python -m examples.dpfr_gland.suggest", description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", required=True, help="checkpoint.pt of an fdp or dpfr run (it holds the flow)")
+    parser.add_argument("--images", required=True, help="folder of unlabelled images")
+    parser.add_argument("--k", type=int, default=8, help="how many images to suggest")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--reference", default=None, help="folder of labelled images (default: the run's own)")
+    parser.add_argument("--quantile", type=float, default=0.05, help="low density: below this quantile of labelled pixels")
+    parser.add_argument("--diversity", type=float, default=0.5, help="0: plain top-k; 1: spread only")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    try:
+        trainer = _trainer(Path(args.weights), args.device)
+        files = _images_in(Path(args.images)) if Path(args.images).is_dir() else []
+        if not files:
+            raise ValueError(f"--images: no image files in {args.images}")
+        reference = [read_image(p) for p in _images_in(Path(args.reference))] if args.reference \
+            else _reference_images(trainer.config)
+    except (FileNotFoundError, ValueError) as error:
+        parser.error(str(error))
+    images = [read_image(p) for p in files]
+    scores = score_images(trainer, images, reference, quantile=args.quantile)
+    picks = diverse_top_k(scores["combined"], scores["pooled"], args.k, diversity=args.diversity).tolist()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    order = picks + [int(i) for i in torch.argsort(scores["combined"], descending=True) if int(i) not in picks]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["rank", "name", "picked", "combined", "low_density", "entropy"])
+    for rank, i in enumerate(order, start=1):
+        writer.writerow([rank, files[i].name, int(i in picks), f"{float(scores['combined'][i]):.4f}",
+                         f"{float(scores['low_density'][i]):.4f}", f"{float(scores['entropy'][i]):.4f}"])
+    atomic_write(out / "ranking.csv", lambda handle: handle.write(buffer.getvalue().encode()))
+    _contact_sheet([images[i] for i in picks], [scores["low_maps"][i] for i in picks], [files[i].name for i in picks],
+                   out / "suggestions.png")
+    print(f"[suggest] label next: {', '.join(files[i].name for i in picks)}")
+    print(f"[suggest] wrote {out / 'ranking.csv'} and {out / 'suggestions.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
