@@ -61,7 +61,7 @@ def test_shipped_configs_load(name):
         assert (config.batch_labelled, config.batch_unlabelled, config.lr_schedule) == (8, 8, "poly")
         assert config.device == "auto"
         splits = {"glas_full": ["testA", "testB"], "crag_full": ["valid"], "pgland_full": ["test"]}
-        assert T.test_splits(config) == splits[name]
+        assert T.evaluation_splits(config) == splits[name]
         assert (config.task, config.num_classes) == (("semantic", 2) if name == "pgland_full" else ("instance", 3))
     else:
         assert config.dataset == "synthetic" and config.iterations <= 500
@@ -729,3 +729,24 @@ def test_cuda_n_under_torchrun_is_refused():
     with pytest.raises(ValueError, match="each process takes cuda:LOCAL_RANK"):
         _resolve_device(tiny_config(device="cuda:1"), local_rank=0, world_size=2)
     assert _resolve_device(tiny_config(device="cpu"), local_rank=1, world_size=2) == torch.device("cpu")
+
+
+def test_labelled_indices_and_a_minority_appearance():
+    from examples.dpfr_gland.batches import build_datasets
+    from examples.dpfr_gland.loop import labelled_split
+
+    labelled, unlabelled = labelled_split(tiny_config(labelled="4,1"), 6)
+    assert labelled.tolist() == [1, 4] and unlabelled.tolist() == [0, 2, 3, 5]
+    with pytest.raises(ValueError, match="labelled lists image 9"):
+        labelled_split(tiny_config(labelled="9"), 6)
+    with pytest.raises(ValueError, match="labelled must list distinct"):
+        tiny_config(labelled="1,1")
+    with pytest.raises(ValueError, match="synthetic_mix"):
+        tiny_config(synthetic_mix="hard")
+    plain, _ = build_datasets(tiny_config(synthetic_train=40, synthetic_test=1))
+    mixed, _ = build_datasets(tiny_config(synthetic_train=40, synthetic_test=1, synthetic_mix="hard:0.25"))
+    assert 3 <= len(mixed.minority) <= 20  # about a quarter
+    for i in range(40):  # the majority images are the plain ones, the minority ones differ
+        same = np.array_equal(plain[i][0], mixed[i][0])
+        assert same == (i not in mixed.minority)
+        assert mixed.names[i].endswith("_minority") == (i in mixed.minority)

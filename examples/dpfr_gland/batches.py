@@ -7,7 +7,7 @@ the very batches the interrupted one would have.
 
 from __future__ import annotations
 
-__all__ = ["BatchStream", "ViewDataset", "build_datasets", "build_test_sets", "test_splits"]
+__all__ = ["BatchStream", "ViewDataset", "build_datasets", "build_test_sets", "evaluation_splits"]
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -24,13 +24,31 @@ from .synthetic import SyntheticGlands
 from .targets import instances_to_classes, semantic_targets
 
 
-class _SyntheticSplit:
-    """Synthetic glands ``start .. start + count - 1``, drawn once and held in memory."""
+def minority_indices(seed: int, start: int, count: int, share: float) -> set[int]:
+    """Which synthetic indices ``start .. start + count - 1`` show the minority appearance: each
+    independently with probability ``share``, from a generator keyed by ``(seed, index)``.
 
-    def __init__(self, preset: str, size: int, seed: int, start: int, count: int) -> None:
+    Example:
+        >>> sorted(minority_indices(0, 0, 20, 0.0)), len(minority_indices(0, 0, 20, 1.0))
+        ([], 20)
+    """
+    return {i for i in range(start, start + count)
+            if np.random.default_rng([seed, i, 7919]).random() < share}
+
+
+class _SyntheticSplit:
+    """Synthetic glands ``start .. start + count - 1``, drawn once and held in memory; with
+    ``mix = (preset, share)`` a ``share`` of them (by :func:`minority_indices`) come from that
+    preset instead, a minority appearance."""
+
+    def __init__(self, preset: str, size: int, seed: int, start: int, count: int,
+                 mix: tuple[str, float] | None = None) -> None:
         glands = SyntheticGlands(preset=preset, size=size, seed=seed)
-        self.samples = [glands.sample(start + i) for i in range(count)]
-        self.names = [f"synth_{start + i}" for i in range(count)]
+        minority = set() if mix is None else minority_indices(seed, start, count, mix[1])
+        other = None if mix is None else SyntheticGlands(preset=mix[0], size=size, seed=seed + 1)
+        self.samples = [(other if start + i in minority else glands).sample(start + i) for i in range(count)]
+        self.names = [f"synth_{start + i}" + ("_minority" if start + i in minority else "") for i in range(count)]
+        self.minority = sorted(i - start for i in minority)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -39,12 +57,12 @@ class _SyntheticSplit:
         return self.samples[index]
 
 
-def test_splits(config: TrainConfig) -> list[str]:
+def evaluation_splits(config: TrainConfig) -> list[str]:
     """The test splits a config names: ``test_split`` may list several, comma-separated
     (GlaS ``"testA,testB"``, reported separately); the synthetic and folder sets have one.
 
     Example:
-        >>> test_splits(TrainConfig(dataset="glas", data="x", test_split="testA, testB"))
+        >>> evaluation_splits(TrainConfig(dataset="glas", data="x", test_split="testA, testB"))
         ['testA', 'testB']
     """
     if config.dataset in ("synthetic", "folder"):
@@ -65,7 +83,7 @@ def build_test_sets(config: TrainConfig) -> dict[str, Any]:
         return {} if test is None else {"test": test}
     root = Path(config.data)
     reader = GlaSDataset if config.dataset == "glas" else CRAGDataset
-    return {split: reader(root, split) for split in test_splits(config)}
+    return {split: reader(root, split) for split in evaluation_splits(config)}
 
 
 def build_datasets(config: TrainConfig) -> tuple[Any, Any | None]:
@@ -88,8 +106,12 @@ def build_datasets(config: TrainConfig) -> tuple[Any, Any | None]:
     if config.dataset == "synthetic":
         size = config.synthetic_size
         seed = config.seed if config.synthetic_seed < 0 else config.synthetic_seed
-        train = _SyntheticSplit(config.synthetic_preset, size, seed, 0, config.synthetic_train)
-        test = _SyntheticSplit(config.synthetic_preset, size, seed, config.synthetic_train, config.synthetic_test)
+        mix = None
+        if config.synthetic_mix:
+            preset, share = config.synthetic_mix.split(":")
+            mix = (preset, float(share))
+        train = _SyntheticSplit(config.synthetic_preset, size, seed, 0, config.synthetic_train, mix)
+        test = _SyntheticSplit(config.synthetic_preset, size, seed, config.synthetic_train, config.synthetic_test, mix)
         return train, test
     if not config.data:
         raise ValueError(f"data must name the {config.dataset} folder for dataset={config.dataset!r} "
@@ -97,7 +119,7 @@ def build_datasets(config: TrainConfig) -> tuple[Any, Any | None]:
     root = Path(config.data)
     if config.dataset in ("glas", "crag"):  # the first test split (build_test_sets has them all)
         reader = GlaSDataset if config.dataset == "glas" else CRAGDataset
-        return reader(root, config.train_split), reader(root, test_splits(config)[0])
+        return reader(root, config.train_split), reader(root, evaluation_splits(config)[0])
     train = FolderDataset(root / "images", root / "masks")
     test = FolderDataset(Path(config.test_data) / "images", Path(config.test_data) / "masks") \
         if config.test_data else None

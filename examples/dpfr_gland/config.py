@@ -58,7 +58,11 @@ class TrainConfig:
         synthetic_seed: generator seed of the synthetic images (``-1``: the run's ``seed``). The
             training images are the generator's indices ``0 .. synthetic_train - 1``, the test
             images the next ``synthetic_test``; fix it to compare seeds on the same images.
+        synthetic_mix: ``"PRESET:SHARE"`` (e.g. ``"hard:0.1"``): that share of the synthetic images,
+            training and test alike, come from another preset — a minority appearance (empty: none).
         label_ratio: labelled fraction, ``"1/8"``, ``"1/4"``, ``"1/2"``, ``"0.25"``, ...
+        labelled: the labelled training images by index, comma-separated (e.g. chosen by
+            ``examples.dpfr_gland.suggest``); empty: ``label_ratio`` draws them by ``seed``.
         seed: seed of the split, the initialisation, the views and every random draw.
         backbone: ``resnet34``, ``resnet50`` or ``resnet101``.
         pretrained: the encoder's initial weights: ``"imagenet"`` (torchvision's default ImageNet
@@ -172,7 +176,9 @@ class TrainConfig:
     synthetic_train: int = 16
     synthetic_test: int = 4
     synthetic_seed: int = -1
+    synthetic_mix: str = ""
     label_ratio: str = "1/4"
+    labelled: str = ""
     seed: int = 0
     backbone: str = "resnet34"
     pretrained: str = ""
@@ -242,6 +248,22 @@ class TrainConfig:
         _one_of("flow_labelled_source", self.flow_labelled_source, ("teacher", "student"))
         if self.dataset in ("glas", "crag") and not any(p.strip() for p in self.test_split.split(",")):
             raise ValueError(f"test_split must name at least one split, got {self.test_split!r}")
+        if self.synthetic_mix:
+            preset, _, share = self.synthetic_mix.partition(":")
+            try:
+                share_value = float(share)
+            except ValueError:
+                share_value = -1.0
+            if preset not in ("easy", "medium", "hard") or not 0 <= share_value <= 1:
+                raise ValueError(f"synthetic_mix must be 'PRESET:SHARE' with a preset easy/medium/hard and a share "
+                                 f"in [0, 1], got {self.synthetic_mix!r}")
+        if self.labelled:
+            try:
+                indices = [int(part) for part in self.labelled.split(",")]
+            except ValueError:
+                indices = [-1]
+            if min(indices) < 0 or len(set(indices)) != len(indices):
+                raise ValueError(f"labelled must list distinct image indices >= 0, comma-separated, got {self.labelled!r}")
         if self.synthetic_seed < -1:
             raise ValueError(f"synthetic_seed must be >= 0 (or -1: the run's seed), got {self.synthetic_seed}")
         if not 0 <= self.flow_label_fraction <= 1:

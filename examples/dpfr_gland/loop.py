@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["train"]
+__all__ = ["labelled_split", "train"]
 
 import dataclasses
 import json
@@ -41,6 +41,28 @@ def _evaluate(model: nn.Module, dataset: Any, config: TrainConfig, out: Path) ->
         evaluate.save_predictions(model, dataset, out / "predictions", limit=config.eval_pictures,
                                   progress=False, **options)
     return dict(metrics)
+
+
+def labelled_split(config: TrainConfig, count: int) -> tuple[Any, Any]:
+    """The labelled and unlabelled training indices: ``config.labelled`` when given, else drawn
+    by :func:`~examples.dpfr_gland.data.label_split` at ``label_ratio`` with ``seed``.
+
+    Raises:
+        ValueError: a listed index outside the ``count`` training images.
+
+    Example:
+        >>> [part.tolist() for part in labelled_split(TrainConfig(labelled="3,0"), 5)]
+        [[0, 3], [1, 2, 4]]
+    """
+    import numpy as np
+
+    if not config.labelled:
+        return label_split(count, config.label_ratio, seed=config.seed)
+    chosen = sorted(int(part) for part in config.labelled.split(","))
+    if chosen[-1] >= count:
+        raise ValueError(f"labelled lists image {chosen[-1]}, but there are {count} training images")
+    rest = [i for i in range(count) if i not in set(chosen)]
+    return np.array(chosen, dtype=np.int64), np.array(rest, dtype=np.int64)
 
 
 def _resolve_device(config: TrainConfig, local_rank: int, world_size: int = 1) -> torch.device:
@@ -100,7 +122,7 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
         out.mkdir(parents=True, exist_ok=True)
     train_set, _ = build_datasets(config)
     test_sets = build_test_sets(config) if main_process else {}
-    labelled_idx, unlabelled_idx = label_split(len(train_set), config.label_ratio, seed=config.seed)
+    labelled_idx, unlabelled_idx = labelled_split(config, len(train_set))
     if config.semi and len(unlabelled_idx) == 0:
         raise ValueError(f"label_ratio={config.label_ratio!r} leaves no unlabelled image for {config.method!r}")
     trainer = Trainer(config, device, rank, world_size)

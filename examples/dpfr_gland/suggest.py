@@ -120,10 +120,10 @@ def score_images(trainer: Any, images: Sequence[np.ndarray], reference: Sequence
 
 def _reference_images(config: Any) -> list[np.ndarray]:
     from .batches import build_datasets
-    from .data import label_split
+    from .loop import labelled_split
 
     train, _ = build_datasets(config)
-    labelled, _ = label_split(len(train), config.label_ratio, seed=config.seed)
+    labelled, _ = labelled_split(config, len(train))
     return [train[i][0] for i in labelled]
 
 

@@ -89,7 +89,7 @@ __all__ = [
     "apply_overrides",
     "build_datasets",
     "build_test_sets",
-    "test_splits",
+    "evaluation_splits",
     "config_from_dict",
     "draw_loss_curves",
     "load_checkpoint",
@@ -105,7 +105,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 # The recipe's parts, each in the module named for it; re-exported here, the command's home.
-from .batches import BatchStream, ViewDataset, build_datasets, build_test_sets, test_splits
+from .batches import BatchStream, ViewDataset, build_datasets, build_test_sets, evaluation_splits
 from .checkpoint import load_checkpoint
 from .config import METHODS, TrainConfig, apply_overrides, config_from_dict, load_config
 from .loop import train
