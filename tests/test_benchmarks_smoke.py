@@ -134,3 +134,19 @@ def test_large_image_benchmark_measures_every_stage(tmp_path):
         assert all(v["seconds_per_mp"] > 0 for v in row["stages"].values())
     (untiled,) = [r for r in result["rows"] if r["mode"] == "untiled"]
     assert 0.9 <= untiled["class_agreement_with_tiled"] <= 1.0  # blending differs from a plain average
+
+
+@pytest.mark.slow
+def test_active_labels_toy_study_runs_every_strategy_and_resumes(tmp_path):
+    from benchmarks import active_labels
+
+    args = ["--scale", "toy", "--results", str(tmp_path / "r"), "--outputs", str(tmp_path / "o"),
+            "--figure", str(tmp_path / "f.png")]
+    summary = active_labels.main(args)
+    assert set(summary["curve"]) == set(active_labels.STRATEGIES)
+    for points in summary["curve"].values():
+        assert [p["num_labelled"] for p in points] == [2, 4]  # start + one round of 2
+    assert summary["target"] is not None and (tmp_path / "f.png").is_file()
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "r").glob("s*_r*.json")}
+    active_labels.main(args)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "r").glob("s*_r*.json")} == stamps
