@@ -112,7 +112,7 @@ def test_ssl_quality_reuses_a_run_only_when_every_field_its_method_reads_is_unch
     for method, reused in (("supervised", True), ("mean_teacher", False), ("dpfr", False)):
         stored = dataclasses.asdict(TrainConfig(method=method))
         assert Q._reusable(stored, TrainConfig(method=method))
-        assert Q._reusable(stored, TrainConfig(method=method, min_class_keep=0.2)) == reused
+        assert Q._reusable(stored, TrainConfig(method=method, min_class_keep=0.3)) == reused
     fr = dataclasses.asdict(TrainConfig(method="fr"))
     assert Q._reusable(fr, TrainConfig(method="fr", xi=3.0))  # fr has no perturbation
     assert not Q._reusable(fr, TrainConfig(method="fr", num_anchors=8))
