@@ -70,3 +70,14 @@ def test_a_gland_in_pieces_is_a_multipolygon_and_empty_maps_give_no_feature():
     assert feature["geometry"]["type"] == "MultiPolygon" and feature["properties"]["id"] == 7
     np.testing.assert_array_equal(rasterize_geojson(instances_to_geojson(pieces), pieces.shape), pieces)
     assert instances_to_geojson(np.zeros((4, 4), np.int32))["features"] == []
+
+
+def test_boxes_found_strip_by_strip_equal_whole_map_boxes():
+    from scipy import ndimage
+
+    from examples.dpfr_gland.geojson import _boxes
+
+    rng = np.random.default_rng(1)
+    instances = np.where(rng.random((50, 30)) < 0.3, rng.integers(1, 9, (50, 30)), 0).astype(np.int32)
+    whole = {label: box for label, box in enumerate(ndimage.find_objects(instances), start=1) if box is not None}
+    assert _boxes(instances, strip=7) == whole

@@ -102,6 +102,25 @@ def _polygon(component: np.ndarray, offset: tuple[int, int]) -> list[list[list[i
     return out
 
 
+def _boxes(instances: np.ndarray, strip: int = 1024) -> dict[int, tuple[slice, slice]]:
+    """Each label's bounding box, found strip by strip (a memory-mapped map is never read whole)."""
+    boxes: dict[int, list[int]] = {}
+    for y0 in range(0, instances.shape[0], strip):
+        part = np.asarray(instances[y0 : y0 + strip])
+        if not part.any():
+            continue
+        for label, box in enumerate(ndimage.find_objects(part), start=1):
+            if box is None:
+                continue
+            r0, r1, c0, c1 = box[0].start + y0, box[0].stop + y0, box[1].start, box[1].stop
+            if label in boxes:
+                b = boxes[label]
+                boxes[label] = [min(b[0], r0), max(b[1], r1), min(b[2], c0), max(b[3], c1)]
+            else:
+                boxes[label] = [r0, r1, c0, c1]
+    return {label: (slice(b[0], b[1]), slice(b[2], b[3])) for label, b in sorted(boxes.items())}
+
+
 def instances_to_geojson(instances: np.ndarray, probability: np.ndarray | None = None,
                          classification: str = "Gland", colour: tuple[int, int, int] = (0, 200, 120)) -> dict[str, Any]:
     """A GeoJSON ``FeatureCollection`` with one feature per gland of ``instances``.
@@ -132,13 +151,9 @@ def instances_to_geojson(instances: np.ndarray, probability: np.ndarray | None =
         >>> feature["geometry"]["type"], len(feature["geometry"]["coordinates"]), feature["properties"]["area"]
         ('Polygon', 2, 12)
     """
-    instances = np.asarray(instances)
     features = []
-    objects = ndimage.find_objects(instances.astype(np.int64))
-    for label, box in enumerate(objects, start=1):
-        if box is None:
-            continue
-        mask = instances[box] == label
+    for label, box in _boxes(instances).items():
+        mask = np.asarray(instances[box]) == label
         pieces, count = ndimage.label(mask)
         offset = (box[1].start, box[0].start)
         polygons = [_polygon(pieces == k, offset) for k in range(1, count + 1)]
