@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = ["diverse_top_k", "low_density_fraction", "rank_combined", "image_entropy"]
 
 import torch
+from scipy.stats import rankdata
 
 from .._checks import check_finite, check_logits, check_mask, check_number, check_tensor
 from ._entropy import entropy
@@ -81,14 +82,8 @@ def _ranks(scores: torch.Tensor) -> torch.Tensor:
     n = scores.numel()
     if n == 1:
         return torch.ones(1, dtype=torch.float64)
-    order = torch.argsort(torch.argsort(scores.double(), stable=True), stable=True).double()
-    # ties: average the ranks of equal scores
-    values = scores.double()
-    out = torch.empty(n, dtype=torch.float64)
-    for v in torch.unique(values):
-        same = values == v
-        out[same] = order[same].mean()
-    return out / (n - 1)
+    ranks = rankdata(scores.detach().cpu().double().numpy(), method="average") - 1.0
+    return torch.from_numpy(ranks) / (n - 1)
 
 
 def rank_combined(density: torch.Tensor, uncertainty: torch.Tensor, weight: float = 0.5) -> torch.Tensor:
