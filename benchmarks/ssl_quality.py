@@ -287,7 +287,7 @@ def run_one(spec: RunSpec, scale: Scale, split: str, sets: Sequence[str], out_ro
                                                       *(f"share_{c}" for c in CLASS_NAMES))},
         "perturbation": {k: _tail_mean(history, k) for k in ("fdp_gain", "flip", "flow_nll_per_dim")},
     }
-    student, _ = load_checkpoint_model(out / "checkpoint.pt", weights="student")
+    student, _ = load_checkpoint_model(out / "checkpoint.pt", weights="student")  # float32, as trained
     row["class_shares"] = class_shares(student, test, config)
     if features:
         row["features"] = decoder_features(student, test, config, scale.feature_pixels)
@@ -593,6 +593,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
             features = spec.group == "main" and (spec.preset, spec.method, spec.seed) in feature_runs
             row = run_one(spec, scale, args.split, args.set, outputs, features)
             atomic_write_text(path, json.dumps(row) + "\n")
+            # the resume checkpoint (student, teacher, both Adam states: ~8x model.pt) is dead weight once
+            # the result is stored; model.pt (float16 student) stays for inference
+            (outputs / spec.name / "checkpoint.pt").unlink(missing_ok=True)
             s = row["student"]
             bar.write(f"{spec.name}: O.F1 {s['pooled_f1']:.3f} O.Dice {s['pooled_dice']:.3f} "
                       f"O.HD {s['pooled_hausdorff']:.1f} ({row['wall_s']:.0f} s)")
