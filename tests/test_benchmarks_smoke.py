@@ -125,10 +125,10 @@ def test_ssl_quality_reuses_a_run_only_when_every_field_its_method_reads_is_unch
 def test_large_image_benchmark_measures_every_stage(tmp_path):
     from benchmarks import large_image
 
-    result = large_image.main(["--sides", "256", "--models", "tiny,cenet", "--tile", "128", "--overlap", "32",
+    result = large_image.main(["--sides", "256", "--models", "colour,cenet", "--tile", "128", "--overlap", "32",
                                "--out", str(tmp_path / "r.json"), "--cache", str(tmp_path / "cache")])
     tiled = [r for r in result["rows"] if r["mode"] == "tiled"]
-    assert {r["model"] for r in tiled} == {"tiny", "cenet"}
+    assert {r["model"] for r in tiled} == {"colour", "cenet"}
     for row in tiled:
         assert set(row["stages"]) == {"predict_large", "instances_by_strips", "geojson"}
         assert all(v["seconds_per_mp"] > 0 for v in row["stages"].values())

@@ -81,3 +81,22 @@ def test_boxes_found_strip_by_strip_equal_whole_map_boxes():
     instances = np.where(rng.random((50, 30)) < 0.3, rng.integers(1, 9, (50, 30)), 0).astype(np.int32)
     whole = {label: box for label, box in enumerate(ndimage.find_objects(instances), start=1) if box is not None}
     assert _boxes(instances, strip=7) == whole
+
+
+def test_streamed_features_equal_the_collection_and_a_gland_in_many_pieces_is_traced_per_piece(tmp_path):
+    from examples.dpfr_gland.geojson import gland_features
+
+    rng = np.random.default_rng(3)
+    instances = np.where(rng.random((60, 70)) < 0.25, rng.integers(1, 4, (60, 70)), 0).astype(np.int32)
+    probability = rng.random((60, 70)).astype(np.float16)
+    collection = instances_to_geojson(instances, probability)
+    assert any(f["geometry"]["type"] == "MultiPolygon" for f in collection["features"])
+    path = write_geojson(tmp_path / "s.geojson", gland_features(instances, probability))
+    streamed = json.loads(path.read_text())
+    _check_structure(streamed)
+    assert streamed == json.loads(json.dumps(collection))
+    np.testing.assert_array_equal(rasterize_geojson(streamed, instances.shape), instances)
+    # a memory-mapped map gives the same features
+    mapped = np.lib.format.open_memmap(tmp_path / "i.npy", mode="w+", dtype=np.int32, shape=instances.shape)
+    mapped[:] = instances
+    assert list(gland_features(mapped, probability)) == collection["features"]

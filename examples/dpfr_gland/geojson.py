@@ -10,17 +10,17 @@ tests use to check that nothing is lost.
 
 from __future__ import annotations
 
-__all__ = ["instances_to_geojson", "rasterize_geojson", "write_geojson"]
+__all__ = ["gland_features", "instances_to_geojson", "rasterize_geojson", "write_geojson"]
 
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Iterable, Iterator
 
 import numpy as np
 from scipy import ndimage
 
-from .checkpoint import atomic_write_text
+from .checkpoint import atomic_write, atomic_write_text
 
 
 def _rings(mask: np.ndarray) -> list[list[tuple[int, int]]]:
@@ -103,7 +103,10 @@ def _polygon(component: np.ndarray, offset: tuple[int, int]) -> list[list[list[i
 
 
 def _boxes(instances: np.ndarray, strip: int = 1024) -> dict[int, tuple[slice, slice]]:
-    """Each label's bounding box, found strip by strip (a memory-mapped map is never read whole)."""
+    """Each label's bounding box, found strip by strip (a memory-mapped map is never read whole).
+
+    The boxes (a few hundred bytes per gland) are all that is held of the map; a label's box is
+    only known once the whole map is scanned, as a label may reappear in pieces further down."""
     boxes: dict[int, list[int]] = {}
     for y0 in range(0, instances.shape[0], strip):
         part = np.asarray(instances[y0 : y0 + strip])
@@ -119,6 +122,49 @@ def _boxes(instances: np.ndarray, strip: int = 1024) -> dict[int, tuple[slice, s
             else:
                 boxes[label] = [r0, r1, c0, c1]
     return {label: (slice(b[0], b[1]), slice(b[2], b[3])) for label, b in sorted(boxes.items())}
+
+
+def _feature(instances: np.ndarray, probability: np.ndarray | None, label: int, box: tuple[slice, slice],
+             classification: str, colour: tuple[int, int, int]) -> dict[str, Any]:
+    mask = np.asarray(instances[box]) == label
+    pieces, count = ndimage.label(mask)
+    # each piece traced on its own crop: a gland in many pieces must not cost pieces x box area
+    polygons = [_polygon(pieces[piece] == k, (box[1].start + piece[1].start, box[0].start + piece[0].start))
+                for k, piece in enumerate(ndimage.find_objects(pieces), start=1)]
+    geometry = {"type": "Polygon", "coordinates": polygons[0]} if count == 1 else \
+        {"type": "MultiPolygon", "coordinates": polygons}
+    properties: dict[str, Any] = {"objectType": "detection", "id": int(label),
+                                  "classification": {"name": classification, "color": list(colour)},
+                                  "area": int(mask.sum())}
+    if probability is not None:
+        properties["mean_probability"] = float(np.asarray(probability[box], dtype=np.float64)[mask].mean())
+    return {"type": "Feature", "geometry": geometry, "properties": properties}
+
+
+def gland_features(instances: np.ndarray, probability: np.ndarray | None = None, classification: str = "Gland",
+                   colour: tuple[int, int, int] = (0, 200, 120)) -> Iterator[dict[str, Any]]:
+    """The GeoJSON features of :func:`instances_to_geojson`, one at a time, for maps too large to
+    hold every polygon: the map's bounding boxes are found strip by strip, then each gland is
+    traced on its own crop and yielded, in label order.
+
+    Args:
+        instances: the instance map (0 background); a memory-mapped array is read strip by strip.
+        probability: as in :func:`instances_to_geojson`, or ``None``.
+        classification: the class name QuPath shows.
+        colour: its RGB colour.
+
+    Shapes:
+        - instances: ``[H, W]`` integer
+        - probability: ``[H, W]`` float
+
+    Example:
+        >>> import numpy as np
+        >>> glands = np.zeros((6, 6), np.int32); glands[4:6, 0:2] = 1; glands[0:2, 3:5] = 2
+        >>> [feature["properties"]["id"] for feature in gland_features(glands)]
+        [1, 2]
+    """
+    for label, box in _boxes(instances).items():
+        yield _feature(instances, probability, label, box, classification, colour)
 
 
 def instances_to_geojson(instances: np.ndarray, probability: np.ndarray | None = None,
@@ -151,26 +197,40 @@ def instances_to_geojson(instances: np.ndarray, probability: np.ndarray | None =
         >>> feature["geometry"]["type"], len(feature["geometry"]["coordinates"]), feature["properties"]["area"]
         ('Polygon', 2, 12)
     """
-    features = []
-    for label, box in _boxes(instances).items():
-        mask = np.asarray(instances[box]) == label
-        pieces, count = ndimage.label(mask)
-        offset = (box[1].start, box[0].start)
-        polygons = [_polygon(pieces == k, offset) for k in range(1, count + 1)]
-        geometry = {"type": "Polygon", "coordinates": polygons[0]} if count == 1 else \
-            {"type": "MultiPolygon", "coordinates": polygons}
-        properties: dict[str, Any] = {"objectType": "detection", "id": int(label),
-                                      "classification": {"name": classification, "color": list(colour)},
-                                      "area": int(mask.sum())}
-        if probability is not None:
-            properties["mean_probability"] = float(np.asarray(probability)[box][mask].mean())
-        features.append({"type": "Feature", "geometry": geometry, "properties": properties})
+    features = list(gland_features(instances, probability, classification, colour))
     return {"type": "FeatureCollection", "features": features}
 
 
-def write_geojson(path: str | Path, collection: dict[str, Any]) -> Path:
-    """Write a feature collection atomically (temp file + rename)."""
-    return atomic_write_text(path, json.dumps(collection) + "\n")
+def write_geojson(path: str | Path, collection: dict[str, Any] | Iterable[dict[str, Any]]) -> Path:
+    """Write a ``FeatureCollection`` atomically (temp file + rename).
+
+    Args:
+        path: the ``.geojson`` file.
+        collection: a feature collection (e.g. of :func:`instances_to_geojson`), or an iterable of
+            features (e.g. :func:`gland_features`), written one at a time so that no more than one
+            feature is held.
+
+    Returns:
+        The path written.
+
+    Example:
+        >>> import json, tempfile, pathlib, numpy as np
+        >>> glands = np.zeros((4, 4), np.int32); glands[1:3, 1:3] = 5
+        >>> path = write_geojson(pathlib.Path(tempfile.mkdtemp()) / "g.geojson", gland_features(glands))
+        >>> [f["properties"]["area"] for f in json.loads(path.read_text())["features"]]
+        [4]
+    """
+    if isinstance(collection, dict):
+        return atomic_write_text(path, json.dumps(collection) + "\n")
+    features = iter(collection)
+
+    def write(handle: IO[bytes]) -> None:
+        handle.write(b'{"type": "FeatureCollection", "features": [')
+        for n, feature in enumerate(features):
+            handle.write((", " if n else "").encode() + json.dumps(feature).encode())
+        handle.write(b"]}\n")
+
+    return atomic_write(path, write)
 
 
 def rasterize_geojson(collection: dict[str, Any], shape: tuple[int, int]) -> np.ndarray:

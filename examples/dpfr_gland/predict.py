@@ -44,7 +44,7 @@ from torch import nn
 from .checkpoint import atomic_write
 from .data import IMAGE_EXTENSIONS, _images_in, _natural_key, read_image
 from .evaluate import load_checkpoint_model
-from .geojson import instances_to_geojson, write_geojson
+from .geojson import gland_features, write_geojson
 from .large import WINDOWS, instances_by_strips, predict_large, tiff_regions
 from .synthetic import draw_outlines
 
@@ -153,7 +153,7 @@ def predict_file(model: nn.Module, path: str | Path, out: str | Path, tile: int 
                          "PNG")
     geojson_path = None
     if geojson:
-        geojson_path = write_geojson(out / f"{stem}.geojson", instances_to_geojson(instances, probability))
+        geojson_path = write_geojson(out / f"{stem}.geojson", gland_features(instances, probability))  # streamed
     return {"image": str(path), "glands": glands, "instances": str(instance_path), "classes": str(class_path),
             "overlay": str(overlay_path), "geojson": None if geojson_path is None else str(geojson_path)}
 
