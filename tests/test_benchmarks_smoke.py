@@ -125,8 +125,9 @@ def test_ssl_quality_reuses_a_run_only_when_every_field_its_method_reads_is_unch
 def test_large_image_benchmark_measures_every_stage(tmp_path):
     from benchmarks import large_image
 
-    result = large_image.main(["--sides", "256", "--models", "colour,cenet", "--tile", "128", "--overlap", "32",
-                               "--out", str(tmp_path / "r.json"), "--cache", str(tmp_path / "cache")])
+    argv = ["--sides", "256", "--models", "colour,cenet", "--tile", "128", "--overlap", "32",
+            "--out", str(tmp_path / "r.json"), "--cache", str(tmp_path / "cache")]
+    result = large_image.main(argv)
     tiled = [r for r in result["rows"] if r["mode"] == "tiled"]
     assert {r["model"] for r in tiled} == {"colour", "cenet"}
     for row in tiled:
@@ -134,6 +135,13 @@ def test_large_image_benchmark_measures_every_stage(tmp_path):
         assert all(v["seconds_per_mp"] > 0 for v in row["stages"].values())
     (untiled,) = [r for r in result["rows"] if r["mode"] == "untiled"]
     assert 0.9 <= untiled["class_agreement_with_tiled"] <= 1.0  # blending differs from a plain average
+    (whole,) = [r for r in result["rows"] if r["mode"] == "predict_file"]
+    assert set(whole["files_mib"]) == {"slide_256_instances.tif", "slide_256_classes.tif", "slide_256_overlay.png",
+                                       "slide_256.geojson"}
+    colour = next(r for r in tiled if r["model"] == "colour")
+    assert whole["glands"] == colour["glands"] > 0  # the command finds the glands the stages found
+    # a restart measures nothing again: every row comes back from the results file
+    assert large_image.main(argv)["rows"] == result["rows"]
 
 
 @pytest.mark.slow

@@ -121,3 +121,36 @@ def test_geojson_and_memory_mapped_npy_images(run, tmp_path):
     np.save(images / "bad.npy", np.zeros((4, 4), np.float32))
     with pytest.raises(SystemExit):
         P.main(["--weights", str(run / "model.pt"), "--images", str(images / "bad.npy"), "--out", str(tmp_path / "x")])
+
+
+def test_a_large_memory_mapped_image_is_predicted_out_of_core_with_the_in_memory_result(tmp_path):
+    import json
+
+    import tifffile
+
+    from examples.dpfr_gland.geojson import rasterize_geojson
+
+    torch.manual_seed(0)
+    # a per-pixel colour rule with gland-like output: dark (epithelium-ish) pixels are "interior"
+    model = torch.nn.Conv2d(3, 3, 1)
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.copy_(torch.tensor([0.0, 0.3, 0.1]))
+        model.weight[1, :, 0, 0] = -1.0
+    image = SyntheticGlands("medium", size=(230, 300), seed=7).sample(0)[0]
+    np.save(tmp_path / "slide.npy", image)
+    mapped = np.load(tmp_path / "slide.npy", mmap_mode="r")
+    options = dict(tile=64, overlap=16, geojson=True)
+    small = P.predict_file(model, tmp_path / "slide.npy", tmp_path / "in_memory", in_memory_pixels=10**9, **options)
+    big = P.predict_file(model, tmp_path / "slide.npy", tmp_path / "out_of_core", in_memory_pixels=1000,
+                         overlay_side=128, **options)
+    assert isinstance(mapped, np.memmap) and big["instances"].endswith("slide_instances.tif")
+    assert small["instances"].endswith("slide_instances.png") and big["glands"] == small["glands"] > 3
+    instances = tifffile.imread(big["instances"])
+    assert instances.dtype == np.uint16 and instances.shape == image.shape[:2]
+    np.testing.assert_array_equal(instances, read_instances(small["instances"]))
+    np.testing.assert_array_equal(tifffile.imread(big["classes"]), np.asarray(Image.open(small["classes"])))
+    collection = json.loads(open(big["geojson"]).read())
+    np.testing.assert_array_equal(rasterize_geojson(collection, image.shape[:2]), instances)
+    assert max(Image.open(big["overlay"]).size) <= 128  # subsampled: 300 px wide at a step of 3
+    assert not any(p.name.startswith(".") for p in (tmp_path / "out_of_core").iterdir())  # work files removed

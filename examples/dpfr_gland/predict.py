@@ -18,6 +18,13 @@ of tiles in memory) and written as
 - with ``--geojson``, ``NAME.geojson``: one polygon per gland (holes kept, its area and mean
   probability), a ``FeatureCollection`` in full-image pixel coordinates that QuPath imports.
 
+A memory-mapped image larger than :data:`IN_MEMORY_PIXELS` (8192², e.g. a 16 384² ``.npy`` or
+uncompressed TIFF) is predicted out of core: its class, probability and instance maps live in
+memory-mapped work files beside the outputs (removed at the end), the instance and class maps are
+written as tiled, zlib-compressed BigTIFFs (``NAME_instances.tif``, ``NAME_classes.tif``), the
+overlay is subsampled to 4096 pixels on its long side, and the GeoJSON is streamed feature by
+feature — memory follows the image's width, not its area (``benchmarks/large_image.py``).
+
 A model of the semantic task (PGland) writes the class map (classes ``0..K-1``) and the overlay.
 
 A file that cannot be read is named in the error; ``--on-error skip`` reports it and goes on
@@ -26,10 +33,12 @@ A file that cannot be read is named in the error; ``--on-error skip`` reports it
 
 from __future__ import annotations
 
-__all__ = ["main", "predict_file", "predict_folder"]
+__all__ = ["IN_MEMORY_PIXELS", "main", "predict_file", "predict_folder"]
 
 import argparse
 import io
+import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,6 +58,12 @@ from .large import WINDOWS, instances_by_strips, predict_large, tiff_regions
 from .synthetic import draw_outlines
 
 
+#: a memory-mapped image (``.npy``, uncompressed TIFF) with more pixels than this is predicted out of
+#: core: its maps go through memory-mapped work files beside the outputs, and are written as tiled
+#: TIFFs; only a band of tiles and a strip of rows are in memory at once.
+IN_MEMORY_PIXELS = 8192 * 8192
+
+
 def _save(path: Path, image: Image.Image, fmt: str) -> Path:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt)
@@ -66,10 +81,76 @@ def _memory_mapped_tiff(path: Path) -> np.ndarray | None:
     return array
 
 
+def _write_tiled_tiff(path: Path, array: np.ndarray, dtype: np.dtype, tile: int = 512) -> Path:
+    """A 2-D map (e.g. memory-mapped) written as a zlib-compressed tiled BigTIFF, one row of tiles
+    read at a time (the ``tifffile`` extra)."""
+    import tifffile
+
+    height, width = array.shape
+
+    def tiles():
+        for y in range(0, height, tile):
+            band = np.asarray(array[y : y + tile]).astype(dtype)
+            band = np.pad(band, ((0, tile - band.shape[0]), (0, (-width) % tile)))
+            for x in range(0, width, tile):
+                yield band[:, x : x + tile]
+
+    tmp = path.with_name(f".{path.name}.tmp")  # tifffile wants a named file: temp name + rename
+    try:
+        tifffile.imwrite(tmp, tiles(), shape=(height, width), dtype=dtype, tile=(tile, tile), bigtiff=True,
+                         compression="zlib", photometric="minisblack", metadata=None)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _overlay_downsampled(image: np.ndarray, instances: np.ndarray, side: int, strip: int = 2048) -> np.ndarray:
+    """The outline overlay of a large image at (at most) ``side`` pixels on its long side: the image
+    and the instances are subsampled by a whole factor strip by strip, then outlined."""
+    height, width = instances.shape
+    step = max(1, -(-max(height, width) // side))
+    pictures, labels = [], []
+    for y in range(0, height, strip - strip % step):
+        pictures.append(np.asarray(image[y : y + strip - strip % step : step, ::step]))
+        labels.append(np.asarray(instances[y : y + strip - strip % step : step, ::step]))
+    return draw_outlines(np.ascontiguousarray(np.concatenate(pictures)), np.concatenate(labels), width=1)
+
+
+def _predict_out_of_core(model: nn.Module, image: np.ndarray, out: Path, stem: str, tile: int, overlap: int,
+                         batch_size: int, min_size: int, dilation: int, amp: bool, geojson: bool, window: str,
+                         tile_progress: bool, overlay_side: int) -> dict[str, Any]:
+    height, width = image.shape[:2]
+    work = out / f".{stem}.work"  # memory-mapped maps, removed when the outputs are written
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        classes = np.lib.format.open_memmap(work / "classes.npy", mode="w+", dtype=np.uint8, shape=(height, width))
+        probability = np.lib.format.open_memmap(work / "probability.npy", mode="w+", dtype=np.float16,
+                                                shape=(height, width)) if geojson else None
+        predict_large(model, image, tile=tile, overlap=overlap, batch_size=batch_size, window=window, amp=amp,
+                      out=classes, probability_out=probability, progress=tile_progress)
+        instances = np.lib.format.open_memmap(work / "instances.npy", mode="w+", dtype=np.int32, shape=(height, width))
+        instances_by_strips(classes, min_size=min_size, dilation=dilation, out=instances)
+        glands = max((int(np.asarray(instances[y : y + 2048]).max()) for y in range(0, height, 2048)), default=0)
+        instance_path = _write_tiled_tiff(out / f"{stem}_instances.tif", instances,
+                                          np.dtype(np.uint16 if glands <= 65535 else np.uint32))
+        class_path = _write_tiled_tiff(out / f"{stem}_classes.tif", classes, np.dtype(np.uint8))
+        overlay_path = _save(out / f"{stem}_overlay.png",
+                             Image.fromarray(_overlay_downsampled(image, instances, overlay_side)), "PNG")
+        geojson_path = write_geojson(out / f"{stem}.geojson", gland_features(instances, probability)) if geojson \
+            else None
+        del classes, probability, instances
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"image": stem, "glands": glands, "instances": str(instance_path), "classes": str(class_path),
+            "overlay": str(overlay_path), "geojson": None if geojson_path is None else str(geojson_path)}
+
+
 def predict_file(model: nn.Module, path: str | Path, out: str | Path, tile: int = 256, overlap: int | None = None,
                  batch_size: int = 4, min_size: int = 16, dilation: int = 2, amp: bool = True,
                  task: str = "instance", geojson: bool = False, window: str = "gaussian",
-                 tile_progress: bool = False) -> dict[str, Any]:
+                 tile_progress: bool = False, in_memory_pixels: int = IN_MEMORY_PIXELS,
+                 overlay_side: int = 4096) -> dict[str, Any]:
     """Predict one image file and write its instance map, class map and overlay into ``out``.
 
     For the semantic task (``task="semantic"``, e.g. PGland) there is no instance map: the class
@@ -91,6 +172,12 @@ def predict_file(model: nn.Module, path: str | Path, out: str | Path, tile: int 
             with each gland's mean probability; instance task only).
         window: the tiles' blending window (see :func:`~examples.dpfr_gland.large.window_weights`).
         tile_progress: a progress bar over the image's tiles (for large images).
+        in_memory_pixels: a memory-mapped image with more pixels is predicted out of core (instance
+            task): the maps live in memory-mapped work files in ``out`` (removed at the end), the
+            instance and class maps are written as tiled, zlib-compressed BigTIFFs
+            (``NAME_instances.tif``, 16-bit or 32-bit; ``NAME_classes.tif``), the overlay is
+            subsampled to at most ``overlay_side`` pixels and the GeoJSON is streamed.
+        overlay_side: the long side of an out-of-core image's overlay picture.
 
     The image is read whole, except a ``.npy`` file or an uncompressed RGB TIFF, which are
     memory-mapped and read tile by tile; the class map is blended band by band (:func:`~examples.dpfr_gland.large.predict_large`)
@@ -130,6 +217,10 @@ def predict_file(model: nn.Module, path: str | Path, out: str | Path, tile: int 
         if image is None:
             image = read_image(path)
     overlap = tile // 4 if overlap is None else overlap
+    if isinstance(image, np.memmap) and task != "semantic" and image.shape[0] * image.shape[1] > in_memory_pixels:
+        result = _predict_out_of_core(model, image, out, path.stem, tile, overlap, batch_size, min_size, dilation,
+                                      amp, geojson, window, tile_progress, overlay_side)
+        return {**result, "image": str(path)}
     probability = np.zeros(image.shape[:2], np.float32) if geojson and task != "semantic" else None
     classes = predict_large(model, image, tile=tile, overlap=overlap, batch_size=batch_size, window=window,
                             amp=amp, probability_out=probability, progress=tile_progress)
