@@ -9,6 +9,8 @@ config's values as of the study's design):
 
 - **main**: the five methods ``supervised``, ``mean_teacher``, ``fdp``, ``fr``, ``dpfr`` x the
   seeds x the presets (``medium`` and the harder ``hard``), at 1/8 labels;
+- **control**: ``fdp`` with ``perturb_direction="random"`` (the same step length per pixel in a
+  random direction; ``medium``, every seed): whether the density's direction matters;
 - **ratio**: ``mean_teacher`` and ``dpfr`` at 1/4 and 1/2 labels (``medium``, every seed);
 - **sweep**: ``dpfr`` with the paper's absolute ``xi`` in {1, 3, 5} and ``num_anchors`` T in
   {64, 256} (``medium``, seed 0).
@@ -25,7 +27,7 @@ skipped when the study is started again, so the study can stop and resume across
 The summary (mean +- std over seeds) goes to ``benchmarks/results/ssl_quality_<scale>.json``
 and to the figures in ``docs/_static/ssl_quality/`` (matplotlib, the ``bench`` extra).
 
-CPU budget of the ``cpu`` scale (2 shared cores): about 3.5 hours for the 47 runs (a
+CPU budget of the ``cpu`` scale (2 shared cores): about 3.7 hours for the 50 runs (a
 ``dpfr`` run of 600 iterations takes about 5 minutes, ``supervised`` about 2.5).
 """
 
@@ -110,7 +112,7 @@ SCALES: dict[str, Scale] = {
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One training run of the study: a group (``main``/``ratio``/``sweep``) and its config keys."""
+    """One training run of the study: a group (``main``/``control``/``ratio``/``sweep``) and its config keys."""
 
     group: str
     preset: str
@@ -138,6 +140,9 @@ def plan(scale: Scale) -> list[RunSpec]:
     """
     runs = [RunSpec("main", preset, method, seed) for preset in scale.presets for seed in scale.seeds
             for method in METHODS]
+    # FDP's control: the same step length in a random direction (does the density's direction matter?)
+    runs += [RunSpec("control", scale.presets[0], "fdp", seed, extra=(("perturb_direction", "random"),))
+             for seed in scale.seeds]
     runs += [RunSpec("ratio", scale.presets[0], method, seed, ratio) for ratio in scale.ratios
              for seed in scale.seeds for method in ("mean_teacher", "dpfr")]
     runs += [RunSpec("sweep", scale.presets[0], "dpfr", scale.seeds[0], extra=(("xi", xi), ("xi_relative", False)))
@@ -158,7 +163,7 @@ _SEMI_ONLY = {"ema_decay", "threshold", "min_class_keep", "distribution_alignmen
               "unsup_weight", "teacher_buffers", "batch_unlabelled", "cutmix", "supervised_warmup", "rampup"}
 _FDP_ONLY = {"alpha_perturbed", "xi", "xi_relative", "perturb_at", "flow_warmup", "flow_depth", "flow_hidden",
              "flow_lr", "flow_grad_clip", "flow_pixels", "flow_noise", "flow_normalize", "flow_labelled_source",
-             "flow_pseudo_labels", "flow_label_fraction"}
+             "flow_pseudo_labels", "flow_label_fraction", "perturb_direction"}
 _FR_ONLY = {"alpha_contrast", "num_anchors", "num_negatives", "temperature", "projection_hidden", "projection_dim"}
 
 
@@ -364,6 +369,20 @@ def table_data(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                          _fmt(p.get("fdp_gain"), 4), _fmt(p.get("flip"), 3), _fmt(c["wall_s"], 0)])
         out.append((f"{preset}, 1/8 labels: diagnostics (second half of training; contour share on the test images)",
                     header, rows))
+    control = [c for c in cells if c["group"] == "control"]
+    if control:
+        rows = []
+        for preset in dict.fromkeys(c["preset"] for c in control):
+            for c in [c for c in main if c["preset"] == preset and c["method"] in ("mean_teacher", "fdp")] + \
+                     [c for c in control if c["preset"] == preset]:
+                label = c["method"] + (" (random direction)" if c["group"] == "control" else "")
+                s, p = c["student"], c["perturbation"]
+                rows.append([preset, label, str(len(c["seeds"])), _fmt(s["pooled_f1"]), _fmt(s["pooled_dice"]),
+                             _fmt(s["pooled_hausdorff"], 1), _fmt(c["contour_share"]), _fmt(p.get("fdp_gain"), 4),
+                             _fmt(p.get("flip"), 3)])
+        out.append(("FDP against its control: the same step length in a random direction (1/8 labels, student)",
+                    ["preset", "method", "seeds", "O.F1", "O.Dice", "O.HD", "contour share", "fdp_gain", "flip"],
+                    rows))
     ratio = [c for c in cells if c["group"] == "ratio" or (c["group"] == "main" and c["method"] in
                                                             ("mean_teacher", "dpfr") and c["preset"] == "medium")]
     if any(c["group"] == "ratio" for c in ratio):
@@ -549,7 +568,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--scale", choices=sorted(SCALES), default="cpu")
     parser.add_argument("--split", choices=sorted(DATA_SEEDS), default="test",
                         help="which generator seeds to train and score on (validation: for tuning)")
-    parser.add_argument("--groups", default="main,ratio,sweep", help="comma-separated subset of main,ratio,sweep")
+    parser.add_argument("--groups", default="main,control,ratio,sweep",
+                        help="comma-separated subset of main,control,ratio,sweep")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the methods")
     parser.add_argument("--presets", default="", help="comma-separated subset of the scale's presets")
     parser.add_argument("--seeds", default="", help="comma-separated subset of the scale's seeds")

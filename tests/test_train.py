@@ -284,6 +284,35 @@ def test_perturbed_branch_changes_the_output_and_the_log_says_how_much():
     torch.testing.assert_close(logs["fdp_gain"], logs["fdp"] - logs["mt"])
 
 
+def test_random_direction_control_steps_the_same_length_in_a_fresh_direction():
+    # perturb_direction="random": FDP's control. Same per-pixel length as the density step
+    # (xi * ||f||, relative), a direction unrelated to the density, a new draw every step, and
+    # reproducible from the run's seed.
+    torch.manual_seed(0)
+    trainer = T.Trainer(tiny_config(method="fdp", perturb_direction="random", xi=0.3, threshold=1.2))
+    import densessl
+
+    assert not isinstance(trainer.perturbation, densessl.DensityPerturbation)
+    steps = []
+    real = trainer.perturbation.forward
+    trainer.perturbation.forward = lambda f: steps.append((f.detach(), real(f).detach())) or real(f)
+    trainer.step(*batches(0))  # t = 0: flow warm-up, no perturbation yet
+    logs = [trainer.step(*batches(1)), trainer.step(*batches(2))]
+    assert len(steps) == 2
+    for features, perturbed in steps:
+        rho = perturbed - features
+        torch.testing.assert_close(torch.linalg.vector_norm(rho, dim=1),
+                                   0.3 * torch.linalg.vector_norm(features, dim=1), rtol=1e-4, atol=1e-6)
+    cosine = torch.nn.functional.cosine_similarity(steps[0][1] - steps[0][0], steps[1][1] - steps[1][0], dim=1)
+    assert cosine.abs().mean() < 0.3  # independent directions (the features differ little between steps)
+    assert all(float(row["flip"]) >= 0 and torch.isfinite(row["fdp"]) for row in logs)
+    again = T.Trainer(tiny_config(method="fdp", perturb_direction="random", xi=0.3, threshold=1.2))
+    again.perturbation.generator = again._generator(1, 5)
+    torch.testing.assert_close(again.perturbation(steps[0][0]) - steps[0][0], steps[0][1] - steps[0][0])
+    with pytest.raises(ValueError, match="perturb_direction"):
+        tiny_config(perturb_direction="sideways")
+
+
 def test_fr_and_dpfr_contrast_the_clean_decoder_maps():
     for method in ("fr", "dpfr"):
         torch.manual_seed(0)

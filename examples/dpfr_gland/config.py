@@ -121,6 +121,10 @@ class TrainConfig:
         perturb_at: where the model perturbs: ``"bottleneck"`` (``e4``), ``"decoder"`` (``d1``, the
             density on ``d1``) or ``"classifier"`` (``d1``, the density on the classifier block's
             output: DDFP's site); see the recipe README for what each does to the output.
+        perturb_direction: ``"density"`` (FDP: along the gradient of ``-log p``) or ``"random"``,
+            the control that says whether the direction matters: a step of the same length per
+            pixel (``xi``, or ``xi * ||f||``) in a uniformly random direction, drawn afresh every
+            step; the flow still trains, so the cost and the schedule are the same.
         cutmix: CutMix the student's unlabelled strong views (boxes are pasted between images
             of the batch, so it needs ``batch_unlabelled >= 2``).
         teacher_buffers: how the EMA teacher follows the student's BatchNorm statistics:
@@ -215,6 +219,7 @@ class TrainConfig:
     projection_hidden: int = 256
     projection_dim: int = 128
     perturb_at: str = "classifier"
+    perturb_direction: str = "density"
     cutmix: bool = True
     teacher_buffers: str = "copy"
     flow_normalize: bool = True
@@ -243,6 +248,7 @@ class TrainConfig:
         _one_of("dataset", self.dataset, _DATASETS)
         _one_of("backbone", self.backbone, ("resnet34", "resnet50", "resnet101"))
         _one_of("perturb_at", self.perturb_at, ("bottleneck", "decoder", "classifier"))
+        _one_of("perturb_direction", self.perturb_direction, ("density", "random"))
         _one_of("teacher_buffers", self.teacher_buffers, ("ema", "copy"))
         _one_of("lr_schedule", self.lr_schedule, ("constant", "poly"))
         _one_of("flow_labelled_source", self.flow_labelled_source, ("teacher", "student"))

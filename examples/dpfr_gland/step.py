@@ -105,6 +105,24 @@ class _DensityInput(nn.Module):
         return normalize_pixels(h) if self.normalize else h
 
 
+class _RandomStep(nn.Module):
+    """FDP's control (``perturb_direction="random"``): ``features + rho`` with ``rho`` of the
+    density step's length per pixel (``xi``, or ``xi * ||f||`` when relative) in a uniformly random
+    direction (a normalised Gaussian), from ``generator`` (set by the trainer every step)."""
+
+    def __init__(self, xi: float, relative: bool) -> None:
+        super().__init__()
+        self.xi, self.relative = xi, relative
+        self.generator: torch.Generator | None = None
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        noise = torch.randn(features.shape, generator=self.generator, device=features.device, dtype=torch.float32)
+        direction = noise / torch.linalg.vector_norm(noise, dim=1, keepdim=True).clamp_min(1e-12)
+        length = self.xi * torch.linalg.vector_norm(features.detach().float(), dim=1, keepdim=True) \
+            if self.relative else self.xi
+        return features + (direction * length).to(features.dtype)
+
+
 class _FlowLoss(nn.Module):
     """``flow.nll`` as a ``forward``, so that DDP can wrap the flow's training loss."""
 
@@ -160,7 +178,7 @@ class Trainer:
             self.teacher.eval()
         self.flow: densessl.FlowDensityHead | None = None
         self.flow_optimizer: torch.optim.Optimizer | None = None
-        self.perturbation: densessl.DensityPerturbation | None = None
+        self.perturbation: densessl.DensityPerturbation | _RandomStep | None = None
         if config.uses_flow:
             self.flow = densessl.FlowDensityHead(student.feature_channels, self.num_classes, depth=config.flow_depth,
                                                  hidden=config.flow_hidden, ignore_index=_IGNORE).to(self.device)
@@ -170,6 +188,8 @@ class Trainer:
             head = _DensityInput(student.density_block, config.flow_normalize)
             self.perturbation = densessl.DensityPerturbation(self.flow, xi=config.xi, relative=config.xi_relative,
                                                              head=None if head.is_identity else head)
+            if config.perturb_direction == "random":
+                self.perturbation = _RandomStep(config.xi, config.xi_relative)
         self.projector: nn.Module | None = None
         self.contrast: densessl.HardAnchorContrast | None = None
         params = list(student.parameters())
@@ -360,6 +380,8 @@ class Trainer:
         perturb_on = config.uses_flow and t >= config.flow_warmup
         with self._autocast():
             if perturb_on:
+                if isinstance(self.perturbation, _RandomStep):
+                    self.perturbation.generator = self._generator(t, 5)
                 out = self.student(torch.cat([x_l, x_s]), perturb=self.perturbation, perturb_last=n_u)
             else:
                 out = self.student(torch.cat([x_l, x_s]))
