@@ -121,3 +121,44 @@ def test_min_class_keep_zero_and_one():
     assert bool(densessl.EntropyPseudoLabeler(0.3, min_class_keep=1.0)(logits).mask.all())
     with pytest.raises(ValueError, match="min_class_keep"):
         densessl.EntropyPseudoLabeler(0.3, min_class_keep=1.5)
+
+
+# ----------------------------------------------------------------------------- balancing weights
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 5), st.integers(0, 10_000))
+def test_balancing_weights_give_each_class_its_target_share_of_the_loss(k, seed):
+    from densessl.functional import balancing_weights
+
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, k, (2, 6, 7), generator=g)
+    labels[torch.rand(2, 6, 7, generator=g) < 0.3] = 255
+    target = torch.rand(k, generator=g, dtype=torch.float64) + 0.05
+    w = balancing_weights(labels, target, max_weight=1e9).double()
+    used = labels[labels != 255]
+    counts = np.bincount(used.numpy(), minlength=k).astype(np.float64)
+    present = counts > 0
+    mass = w.numpy() * counts  # each class's total weight in a weighted-mean loss
+    assert math.isclose(mass.sum() / counts.sum(), 1.0, rel_tol=1e-5)  # the mean weight is 1
+    goal = target.numpy() * present / (target.numpy() * present).sum()  # absent classes cannot carry weight
+    np.testing.assert_allclose(mass / mass.sum(), goal, rtol=1e-4, atol=1e-6)
+    assert (w.numpy()[~present] == 0).all()
+
+
+def test_balancing_weights_hand_cases_clipping_and_bad_inputs():
+    from densessl.functional import balancing_weights
+
+    labels = torch.tensor([[[0] * 98 + [1, 2]]])  # class 1 and 2: one pixel each
+    raw = balancing_weights(labels, torch.tensor([1 / 3, 1 / 3, 1 / 3]), max_weight=5.0)
+    # before the rescaling: w0 = (1/3)/0.98, w1 = w2 = min((1/3)/0.01, 5) = 5
+    w0, w1 = (1 / 3) / 0.98, 5.0
+    mean = w0 * 0.98 + 2 * w1 * 0.01
+    torch.testing.assert_close(raw, torch.tensor([w0, w1, w1]) / mean)
+    assert balancing_weights(torch.full((1, 2, 2), 255), torch.tensor([0.5, 0.5])).tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError, match="labels"):
+        balancing_weights(torch.tensor([[[0, 3]]]), torch.tensor([0.5, 0.5]))
+    with pytest.raises(ValueError, match="target must be >= 0"):
+        balancing_weights(torch.tensor([[[0, 1]]]), torch.tensor([1.5, -0.5]))
+    with pytest.raises(ValueError, match="max_weight"):
+        balancing_weights(torch.tensor([[[0, 1]]]), torch.tensor([0.5, 0.5]), max_weight=0)

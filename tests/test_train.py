@@ -313,6 +313,34 @@ def test_random_direction_control_steps_the_same_length_in_a_fresh_direction():
         tiny_config(perturb_direction="sideways")
 
 
+def test_class_balanced_unlabelled_loss_weights_the_kept_labels_to_the_labelled_shares():
+    from densessl.functional import balancing_weights
+
+    results = {}
+    for balance in (False, True):
+        torch.manual_seed(0)
+        trainer = T.Trainer(tiny_config(method="mean_teacher", unsup_class_balance=balance, threshold=0.5))
+        seen = []
+        import examples.dpfr_gland.step as S
+
+        original = S.masked_cross_entropy
+        S.masked_cross_entropy = lambda *a, **k: seen.append((a, k)) or original(*a, **k)
+        try:
+            logs = trainer.step(*batches(0))
+        finally:
+            S.masked_cross_entropy = original
+        results[balance] = (logs, seen)
+    plain, balanced = results[False][0], results[True][0]
+    assert "weight_contour" not in plain and {"weight_background", "weight_interior", "weight_contour"} <= set(balanced)
+    (_, k_sup), (args_mt, k_mt) = results[True][1][:2]
+    assert k_sup.get("weight") is None  # the labelled loss is never reweighted
+    y_u = args_mt[1]
+    expected = balancing_weights(y_u, trainer.alignment.target, ignore_index=k_mt["ignore_index"])
+    torch.testing.assert_close(k_mt["weight"], expected)
+    used = y_u[y_u != k_mt["ignore_index"]]
+    torch.testing.assert_close((expected[used]).float().mean(), torch.tensor(1.0))  # the loss keeps its scale
+
+
 def test_fr_and_dpfr_contrast_the_clean_decoder_maps():
     for method in ("fr", "dpfr"):
         torch.manual_seed(0)

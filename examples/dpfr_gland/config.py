@@ -91,6 +91,11 @@ class TrainConfig:
             frequencies before pseudo-labelling (:class:`densessl.DistributionAlignment`; the
             contour class, under-predicted by the teacher, is boosted). Default on, for the
             same measurement.
+        unsup_class_balance: weight the unlabelled cross-entropies per class so that the kept
+            pseudo labels carry the labelled pixels' class shares
+            (:func:`densessl.functional.balancing_weights`; the shares are the distribution
+            alignment's running labelled frequencies, else the batch's). Off by default: a lever
+            against the contour erosion the study measured, not yet measured itself.
         alignment_momentum: momentum of the alignment's running class distributions.
         unsup_weight: :math:`\\lambda_u`, weight of the Mean Teacher CE.
         alpha_perturbed: :math:`\\alpha_1`, weight of the perturbed branch's CE.
@@ -198,6 +203,7 @@ class TrainConfig:
     threshold: float = 0.5
     min_class_keep: float = 0.2
     distribution_alignment: bool = True
+    unsup_class_balance: bool = False
     alignment_momentum: float = 0.99
     unsup_weight: float = 1.0
     alpha_perturbed: float = 0.5

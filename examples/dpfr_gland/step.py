@@ -17,7 +17,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import densessl
-from densessl.functional import downsample_labels, flatten_pixels, masked_cross_entropy, normalize_pixels
+from densessl.functional import (balancing_weights, downsample_labels, flatten_pixels, masked_cross_entropy,
+                                 normalize_pixels)
 from densessl.utils import unwrap_model
 
 from . import augment
@@ -388,12 +389,22 @@ class Trainer:
         logits = out.logits
         # 4. Losses.
         sup = masked_cross_entropy(logits[:n_l], y_l, ignore_index=_IGNORE)
-        mt = masked_cross_entropy(logits[n_l:n_l + n_u], y_u, ignore_index=_IGNORE)
+        class_weight = None
+        if config.unsup_class_balance:  # the kept pseudo labels weighted to the labelled class shares
+            if self.alignment is not None:
+                target = self.alignment.target
+            else:
+                valid = y_l[y_l != _IGNORE]
+                target = torch.bincount(valid.flatten(), minlength=self.num_classes).float()
+            class_weight = balancing_weights(y_u, target, ignore_index=_IGNORE)
+            for name, w in zip(class_names(config), class_weight):
+                logs[f"weight_{name}"] = w.detach()
+        mt = masked_cross_entropy(logits[n_l:n_l + n_u], y_u, ignore_index=_IGNORE, weight=class_weight)
         unsup = config.unsup_weight * mt
         logs["sup"], logs["mt"] = sup.detach(), mt.detach()
         if config.uses_flow:
             if perturb_on:
-                fdp = masked_cross_entropy(logits[n_l + n_u:], y_u, ignore_index=_IGNORE)
+                fdp = masked_cross_entropy(logits[n_l + n_u:], y_u, ignore_index=_IGNORE, weight=class_weight)
                 clean_u, perturbed_u = logits[n_l:n_l + n_u].detach(), logits[n_l + n_u:].detach()
                 # What the step did to the output: the CE it added and the argmax flips.
                 logs["fdp_gain"] = fdp.detach() - mt.detach()
