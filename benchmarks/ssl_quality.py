@@ -473,7 +473,9 @@ def figures(rows: Sequence[dict], summary: dict, folder: Path, title: str) -> li
         fig, axes = plt.subplots(len(presets), 3, figsize=(12, 3.4 * len(presets)), squeeze=False,
                                  layout="constrained")
         for r, preset in enumerate(presets):
-            these = [c for c in main if c["preset"] == preset]
+            # FDP's random-direction control sits right of the five methods, where it ran
+            these = [c for c in main if c["preset"] == preset] + \
+                [c for c in cells if c["group"] == "control" and c["preset"] == preset]
             for col, (key, label) in enumerate((("pooled_f1", "object F1"), ("pooled_dice", "object Dice"),
                                                 ("pooled_hausdorff", "object Hausdorff (px, lower is better)"))):
                 ax = axes[r, col]
@@ -486,7 +488,8 @@ def figures(rows: Sequence[dict], summary: dict, folder: Path, title: str) -> li
                     if c.get("teacher"):
                         ax.scatter([i + 0.25] * c["teacher"][key]["n"], c["teacher"][key]["values"], marker="x",
                                    color="C3", s=14, zorder=3, label="teacher" if i == 1 else None)
-                ax.set_xticks(range(len(these)), [c["method"] for c in these], rotation=30)
+                ax.set_xticks(range(len(these)), [c["method"] + ("\n(random dir.)" if c["group"] == "control" else "")
+                                                  for c in these], rotation=30)
                 ax.set_title(f"{preset}: {label}", fontsize=9)
                 if r == 0 and col == 0:
                     ax.legend(fontsize=7)
