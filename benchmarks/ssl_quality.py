@@ -55,7 +55,7 @@ from examples.dpfr_gland.augment import to_tensor
 from examples.dpfr_gland.batches import build_datasets
 from examples.dpfr_gland.checkpoint import atomic_write_text
 from examples.dpfr_gland.config import METHODS, TrainConfig, apply_overrides
-from examples.dpfr_gland.evaluate import predict
+from examples.dpfr_gland.evaluate import predict, predict_instances
 from examples.dpfr_gland.plots import smooth
 from examples.dpfr_gland.targets import NUM_CLASSES, instances_to_classes
 
@@ -217,6 +217,40 @@ def class_shares(model: torch.nn.Module, dataset: Any, config: TrainConfig) -> d
             "truth": dict(zip(CLASS_NAMES, (truth / truth.sum()).tolist()))}
 
 
+def _object_counts(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int, int]:
+    """``(predicted objects, true objects, true positives)`` of one image by the GlaS rule: a
+    predicted object is a true positive when it covers at least half of the true object it
+    overlaps most."""
+    n_pred, n_gt = int(len(np.unique(pred[pred > 0]))), int(len(np.unique(gt[gt > 0])))
+    both = (pred > 0) & (gt > 0)
+    if not both.any():
+        return n_pred, n_gt, 0
+    pairs, counts = np.unique(np.stack([pred[both], gt[both]]), axis=1, return_counts=True)
+    gt_area = dict(zip(*np.unique(gt[gt > 0], return_counts=True)))
+    best: dict[int, tuple[int, int]] = {}  # predicted object -> (overlap, true object)
+    for (p, g), c in zip(pairs.T.tolist(), counts.tolist()):
+        if c > best.get(p, (0, 0))[0]:
+            best[p] = (c, g)
+    hits = {g for c, g in best.values() if c >= 0.5 * gt_area[g]}  # each true object counted once
+    return n_pred, n_gt, len(hits)
+
+
+@torch.no_grad()
+def object_counts(model: torch.nn.Module, dataset: Any, config: TrainConfig) -> dict[str, float]:
+    """Predicted and true gland counts over the test images, true positives (GlaS rule),
+    precision and recall: whether a fall in object F1 comes from extra objects or lost ones."""
+    model.eval()
+    total = np.zeros(3, dtype=np.int64)
+    for i in range(len(dataset)):
+        image, instances = dataset[i]
+        pred = predict_instances(model, image, tile=config.eval_tile, overlap=config.eval_overlap,
+                                 min_size=config.min_size, dilation=config.contour_width)
+        total += _object_counts(pred, np.asarray(instances))
+    n_pred, n_gt, tp = (int(v) for v in total)
+    return {"predicted": n_pred, "truth": n_gt, "tp": tp, "precision": tp / max(n_pred, 1),
+            "recall": tp / max(n_gt, 1)}
+
+
 @torch.no_grad()
 def decoder_features(model: torch.nn.Module, dataset: Any, config: TrainConfig, per_class: int,
                      seed: int = 0) -> dict[str, Any]:
@@ -295,6 +329,7 @@ def run_one(spec: RunSpec, scale: Scale, split: str, sets: Sequence[str], out_ro
     }
     student, _ = load_checkpoint_model(out / "checkpoint.pt", weights="student")  # float32, as trained
     row["class_shares"] = class_shares(student, test, config)
+    row["objects"] = object_counts(student, test, config)
     if features:
         row["features"] = decoder_features(student, test, config, scale.feature_pixels)
     return row
@@ -329,6 +364,8 @@ def summarise(rows: Sequence[dict]) -> dict[str, Any]:
         cell["contour_share_truth"] = members[0]["class_shares"]["truth"]["contour"]
         cell["perturbation"] = {k: _stats(m["perturbation"][k] for m in members) for k in members[0]["perturbation"]}
         cell["wall_s"] = _stats(m["wall_s"] for m in members)
+        cell["objects"] = {k: _stats(m["objects"][k] for m in members if "objects" in m)
+                           for k in ("precision", "recall", "predicted", "truth")}
         out.append(cell)
     order = {m: i for i, m in enumerate(METHODS)}
     out.sort(key=lambda c: (c["group"], c["preset"], order[c["method"]], _ratio(c["label_ratio"]),
@@ -360,12 +397,15 @@ def table_data(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                                  _fmt(s["pooled_dice"]), _fmt(s["pooled_hausdorff"], 1), _fmt(s["per_image_f1"]),
                                  _fmt(s["per_image_dice"]), _fmt(s["per_image_hausdorff"], 1)])
         out.append((f"{preset}, 1/8 labels: GlaS object scores, mean ± std over seeds", header, rows))
-        header = ["method", "student contour share (truth)", "kept", "kept background", "kept interior",
-                  "kept contour", "fdp_gain", "flip", "wall s"]
+        header = ["method", "student contour share (truth)", "object precision", "object recall", "objects (truth)",
+                  "kept", "kept background", "kept interior", "kept contour", "fdp_gain", "flip", "wall s"]
         rows = []
         for c in these:
-            k, p = c["keep"], c["perturbation"]
+            k, p, o = c["keep"], c["perturbation"], c.get("objects", {})
+            truth = o.get("truth")
             rows.append([c["method"], f"{_fmt(c['contour_share'])} ({c['contour_share_truth']:.3f})",
+                         _fmt(o.get("precision")), _fmt(o.get("recall")),
+                         f"{_fmt(o.get('predicted'), 0)} ({truth['mean']:.0f})" if truth else "-",
                          *(_fmt(k.get(key), 2) for key in ("kept", "kept_background", "kept_interior", "kept_contour")),
                          _fmt(p.get("fdp_gain"), 4), _fmt(p.get("flip"), 3), _fmt(c["wall_s"], 0)])
         out.append((f"{preset}, 1/8 labels: diagnostics (second half of training; contour share on the test images)",
@@ -576,6 +616,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
                         help="comma-separated subset of main,control,ratio,sweep")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the methods")
     parser.add_argument("--presets", default="", help="comma-separated subset of the scale's presets")
+    parser.add_argument("--recount", action="store_true",
+                        help="add object counts (precision / recall) to finished runs that lack them, from their "
+                             "model.pt (float16 student), then report")
     parser.add_argument("--seeds", default="", help="comma-separated subset of the scale's seeds")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for every run (e.g. for tuning on --split validation)")
@@ -623,6 +666,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
             s = row["student"]
             bar.write(f"{spec.name}: O.F1 {s['pooled_f1']:.3f} O.Dice {s['pooled_dice']:.3f} "
                       f"O.HD {s['pooled_hausdorff']:.1f} ({row['wall_s']:.0f} s)")
+    if args.recount:
+        from examples.dpfr_gland.evaluate import load_checkpoint_model
+
+        for path in sorted(results.glob("*.json")):
+            row = json.loads(path.read_text())
+            model_path = outputs / row["name"] / "model.pt"
+            if "objects" in row or not model_path.is_file():
+                continue
+            config = TrainConfig(**{**dataclasses.asdict(TrainConfig()), **row["config"]})
+            student, _ = load_checkpoint_model(model_path)
+            row["objects"] = {**object_counts(student, build_datasets(config)[1], config), "source": "model.pt"}
+            atomic_write_text(path, json.dumps(row) + "\n")
+            print(f"{row['name']}: precision {row['objects']['precision']:.3f} recall {row['objects']['recall']:.3f}")
     rows = _load_rows(results)
     summary = summarise(rows) if rows else {"cells": []}
     summary.update(scale=args.scale, split=args.split, note=scale.note, runs=len(rows), sets=args.set,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 
@@ -158,3 +159,19 @@ def test_active_labels_toy_study_runs_every_strategy_and_resumes(tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "r").glob("s*_r*.json")}
     active_labels.main(args)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "r").glob("s*_r*.json")} == stamps
+
+
+def test_object_counts_follow_the_glas_rule_on_a_hand_made_case():
+    from benchmarks.ssl_quality import _object_counts
+
+    gt = np.zeros((10, 10), int)
+    gt[0:4, 0:4] = 1
+    gt[6:10, 6:10] = 2
+    pred = np.zeros((10, 10), int)
+    pred[0:3, 0:4] = 5  # covers 12 of gt 1's 16 pixels: a true positive
+    pred[6:7, 6:10] = 7  # covers 4 of gt 2's 16: not one
+    pred[8, 0] = 9  # overlaps nothing: a false positive
+    assert _object_counts(pred, gt) == (3, 2, 1)
+    pred[3, 0:4] = 6  # a second piece of gt 1 (4 of 16) does not count it twice
+    assert _object_counts(pred, gt) == (4, 2, 1)
+    assert _object_counts(np.zeros_like(gt), gt) == (0, 2, 0)
