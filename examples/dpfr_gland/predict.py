@@ -110,10 +110,11 @@ def _overlay_downsampled(image: np.ndarray, instances: np.ndarray, side: int, st
     and the instances are subsampled by a whole factor strip by strip, then outlined."""
     height, width = instances.shape
     step = max(1, -(-max(height, width) // side))
+    rows = max(step, strip - strip % step)  # a whole number of steps per strip keeps the sampling regular
     pictures, labels = [], []
-    for y in range(0, height, strip - strip % step):
-        pictures.append(np.asarray(image[y : y + strip - strip % step : step, ::step]))
-        labels.append(np.asarray(instances[y : y + strip - strip % step : step, ::step]))
+    for y in range(0, height, rows):
+        pictures.append(np.asarray(image[y : y + rows : step, ::step]))
+        labels.append(np.asarray(instances[y : y + rows : step, ::step]))
     return draw_outlines(np.ascontiguousarray(np.concatenate(pictures)), np.concatenate(labels), width=1)
 
 
