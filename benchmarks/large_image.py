@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--cache", default=str(CACHE))
     parser.add_argument("--fresh", action="store_true", help="measure every row again (default: reuse the rows "
-                        "already in --out with the same model, side, mode, tile and overlap)")
+                        "already in --out with the same model, side, mode, tile, overlap and BENCH_THREADS)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -279,8 +279,10 @@ def main(argv: list[str] | None = None) -> dict:
     if "cenet" in models:
         plan += [("cenet", sides[0], "tiled"), ("cenet", sides[0], "untiled")]
 
+    threads = int(os.environ.get("BENCH_THREADS", "2"))
+
     def key(row: dict) -> tuple:
-        return row["model"], row["side"], row["mode"], row["tile"], row["overlap"]
+        return row["model"], row["side"], row["mode"], row["tile"], row["overlap"], row.get("threads", 2)
 
     previous = {}
     if not args.fresh and Path(args.out).is_file():
@@ -290,7 +292,7 @@ def main(argv: list[str] | None = None) -> dict:
             "the memory the computation holds; peak_growth_mib: VmHWM growth, which also counts "
             "touched pages of the memory-mapped image and outputs (file pages the kernel can drop)")
     for model, side, mode in tqdm(plan, desc="large_image", unit="run"):
-        old = previous.get((model, side, mode, args.tile, args.overlap))
+        old = previous.get((model, side, mode, args.tile, args.overlap, threads))
         if old is not None:  # measured in an earlier start
             rows.append(old)
             continue
@@ -298,7 +300,7 @@ def main(argv: list[str] | None = None) -> dict:
         config = dict(model=model, side=side, mode=mode, tile=args.tile, overlap=args.overlap, image=str(image),
                       out=str(Path(args.cache) / f"{model}_{side}"))
         row = _run_child(config)
-        row["threads"] = int(os.environ.get("BENCH_THREADS", "2"))
+        row["threads"] = threads
         rows.append(row)
         # each finished row is stored at once, so a restart skips it
         done = {key(r): r for r in (*previous.values(), *rows)}
@@ -309,7 +311,10 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             text = f"{row['seconds_per_mp']} s/MP, anon {row['anon_peak_growth_mib']} MiB (HWM {row['peak_growth_mib']})"
         tqdm.write(f"{model} {side}² {mode}: {text}")
-    result = {"tile": args.tile, "overlap": args.overlap, "rows": rows, "note": note}
+    # the rows of this plan, then any earlier row it did not include (another --models / --sides)
+    kept = {key(r): r for r in rows}
+    result = {"tile": args.tile, "overlap": args.overlap, "note": note,
+              "rows": [*rows, *(r for k, r in previous.items() if k not in kept)]}
     write_result(args.out, result)
     if args.out == str(RESULTS):
         atomic_write_text(ROOT / "docs" / "large_image_table.inc", rst_table(result))
@@ -318,13 +323,14 @@ def main(argv: list[str] | None = None) -> dict:
 
 def rst_table(result: dict) -> str:
     """The rows as an RST ``csv-table`` for ``docs/benchmarks.rst``."""
-    lines = [".. csv-table::", '   :header: "model", "side", "mode", "stage", "s / MP", "anon MiB", "HWM MiB", "glands"',
-             ""]
+    lines = [".. csv-table::",
+             '   :header: "model", "side", "mode", "stage", "threads", "s / MP", "anon MiB", "HWM MiB", "glands"', ""]
     for row in result["rows"]:
         stages = row["stages"].items() if row["mode"] == "tiled" else \
             [("predict + instances" if row["mode"] == "untiled" else "predict_file (all outputs)", row)]
         for stage, v in stages:
-            lines.append(f'   "{row["model"]}", "{row["side"]}", "{row["mode"]}", "{stage}", "{v["seconds_per_mp"]}", '
+            lines.append(f'   "{row["model"]}", "{row["side"]}", "{row["mode"]}", "{stage}", "{row.get("threads", "")}", '
+                         f'"{v["seconds_per_mp"]}", '
                          f'"{v["anon_peak_growth_mib"]}", "{v["peak_growth_mib"]}", "{row.get("glands", "")}"')
     return "\n".join(lines) + "\n"
 

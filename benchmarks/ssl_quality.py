@@ -218,9 +218,9 @@ def class_shares(model: torch.nn.Module, dataset: Any, config: TrainConfig) -> d
 
 
 def _object_counts(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int, int]:
-    """``(predicted objects, true objects, true positives)`` of one image by the GlaS rule: a
-    predicted object is a true positive when it covers at least half of the true object it
-    overlaps most."""
+    """``(predicted objects, true objects, true positives)`` of one image by the rule of
+    :mod:`densessl.metrics`: a predicted object is a true positive when it covers **more than**
+    half of the true object it overlaps most (ties to the smaller label)."""
     n_pred, n_gt = int(len(np.unique(pred[pred > 0]))), int(len(np.unique(gt[gt > 0])))
     both = (pred > 0) & (gt > 0)
     if not both.any():
@@ -228,11 +228,11 @@ def _object_counts(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int, int]:
     pairs, counts = np.unique(np.stack([pred[both], gt[both]]), axis=1, return_counts=True)
     gt_area = dict(zip(*np.unique(gt[gt > 0], return_counts=True)))
     best: dict[int, tuple[int, int]] = {}  # predicted object -> (overlap, true object)
-    for (p, g), c in zip(pairs.T.tolist(), counts.tolist()):
+    for (p, g), c in zip(pairs.T.tolist(), counts.tolist()):  # sorted by (p, g): a tie keeps the smaller g
         if c > best.get(p, (0, 0))[0]:
             best[p] = (c, g)
-    hits = {g for c, g in best.values() if c >= 0.5 * gt_area[g]}  # each true object counted once
-    return n_pred, n_gt, len(hits)
+    hits = sum(1 for c, g in best.values() if 2 * c > gt_area[g])  # > 50 %: one hit per true object at most
+    return n_pred, n_gt, hits
 
 
 @torch.no_grad()
@@ -617,8 +617,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the methods")
     parser.add_argument("--presets", default="", help="comma-separated subset of the scale's presets")
     parser.add_argument("--recount", action="store_true",
-                        help="add object counts (precision / recall) to finished runs that lack them, from their "
-                             "model.pt (float16 student), then report")
+                        help="(re)compute the object counts (precision / recall) of every finished run from its "
+                             "model.pt (float16 student), so all rows count alike, then report")
     parser.add_argument("--seeds", default="", help="comma-separated subset of the scale's seeds")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for every run (e.g. for tuning on --split validation)")
@@ -671,8 +671,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
         for path in sorted(results.glob("*.json")):
             row = json.loads(path.read_text())
+            if "name" not in row:  # the summary beside the runs (--results DIR)
+                continue
             model_path = outputs / row["name"] / "model.pt"
-            if "objects" in row or not model_path.is_file():
+            if not model_path.is_file():
                 continue
             config = TrainConfig(**{**dataclasses.asdict(TrainConfig()), **row["config"]})
             student, _ = load_checkpoint_model(model_path)

@@ -156,6 +156,8 @@ def test_balancing_weights_hand_cases_clipping_and_bad_inputs():
     mean = w0 * 0.98 + 2 * w1 * 0.01
     torch.testing.assert_close(raw, torch.tensor([w0, w1, w1]) / mean)
     assert balancing_weights(torch.full((1, 2, 2), 255), torch.tensor([0.5, 0.5])).tolist() == [0.0, 0.0]
+    # every used pixel's class has target 0: nothing to balance towards, all zeros ("no weighting")
+    assert balancing_weights(torch.tensor([[[0, 0]]]), torch.tensor([0.0, 1.0])).tolist() == [0.0, 0.0]
     with pytest.raises(ValueError, match="labels"):
         balancing_weights(torch.tensor([[[0, 3]]]), torch.tensor([0.5, 0.5]))
     with pytest.raises(ValueError, match="target must be >= 0"):

@@ -175,3 +175,10 @@ def test_object_counts_follow_the_glas_rule_on_a_hand_made_case():
     pred[3, 0:4] = 6  # a second piece of gt 1 (4 of 16) does not count it twice
     assert _object_counts(pred, gt) == (4, 2, 1)
     assert _object_counts(np.zeros_like(gt), gt) == (0, 2, 0)
+    # exactly half is not enough, as in densessl.metrics (its object_f1 docstring case)
+    from densessl.metrics import object_f1
+
+    half_gt, half_pred = np.array([[1, 1, 0, 2, 2]]), np.array([[5, 5, 5, 0, 7]])
+    n_pred, n_gt, tp = _object_counts(half_pred, half_gt)
+    assert (n_pred, n_gt, tp) == (2, 2, 1)
+    assert 2 * tp / (n_pred + n_gt) == object_f1(half_pred, half_gt)

@@ -154,3 +154,20 @@ def test_a_large_memory_mapped_image_is_predicted_out_of_core_with_the_in_memory
     np.testing.assert_array_equal(rasterize_geojson(collection, image.shape[:2]), instances)
     assert max(Image.open(big["overlay"]).size) <= 128  # subsampled: 300 px wide at a step of 3
     assert not any(p.name.startswith(".") for p in (tmp_path / "out_of_core").iterdir())  # work files removed
+
+
+def test_the_out_of_core_overlay_and_a_missing_tifffile(tmp_path, monkeypatch):
+    import sys
+
+    image = np.zeros((5000, 300, 3), np.uint8)
+    instances = np.zeros((5000, 300), np.int32)
+    instances[100:200, 50:100] = 1
+    # a step (5000 / 1000 = 5) subsampled strip by strip equals plain striding, even with a step above the strip
+    picture = P._overlay_downsampled(image, instances, 1000, strip=64)
+    assert picture.shape == image[::5, ::5].shape and picture.any()
+    assert P._overlay_downsampled(image, instances, 1, strip=64).shape == (1, 1, 3)
+    np.save(tmp_path / "slide.npy", np.zeros((64, 80, 3), np.uint8))
+    monkeypatch.setitem(sys.modules, "tifffile", None)  # "import tifffile" now raises ImportError
+    with pytest.raises(ValueError, match="needs tifffile"):  # before any work is done
+        P.predict_file(torch.nn.Conv2d(3, 3, 1), tmp_path / "slide.npy", tmp_path / "out", tile=64,
+                       in_memory_pixels=100)

@@ -295,7 +295,12 @@ def test_random_direction_control_steps_the_same_length_in_a_fresh_direction():
     assert not isinstance(trainer.perturbation, densessl.DensityPerturbation)
     steps = []
     real = trainer.perturbation.forward
-    trainer.perturbation.forward = lambda f: steps.append((f.detach(), real(f).detach())) or real(f)
+    def recording(f):
+        out = real(f)  # drawn once: the step recorded is the step the training used
+        steps.append((f.detach(), out.detach()))
+        return out
+
+    trainer.perturbation.forward = recording
     trainer.step(*batches(0))  # t = 0: flow warm-up, no perturbation yet
     logs = [trainer.step(*batches(1)), trainer.step(*batches(2))]
     assert len(steps) == 2
@@ -338,7 +343,7 @@ def test_class_balanced_unlabelled_loss_weights_the_kept_labels_to_the_labelled_
     expected = balancing_weights(y_u, trainer.alignment.target, ignore_index=k_mt["ignore_index"])
     torch.testing.assert_close(k_mt["weight"], expected)
     used = y_u[y_u != k_mt["ignore_index"]]
-    torch.testing.assert_close((expected[used]).float().mean(), torch.tensor(1.0))  # the loss keeps its scale
+    torch.testing.assert_close((expected[used]).float().mean(), torch.tensor(1.0))  # mean weight 1 over kept pixels
 
 
 def test_fr_and_dpfr_contrast_the_clean_decoder_maps():

@@ -68,11 +68,13 @@ def balancing_weights(labels: torch.Tensor, target: torch.Tensor, ignore_index: 
 
     ``w_c = target_c / share_c`` with ``share_c`` the fraction of non-ignored pixels labelled
     ``c``, clipped to ``max_weight`` and rescaled so that the mean weight over those pixels is
-    1 (the loss keeps its scale). With ``weight=w`` in a weighted-mean cross-entropy (e.g.
-    :func:`masked_cross_entropy`) class ``c`` then carries ``target_c`` of the loss, up to the
-    clipping: pseudo labels that an entropy filter kept mostly from the easy classes stop
-    teaching those classes alone. A class absent from ``labels`` gets weight 0 (it has no pixel
-    to weigh).
+    1 (a weighted sum then keeps the scale of a plain one; a weighted mean such as
+    :func:`masked_cross_entropy` divides the scale out anyway). With ``weight=w`` class ``c``'s
+    pixels hold ``target_c`` of the total weight, up to the clipping: pseudo labels that an
+    entropy filter kept mostly from the easy classes stop teaching those classes alone. A class
+    absent from ``labels`` gets weight 0 (it has no pixel to weigh). When every used pixel's
+    class has target 0 (or no pixel is used) there is nothing to balance towards: the weights
+    are all 0, which callers should read as "no weighting" (``None``).
 
     Args:
         labels: class indices ``0..K-1`` or ``ignore_index`` (e.g. pseudo labels).

@@ -40,6 +40,7 @@ import io
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,10 @@ def _write_tiled_tiff(path: Path, array: np.ndarray, dtype: np.dtype, tile: int 
             for x in range(0, width, tile):
                 yield band[:, x : x + tile]
 
-    tmp = path.with_name(f".{path.name}.tmp")  # tifffile wants a named file: temp name + rename
+    # tifffile wants a named file: a unique temp name beside the target, then a rename
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
         tifffile.imwrite(tmp, tiles(), shape=(height, width), dtype=dtype, tile=(tile, tile), bigtiff=True,
                          compression="zlib", photometric="minisblack", metadata=None)
@@ -121,6 +125,12 @@ def _overlay_downsampled(image: np.ndarray, instances: np.ndarray, side: int, st
 def _predict_out_of_core(model: nn.Module, image: np.ndarray, out: Path, stem: str, tile: int, overlap: int,
                          batch_size: int, min_size: int, dilation: int, amp: bool, geojson: bool, window: str,
                          tile_progress: bool, overlay_side: int) -> dict[str, Any]:
+    try:  # checked first: the TIFFs are written only after the whole prediction
+        import tifffile  # noqa: F401
+    except ImportError as error:
+        raise ValueError(f"an image of {image.shape[0]}x{image.shape[1]} pixels is predicted out of core and "
+                         f"written as tiled TIFFs, which needs tifffile (pip install tifffile, the recipe's "
+                         f"'large' extra)") from error
     height, width = image.shape[:2]
     work = out / f".{stem}.work"  # memory-mapped maps, removed when the outputs are written
     work.mkdir(parents=True, exist_ok=True)

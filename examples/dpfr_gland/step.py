@@ -399,6 +399,8 @@ class Trainer:
             class_weight = balancing_weights(y_u, target, ignore_index=_IGNORE)
             for name, w in zip(class_names(config), class_weight):
                 logs[f"weight_{name}"] = w.detach()
+            if not bool(class_weight.any()):  # nothing to balance towards (e.g. no labelled pixel yet)
+                class_weight = None
         mt = masked_cross_entropy(logits[n_l:n_l + n_u], y_u, ignore_index=_IGNORE, weight=class_weight)
         unsup = config.unsup_weight * mt
         logs["sup"], logs["mt"] = sup.detach(), mt.detach()
