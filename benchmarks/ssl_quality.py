@@ -373,6 +373,12 @@ def summarise(rows: Sequence[dict]) -> dict[str, Any]:
     return {"cells": out}
 
 
+def _presets(cells: Sequence[dict]) -> list[str]:
+    """The presets of ``cells`` from easy to hard: the first is the study's headline (``medium``)."""
+    order = ("easy", "medium", "hard")
+    return sorted({c["preset"] for c in cells}, key=lambda p: order.index(p) if p in order else len(order))
+
+
 def _fmt(stat: dict | None, digits: int = 3) -> str:
     if stat is None:
         return "-"
@@ -384,7 +390,7 @@ def table_data(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     out = []
     cells = summary["cells"]
     main = [c for c in cells if c["group"] == "main"]
-    for preset in dict.fromkeys(c["preset"] for c in main):
+    for preset in _presets(main):
         these = [c for c in main if c["preset"] == preset]
         header = ["method", "weights", "seeds", "O.F1", "O.Dice", "O.HD", "per-image O.F1", "per-image O.Dice",
                   "per-image O.HD"]
@@ -508,7 +514,7 @@ def figures(rows: Sequence[dict], summary: dict, folder: Path, title: str) -> li
 
     cells = summary["cells"]
     main = [c for c in cells if c["group"] == "main"]
-    presets = list(dict.fromkeys(c["preset"] for c in main))
+    presets = _presets(main)
     if main:
         fig, axes = plt.subplots(len(presets), 3, figsize=(12, 3.4 * len(presets)), squeeze=False,
                                  layout="constrained")
