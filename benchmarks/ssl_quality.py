@@ -27,7 +27,7 @@ skipped when the study is started again, so the study can stop and resume across
 The summary (mean +- std over seeds) goes to ``benchmarks/results/ssl_quality_<scale>.json``
 and to the figures in ``docs/_static/ssl_quality/`` (matplotlib, the ``bench`` extra).
 
-CPU budget of the ``cpu`` scale (2 shared cores): about 3.7 hours for the 50 runs (a
+CPU budget of the ``cpu`` scale (2 shared cores): about 3.7 hours for the 49 distinct runs (a
 ``dpfr`` run of 600 iterations takes about 5 minutes, ``supervised`` about 2.5).
 """
 
