@@ -18,9 +18,15 @@ the teacher's entropy), ``step`` more images are labelled —
 — and the recipe is trained again from scratch with the same budget. Reported: pooled O.F1 /
 O.Dice of the student on the test images against the number of labelled images (mean ± std over
 seeds), how many minority images each strategy picked, and the label-efficiency target (the
-combined strategy reaching random's final O.F1 with at most two-thirds of its labels). Each run
-is written to ``benchmarks/results/active_labels/<scale>/`` at once and skipped when restarted;
-the figure goes to ``docs/_static/active_labels.png`` (cpu scale).
+combined strategy reaching random's final O.F1 with at most two-thirds of its labels).
+
+The run's own 40 test images hold 6 of the minority appearance, too few to say whether picking
+them helped, so every finished student is also scored on a *wide* test set
+(:func:`score_by_appearance`: ``wide_test`` images of the same generator, the run's test images
+first), pooled over all of them, over the minority ones and over the rest. ``--rescore`` adds
+that score to rows that lack it, from each run's ``model.pt``. Each run is written to
+``benchmarks/results/active_labels/<scale>/`` at once and skipped when restarted; the figure goes
+to ``docs/_static/active_labels.png`` (cpu scale).
 """
 
 from __future__ import annotations
@@ -47,12 +53,12 @@ SCALES: dict[str, dict[str, Any]] = {
     "toy": dict(config=dict(synthetic_size=64, synthetic_train=12, synthetic_test=2, crop_size=64, iterations=3,
                             supervised_warmup=0, rampup=0, flow_warmup=1, eval_tile=64, eval_overlap=16,
                             num_anchors=8, num_negatives=16, flow_hidden=16, projection_hidden=16, projection_dim=8),
-                seeds=(0,), start=2, step=2, rounds=1),
+                seeds=(0,), start=2, step=2, rounds=1, wide_test=4),
     "cpu": dict(config=dict(synthetic_size=128, synthetic_train=64, synthetic_test=40, crop_size=96, iterations=400,
                             supervised_warmup=60, rampup=60, flow_warmup=60, eval_tile=128, eval_overlap=32,
                             batch_labelled=2, batch_unlabelled=2, ema_decay=0.95, flow_hidden=64,
                             projection_hidden=64, projection_dim=32, num_anchors=64, num_negatives=128),
-                seeds=(0, 1, 2), start=4, step=4, rounds=2),
+                seeds=(0, 1, 2), start=4, step=4, rounds=2, wide_test=200),
 }
 _COMMON = dict(method="dpfr", dataset="synthetic", synthetic_preset="medium", synthetic_mix="hard:0.1",
                synthetic_seed=3001, device="cpu", num_workers=0, log_every=50, eval_pictures=0, checkpoint_every=0)
@@ -70,6 +76,57 @@ def _train(config: TrainConfig, out: Path) -> dict[str, Any]:
         result = train(config, out, progress=False)
     (out / "train.log").write_text(log.getvalue())
     return result["metrics"]
+
+
+def score_by_appearance(model: Any, config: TrainConfig, count: int) -> dict[str, dict[str, float]]:
+    """Pooled GlaS scores of ``model`` on ``count`` synthetic test images of ``config``, split by appearance.
+
+    The images are the run's test split widened to ``count`` (``synthetic_test=count``: the
+    generator keys each image by its index, so the run's own test images come first and are the
+    same), predicted as the recipe's evaluation does.
+
+    Args:
+        model: a 3-class segmentation network (eval mode is set).
+        config: the run's configuration (synthetic data with ``synthetic_mix``).
+        count: how many test images.
+
+    Returns:
+        ``{"all" | "minority" | "majority" | "own": {"pooled_f1", "pooled_dice", "pooled_hausdorff",
+        "images"}}``; ``"own"`` is the first ``config.synthetic_test`` images (the run's test set),
+        to check against the score the training run reported. A group without images is left out.
+    """
+    import torch
+
+    from densessl.metrics import glas_metrics
+    from examples.dpfr_gland.batches import build_datasets
+    from examples.dpfr_gland.evaluate import predict_instances
+
+    if config.dataset != "synthetic":
+        raise ValueError(f"config.dataset must be 'synthetic' to widen its test set, got {config.dataset!r}")
+    test = build_datasets(dataclasses.replace(config, synthetic_test=count))[1]
+    model.eval()
+    preds, gts = [], []
+    with torch.no_grad():
+        for i in range(len(test)):
+            image, instances = test[i]
+            preds.append(predict_instances(model, image, tile=config.eval_tile, overlap=config.eval_overlap,
+                                           min_size=config.min_size, dilation=config.contour_width))
+            gts.append(np.asarray(instances))
+    minority = set(test.minority)
+    groups = {"all": list(range(len(test))), "minority": sorted(minority),
+              "majority": [i for i in range(len(test)) if i not in minority],
+              "own": list(range(min(config.synthetic_test, len(test))))}
+    return {name: {**{f"pooled_{k}": v for k, v in glas_metrics([preds[i] for i in members],
+                                                                 [gts[i] for i in members]).items()},
+                   "images": len(members)}
+            for name, members in groups.items() if members}
+
+
+def _wide_score(run: Path, config: TrainConfig, count: int) -> dict[str, Any]:
+    from examples.dpfr_gland.evaluate import load_checkpoint_model
+
+    student, _ = load_checkpoint_model(run / "model.pt")
+    return {**score_by_appearance(student, config, count), "source": "model.pt"}
 
 
 def _pick(strategy: str, run: Path, config: TrainConfig, labelled: list[int], step: int, seed: int,
@@ -98,6 +155,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--outputs", default="")
     parser.add_argument("--figure", default="")
     parser.add_argument("--report", action="store_true", help="only the summary and the figure")
+    parser.add_argument("--rescore", action="store_true",
+                        help="score finished runs that lack it on the wide test set (from model.pt), then report")
     args = parser.parse_args(argv)
     scale = SCALES[args.scale]
     results = Path(args.results) if args.results else RESULTS / "active_labels" / args.scale
@@ -107,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
     results.mkdir(parents=True, exist_ok=True)
     plan = [(seed, "start", 0) for seed in scale["seeds"]]
     plan += [(seed, s, r) for seed in scale["seeds"] for r in range(1, scale["rounds"] + 1) for s in STRATEGIES]
-    if not args.report:
+    if not (args.report or args.rescore):
         from examples.dpfr_gland.batches import build_datasets
         from tqdm import tqdm
 
@@ -136,9 +195,22 @@ def main(argv: list[str] | None = None) -> dict:
                    "num_labelled": len(labelled), "minority_labelled": len(set(labelled) & set(train_set.minority)),
                    "pooled_f1": metrics["pooled_f1"], "pooled_dice": metrics["pooled_dice"],
                    "pooled_hausdorff": metrics["pooled_hausdorff"], "config": dataclasses.asdict(config)}
+            row["wide"] = _wide_score(outputs / name, config, scale["wide_test"])
             atomic_write_text(path, json.dumps(row) + "\n")
             bar.write(f"{name}: {len(labelled)} labelled ({row['minority_labelled']} minority), O.F1 "
                       f"{row['pooled_f1']:.3f}")
+    if args.rescore:
+        for path in sorted(results.glob("s*_r*.json")):
+            row = json.loads(path.read_text())
+            run = outputs / path.stem
+            if "wide" in row or not (run / "model.pt").is_file():
+                continue
+            config = TrainConfig(**{**dataclasses.asdict(TrainConfig()), **row["config"]})
+            row["wide"] = _wide_score(run, config, scale["wide_test"])
+            atomic_write_text(path, json.dumps(row) + "\n")
+            print(f"{path.stem}: wide O.F1 {row['wide']['all']['pooled_f1']:.3f} (minority "
+                  f"{row['wide'].get('minority', {}).get('pooled_f1', float('nan')):.3f}); own test "
+                  f"{row['wide']['own']['pooled_f1']:.3f} against {row['pooled_f1']:.3f} reported")
     rows = [json.loads(p.read_text()) for p in sorted(results.glob("s*_r*.json"))]
     summary = summarise(rows)
     write_result(results / "summary.json" if args.results else RESULTS / f"active_labels_{args.scale}.json", summary)
@@ -150,49 +222,98 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
+# (name in the summary, where in a row, what the table calls it)
+MEASURES = (("f1", ("pooled_f1",), "O.F1, own test"),
+            ("wide_f1", ("wide", "all", "pooled_f1"), "O.F1, wide test"),
+            ("minority_f1", ("wide", "minority", "pooled_f1"), "O.F1, wide minority"),
+            ("majority_f1", ("wide", "majority", "pooled_f1"), "O.F1, wide majority"))
+
+
+def _lookup(row: dict, keys: tuple[str, ...]) -> float | None:
+    for key in keys:
+        if not isinstance(row, dict) or key not in row:
+            return None
+        row = row[key]
+    return float(row)
+
+
+def _reach(curve: dict, measure: str) -> dict[str, Any] | None:
+    """Whether ``combined`` reaches random's final ``measure`` with at most 2/3 of its labels."""
+    random, combined = curve.get("random", []), curve.get("combined", [])
+    if not random or not combined or f"{measure}_mean" not in random[-1]:
+        return None
+    final = random[-1]
+    reached = [p["num_labelled"] for p in combined if p.get(f"{measure}_mean", -1.0) >= final[f"{measure}_mean"]]
+    best = max(combined, key=lambda p: p.get(f"{measure}_mean", -1.0))
+    at_two_thirds = [p for p in combined if p["num_labelled"] <= 2 / 3 * final["num_labelled"]]
+    return {"measure": measure, "random_final_labels": final["num_labelled"],
+            "random_final": final[f"{measure}_mean"],
+            "combined_labels_to_reach": min(reached) if reached else None,
+            "combined_at_two_thirds": (at_two_thirds[-1].get(f"{measure}_mean") if at_two_thirds else None),
+            "combined_best": best.get(f"{measure}_mean"),
+            "met": bool(reached) and min(reached) <= 2 / 3 * final["num_labelled"]}
+
+
 def summarise(rows: list[dict]) -> dict[str, Any]:
-    """Mean ± std of O.F1 per (strategy, number of labelled images); round 0 belongs to every strategy."""
+    """Mean ± std of each measure per (strategy, number of labelled images); round 0 belongs to
+    every strategy. A measure is reported for a cell only when every run in it has it."""
     cells: dict[tuple[str, int], list[dict]] = {}
     for row in rows:
         for strategy in (STRATEGIES if row["strategy"] == "start" else (row["strategy"],)):
             cells.setdefault((strategy, row["num_labelled"]), []).append(row)
-    curve = {}
+    curve: dict[str, list[dict[str, Any]]] = {}
     for (strategy, n), members in sorted(cells.items()):
-        f1 = [m["pooled_f1"] for m in members]
-        curve.setdefault(strategy, []).append({
-            "num_labelled": n, "f1_mean": float(np.mean(f1)), "f1_std": float(np.std(f1, ddof=1)) if len(f1) > 1 else 0.0,
-            "seeds": len(f1), "minority_labelled": float(np.mean([m["minority_labelled"] for m in members]))})
-    table = ["| strategy | labelled | seeds | O.F1 | minority images labelled |", "|---|---|---|---|---|"]
+        point: dict[str, Any] = {"num_labelled": n, "seeds": len(members),
+                                 "minority_labelled": float(np.mean([m["minority_labelled"] for m in members]))}
+        for name, keys, _ in MEASURES:
+            values = [_lookup(m, keys) for m in members]
+            if all(v is not None for v in values):
+                point[f"{name}_mean"] = float(np.mean(values))
+                point[f"{name}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        curve.setdefault(strategy, []).append(point)
+    wide = next((r["wide"] for r in rows if "wide" in r), None)
+    names = [label + (f" ({wide[group]['images']} images)" if wide and group in wide else "")
+             for (_, keys, label), group in zip(MEASURES, ("own", "all", "minority", "majority"))]
+    table = ["| strategy | labelled | seeds | " + " | ".join(names) + " | minority images labelled |",
+             "|---|---|---|" + "---|" * len(MEASURES) + "---|"]
     for strategy in STRATEGIES:
-        for point in curve.get(strategy, []):
-            table.append(f"| {strategy} | {point['num_labelled']} | {point['seeds']} | {point['f1_mean']:.3f} ± "
-                         f"{point['f1_std']:.3f} | {point['minority_labelled']:.1f} |")
-    target = None
-    if curve.get("random") and curve.get("combined"):
-        final = curve["random"][-1]
-        reached = [p["num_labelled"] for p in curve["combined"] if p["f1_mean"] >= final["f1_mean"]]
-        target = {"random_final_labels": final["num_labelled"], "random_final_f1": final["f1_mean"],
-                  "combined_labels_to_reach": min(reached) if reached else None,
-                  "met": bool(reached) and min(reached) <= 2 / 3 * final["num_labelled"]}
-    return {"curve": curve, "table": table, "target": target}
+        for p in curve.get(strategy, []):
+            cols = [f"{p[f'{m}_mean']:.3f} ± {p[f'{m}_std']:.3f}" if f"{m}_mean" in p else "–"
+                    for m, _, _ in MEASURES]
+            table.append(f"| {strategy} | {p['num_labelled']} | {p['seeds']} | " + " | ".join(cols)
+                         + f" | {p['minority_labelled']:.1f} |")
+    targets = {m: _reach(curve, m) for m, _, _ in MEASURES}
+    return {"curve": curve, "table": table, "target": targets["f1"],
+            "targets": {m: t for m, t in targets.items() if t is not None}}
 
 
 def draw(summary: dict, path: Path) -> None:
+    """O.F1 against labelled images per strategy: the wide test set (all, minority) where the runs
+    have it, else the runs' own test images."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.8), layout="constrained")
-    for n, strategy in enumerate(STRATEGIES):
-        points = summary["curve"].get(strategy, [])
-        if points:
-            ax.errorbar([p["num_labelled"] for p in points], [p["f1_mean"] for p in points],
-                        yerr=[p["f1_std"] for p in points], marker="o", capsize=3, label=strategy, color=f"C{n}")
-    ax.set_xlabel("labelled training images")
-    ax.set_ylabel("object F1 (student, pooled)")
-    ax.set_title("Picking what to label (synthetic glands, 10 % minority appearance)", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    have_wide = any("wide_f1_mean" in p for points in summary["curve"].values() for p in points)
+    panels = ([("wide_f1", "all test images (wide set)"), ("minority_f1", "minority-appearance test images")]
+              if have_wide else [("f1", "the runs' own test images")])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 3.8), layout="constrained",
+                             squeeze=False)
+    for ax, (measure, title) in zip(axes[0], panels):
+        for n, strategy in enumerate(STRATEGIES):
+            points = [p for p in summary["curve"].get(strategy, []) if f"{measure}_mean" in p]
+            if points:
+                # strategies share round 0: a small sideways offset keeps their error bars apart
+                x = [p["num_labelled"] + 0.12 * (n - 1.5) for p in points]
+                ax.errorbar(x, [p[f"{measure}_mean"] for p in points], yerr=[p[f"{measure}_std"] for p in points],
+                            marker="o", capsize=3, label=strategy, color=f"C{n}")
+        ax.set_xlabel("labelled training images")
+        ax.set_ylabel("object F1 (student, pooled)")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Picking what to label (synthetic glands, 10 % minority appearance; mean ± std over seeds)",
+                 fontsize=9)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)

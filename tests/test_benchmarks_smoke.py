@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 
@@ -156,9 +159,55 @@ def test_active_labels_toy_study_runs_every_strategy_and_resumes(tmp_path):
     for points in summary["curve"].values():
         assert [p["num_labelled"] for p in points] == [2, 4]  # start + one round of 2
     assert summary["target"] is not None and (tmp_path / "f.png").is_file()
+    rows = [json.loads(p.read_text()) for p in (tmp_path / "r").glob("s*_r*.json")]
+    for row in rows:  # every finished student is scored on the wide test set, its own test images first
+        assert row["wide"]["all"]["images"] == active_labels.SCALES["toy"]["wide_test"]
+        assert row["wide"]["own"]["images"] == row["config"]["synthetic_test"]
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "r").glob("s*_r*.json")}
     active_labels.main(args)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "r").glob("s*_r*.json")} == stamps
+    # --rescore fills a row that lacks the wide score, from the run's model.pt, and trains nothing
+    path = sorted((tmp_path / "r").glob("s*_r*.json"))[0]
+    row = json.loads(path.read_text())
+    wide = row.pop("wide")
+    path.write_text(json.dumps(row))
+    active_labels.main([*args, "--rescore"])
+    assert json.loads(path.read_text())["wide"] == wide
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "r").glob("s*_r*.json") if p != path} == \
+        {p: t for p, t in stamps.items() if p != path}
+
+
+def test_wide_test_score_splits_by_appearance_and_its_own_part_equals_the_recipe_evaluation():
+    import torch
+
+    from benchmarks.active_labels import score_by_appearance
+    from densessl.metrics import glas_metrics
+    from examples.dpfr_gland.batches import build_datasets
+    from examples.dpfr_gland.config import TrainConfig
+    from examples.dpfr_gland.evaluate import evaluate, predict_instances
+
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 3, kernel_size=3, padding=1)  # a weak but not blank segmenter
+    config = TrainConfig(synthetic_size=64, crop_size=64, synthetic_train=2, synthetic_test=3, synthetic_mix="hard:0.5",
+                         synthetic_seed=5, eval_tile=64, eval_overlap=16, min_size=4)
+    scores = score_by_appearance(model, config, 8)
+    wide = build_datasets(dataclasses.replace(config, synthetic_test=8))[1]
+    minority = [i for i, name in enumerate(wide.names) if name.endswith("_minority")]
+    assert 0 < len(minority) < 8  # both groups are present at this seed
+    assert scores["minority"]["images"] == len(minority)
+    assert scores["majority"]["images"] == 8 - len(minority) and scores["all"]["images"] == 8
+    # the run's own test images come first and unchanged: the recipe's evaluate gives the same score
+    own = evaluate(model, build_datasets(config)[1], tile=64, overlap=16, min_size=4, dilation=config.contour_width)
+    assert scores["own"]["pooled_f1"] == pytest.approx(own["pooled_f1"])
+    assert scores["own"]["pooled_dice"] == pytest.approx(own["pooled_dice"])  # > 0 here: objects are found
+    assert scores["own"]["pooled_hausdorff"] == pytest.approx(own["pooled_hausdorff"])
+    preds = [predict_instances(model, wide[i][0], tile=64, overlap=16, min_size=4, dilation=config.contour_width)
+             for i in minority]
+    expected = glas_metrics(preds, [wide[i][1] for i in minority])
+    assert scores["minority"]["pooled_f1"] == pytest.approx(expected["f1"])
+    assert scores["minority"]["pooled_dice"] == pytest.approx(expected["dice"])
+    with pytest.raises(ValueError, match="config.dataset must be 'synthetic'"):
+        score_by_appearance(model, TrainConfig(dataset="glas", data="x"), 8)
 
 
 def test_object_counts_follow_the_glas_rule_on_a_hand_made_case():
