@@ -129,6 +129,44 @@ def _wide_score(run: Path, config: TrainConfig, count: int) -> dict[str, Any]:
     return {**score_by_appearance(student, config, count), "source": "model.pt"}
 
 
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` for telling ``positive`` items from the rest
+    (the Mann-Whitney statistic, ties counted half; 0.5 is a random ranking).
+
+    Example:
+        >>> auroc(np.array([0.9, 0.1, 0.5, 0.5]), np.array([True, False, True, False]))
+        0.875
+    """
+    from scipy.stats import rankdata
+
+    scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"positive must hold both classes, got {n_pos} positive and {n_neg} negative")
+    ranks = rankdata(scores)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def ranking_quality(run: Path, config: TrainConfig, labelled: list[int], k: int) -> dict[str, Any]:
+    """How well each score of a finished run singles out the minority images of its unlabelled pool:
+    AUROC (0.5 = random picking) and how many minority images the plain top-``k`` holds."""
+    from examples.dpfr_gland.batches import build_datasets
+    from examples.dpfr_gland.suggest import _trainer, score_images
+
+    train_set, _ = build_datasets(config)
+    pool = [i for i in range(len(train_set)) if i not in set(labelled)]
+    positive = np.array([i in set(train_set.minority) for i in pool])
+    scores = score_images(_trainer(run / "checkpoint.pt", "cpu"), [train_set[i][0] for i in pool],
+                          [train_set[i][0] for i in labelled])
+    out: dict[str, Any] = {"pool": len(pool), "minority_in_pool": int(positive.sum()), "k": k}
+    for key in ("low_density", "entropy", "combined"):
+        values = scores[key].double().numpy()
+        top = np.argsort(-values, kind="stable")[:k]
+        out[key] = {"auroc": auroc(values, positive) if 0 < positive.sum() < len(pool) else None,
+                    "minority_in_top_k": int(positive[top].sum())}
+    return out
+
+
 def _pick(strategy: str, run: Path, config: TrainConfig, labelled: list[int], step: int, seed: int,
           round_: int) -> list[int]:
     from densessl.functional import diverse_top_k
@@ -196,6 +234,8 @@ def main(argv: list[str] | None = None) -> dict:
                    "pooled_f1": metrics["pooled_f1"], "pooled_dice": metrics["pooled_dice"],
                    "pooled_hausdorff": metrics["pooled_hausdorff"], "config": dataclasses.asdict(config)}
             row["wide"] = _wide_score(outputs / name, config, scale["wide_test"])
+            if round_ < scale["rounds"]:  # its scores pick the next round's images
+                row["ranking"] = ranking_quality(outputs / name, config, labelled, scale["step"])
             atomic_write_text(path, json.dumps(row) + "\n")
             bar.write(f"{name}: {len(labelled)} labelled ({row['minority_labelled']} minority), O.F1 "
                       f"{row['pooled_f1']:.3f}")
@@ -203,18 +243,23 @@ def main(argv: list[str] | None = None) -> dict:
         for path in sorted(results.glob("s*_r*.json")):
             row = json.loads(path.read_text())
             run = outputs / path.stem
-            if "wide" in row or not (run / "model.pt").is_file():
-                continue
             config = TrainConfig(**{**dataclasses.asdict(TrainConfig()), **row["config"]})
-            row["wide"] = _wide_score(run, config, scale["wide_test"])
+            changed = False
+            if "wide" not in row and (run / "model.pt").is_file():
+                row["wide"], changed = _wide_score(run, config, scale["wide_test"]), True
+            if "ranking" not in row and row["round"] < scale["rounds"] and (run / "checkpoint.pt").is_file():
+                row["ranking"], changed = ranking_quality(run, config, row["labelled"], scale["step"]), True
+            if not changed:
+                continue
             atomic_write_text(path, json.dumps(row) + "\n")
-            print(f"{path.stem}: wide O.F1 {row['wide']['all']['pooled_f1']:.3f} (minority "
-                  f"{row['wide'].get('minority', {}).get('pooled_f1', float('nan')):.3f}); own test "
-                  f"{row['wide']['own']['pooled_f1']:.3f} against {row['pooled_f1']:.3f} reported")
+            if "wide" in row:
+                print(f"{path.stem}: wide O.F1 {row['wide']['all']['pooled_f1']:.3f} (minority "
+                      f"{row['wide'].get('minority', {}).get('pooled_f1', float('nan')):.3f}); own test "
+                      f"{row['wide']['own']['pooled_f1']:.3f} against {row['pooled_f1']:.3f} reported")
     rows = [json.loads(p.read_text()) for p in sorted(results.glob("s*_r*.json"))]
     summary = summarise(rows)
     write_result(results / "summary.json" if args.results else RESULTS / f"active_labels_{args.scale}.json", summary)
-    for line in summary["table"]:
+    for line in summary["table"] + [""] + summary["ranking_table"]:
         print(line)
     if rows:
         draw(summary, figure)
@@ -283,8 +328,44 @@ def summarise(rows: list[dict]) -> dict[str, Any]:
             table.append(f"| {strategy} | {p['num_labelled']} | {p['seeds']} | " + " | ".join(cols)
                          + f" | {p['minority_labelled']:.1f} |")
     targets = {m: _reach(curve, m) for m, _, _ in MEASURES}
+    ranking = summarise_ranking(rows)
     return {"curve": curve, "table": table, "target": targets["f1"],
-            "targets": {m: t for m, t in targets.items() if t is not None}}
+            "targets": {m: t for m, t in targets.items() if t is not None},
+            "ranking": ranking, "ranking_table": ranking_table(ranking)}
+
+
+def summarise_ranking(rows: list[dict]) -> list[dict[str, Any]]:
+    """Per round whose scores picked images (0: the shared start; later rounds per strategy's own
+    runs), mean AUROC of each score for the pool's minority images and minority images in its
+    top-k, beside what random picking expects (``k`` × the pool's minority share)."""
+    by_round: dict[int, list[dict]] = {}
+    for row in rows:
+        if isinstance(row.get("ranking"), dict):
+            by_round.setdefault(row["round"], []).append(row["ranking"])
+    out = []
+    for round_, members in sorted(by_round.items()):
+        entry: dict[str, Any] = {"round": round_, "runs": len(members),
+                                 "random_expected_in_top_k": float(np.mean(
+                                     [m["k"] * m["minority_in_pool"] / m["pool"] for m in members]))}
+        for key in ("low_density", "entropy", "combined"):
+            values = [m[key]["auroc"] for m in members if m[key]["auroc"] is not None]
+            entry[key] = {"auroc_mean": float(np.mean(values)) if values else None,
+                          "auroc_std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                          "minority_in_top_k": float(np.mean([m[key]["minority_in_top_k"] for m in members]))}
+        out.append(entry)
+    return out
+
+
+def ranking_table(ranking: list[dict[str, Any]]) -> list[str]:
+    lines = ["| round scored | runs | score | AUROC, minority vs rest (0.5 = random) | minority in top-k "
+             "(random expects) |", "|---|---|---|---|---|"]
+    for entry in ranking:
+        for key in ("low_density", "entropy", "combined"):
+            e = entry[key]
+            auc = "–" if e["auroc_mean"] is None else f"{e['auroc_mean']:.2f} ± {e['auroc_std']:.2f}"
+            lines.append(f"| {entry['round']} | {entry['runs']} | {key} | {auc} | {e['minority_in_top_k']:.1f} "
+                         f"({entry['random_expected_in_top_k']:.1f}) |")
+    return lines
 
 
 def draw(summary: dict, path: Path) -> None:

@@ -7,6 +7,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 
 @pytest.mark.slow
@@ -163,6 +165,11 @@ def test_active_labels_toy_study_runs_every_strategy_and_resumes(tmp_path):
     for row in rows:  # every finished student is scored on the wide test set, its own test images first
         assert row["wide"]["all"]["images"] == active_labels.SCALES["toy"]["wide_test"]
         assert row["wide"]["own"]["images"] == row["config"]["synthetic_test"]
+    start = next(r for r in rows if r["strategy"] == "start")
+    assert set(start["ranking"]) >= {"low_density", "entropy", "combined", "pool", "minority_in_pool"}
+    assert start["ranking"]["pool"] == start["config"]["synthetic_train"] - len(start["labelled"])
+    assert all("ranking" not in r for r in rows if r["round"] == 1)  # the last round picks nothing
+    assert [e["round"] for e in summary["ranking"]] == [0]
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "r").glob("s*_r*.json")}
     active_labels.main(args)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "r").glob("s*_r*.json")} == stamps
@@ -175,6 +182,21 @@ def test_active_labels_toy_study_runs_every_strategy_and_resumes(tmp_path):
     assert json.loads(path.read_text())["wide"] == wide
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "r").glob("s*_r*.json") if p != path} == \
         {p: t for p, t in stamps.items() if p != path}
+
+
+@given(st.lists(st.tuples(st.integers(0, 4), st.booleans()), min_size=2, max_size=30))
+def test_auroc_equals_the_pair_count(items):
+    from benchmarks.active_labels import auroc
+
+    scores = np.array([float(v) for v, _ in items])
+    positive = np.array([p for _, p in items])
+    if positive.all() or not positive.any():
+        with pytest.raises(ValueError, match="positive must hold both classes"):
+            auroc(scores, positive)
+        return
+    # independent oracle: the share of (positive, negative) pairs ranked right, ties half
+    pairs = [(a > b) + 0.5 * (a == b) for a in scores[positive] for b in scores[~positive]]
+    assert auroc(scores, positive) == pytest.approx(float(np.mean(pairs)))
 
 
 def test_wide_test_score_splits_by_appearance_and_its_own_part_equals_the_recipe_evaluation():
