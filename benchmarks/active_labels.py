@@ -15,18 +15,22 @@ the teacher's entropy), ``step`` more images are labelled —
 - ``combined``: the rank mean of both, picked with the diversity term
   (:func:`densessl.functional.diverse_top_k`);
 
-— and the recipe is trained again from scratch with the same budget. Reported: pooled O.F1 /
-O.Dice of the student on the test images against the number of labelled images (mean ± std over
-seeds), how many minority images each strategy picked, and the label-efficiency target (the
-combined strategy reaching random's final O.F1 with at most two-thirds of its labels).
+— and the recipe is trained again from scratch with the same budget. Reported: pooled O.F1 of
+the student against the number of labelled images (mean ± std over seeds), how many minority
+images each strategy picked, the label-efficiency target per measure (the combined strategy
+reaching random's final O.F1 with at most two-thirds of its labels), and how well each score
+singles out the minority images of the unlabelled pool (:func:`ranking_quality`: AUROC, and
+minority images in the top ``step`` against random's expectation).
 
 The run's own 40 test images hold 6 of the minority appearance, too few to say whether picking
 them helped, so every finished student is also scored on a *wide* test set
 (:func:`score_by_appearance`: ``wide_test`` images of the same generator, the run's test images
-first), pooled over all of them, over the minority ones and over the rest. ``--rescore`` adds
-that score to rows that lack it, from each run's ``model.pt``. Each run is written to
-``benchmarks/results/active_labels/<scale>/`` at once and skipped when restarted; the figure goes
-to ``docs/_static/active_labels.png`` (cpu scale).
+first), pooled over all of them, over the minority ones and over the rest.
+
+Each run is written to ``benchmarks/results/active_labels/<scale>/`` as soon as its training
+ends and is skipped when restarted; the scores above are added next, and ``--rescore`` (which
+trains nothing) adds them to rows that lack them, from each run's ``model.pt`` and
+``checkpoint.pt``. The figure goes to ``docs/_static/active_labels.png`` (cpu scale).
 """
 
 from __future__ import annotations
@@ -110,7 +114,8 @@ def score_by_appearance(model: Any, config: TrainConfig, count: int) -> dict[str
         for i in range(len(test)):
             image, instances = test[i]
             preds.append(predict_instances(model, image, tile=config.eval_tile, overlap=config.eval_overlap,
-                                           min_size=config.min_size, dilation=config.contour_width))
+                                           min_size=config.min_size, dilation=config.contour_width,
+                                           amp=config.amp))
             gts.append(np.asarray(instances))
     minority = set(test.minority)
     groups = {"all": list(range(len(test))), "minority": sorted(minority),
@@ -186,6 +191,33 @@ def _pick(strategy: str, run: Path, config: TrainConfig, labelled: list[int], st
     return sorted(pool[i] for i in chosen)
 
 
+def _scores_pick(row: dict, rounds: int) -> bool:
+    """Whether this run's ranking scores chose images: the shared start run (every strategy scores
+    it) and the non-random strategies' runs before the last round."""
+    return row["round"] < rounds and (row["round"] == 0 or row["strategy"] != "random")
+
+
+def complete_rows(results: Path, outputs: Path, scale: dict, only: Path | None = None) -> None:
+    """Add the wide-test score (from ``model.pt``) and the ranking quality (from ``checkpoint.pt``)
+    to finished rows that lack them; nothing is trained and no row is created."""
+    for path in [only] if only is not None else sorted(results.glob("s*_r*.json")):
+        row = json.loads(path.read_text())
+        run = outputs / path.stem
+        config = TrainConfig(**{**dataclasses.asdict(TrainConfig()), **row["config"]})
+        changed = False
+        if "wide" not in row and (run / "model.pt").is_file():
+            row["wide"], changed = _wide_score(run, config, scale["wide_test"]), True
+        if "ranking" not in row and _scores_pick(row, scale["rounds"]) and (run / "checkpoint.pt").is_file():
+            row["ranking"], changed = ranking_quality(run, config, row["labelled"], scale["step"]), True
+        if not changed:
+            continue
+        atomic_write_text(path, json.dumps(row) + "\n")
+        if "wide" in row:
+            print(f"{path.stem}: wide O.F1 {row['wide']['all']['pooled_f1']:.3f} (minority "
+                  f"{row['wide'].get('minority', {}).get('pooled_f1', float('nan')):.3f}); own test "
+                  f"{row['wide']['own']['pooled_f1']:.3f} against {row['pooled_f1']:.3f} reported")
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", choices=sorted(SCALES), default="cpu")
@@ -194,7 +226,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--figure", default="")
     parser.add_argument("--report", action="store_true", help="only the summary and the figure")
     parser.add_argument("--rescore", action="store_true",
-                        help="score finished runs that lack it on the wide test set (from model.pt), then report")
+                        help="train nothing: add the wide-test score (model.pt) and the ranking quality "
+                             "(checkpoint.pt) to finished runs that lack them, then report")
     args = parser.parse_args(argv)
     scale = SCALES[args.scale]
     results = Path(args.results) if args.results else RESULTS / "active_labels" / args.scale
@@ -233,37 +266,24 @@ def main(argv: list[str] | None = None) -> dict:
                    "num_labelled": len(labelled), "minority_labelled": len(set(labelled) & set(train_set.minority)),
                    "pooled_f1": metrics["pooled_f1"], "pooled_dice": metrics["pooled_dice"],
                    "pooled_hausdorff": metrics["pooled_hausdorff"], "config": dataclasses.asdict(config)}
-            row["wide"] = _wide_score(outputs / name, config, scale["wide_test"])
-            if round_ < scale["rounds"]:  # its scores pick the next round's images
-                row["ranking"] = ranking_quality(outputs / name, config, labelled, scale["step"])
+            # stored at once: the training is the costly part, and the scores below are filled
+            # in by the pass after the loop (or --rescore) if they fail or are interrupted
             atomic_write_text(path, json.dumps(row) + "\n")
             bar.write(f"{name}: {len(labelled)} labelled ({row['minority_labelled']} minority), O.F1 "
                       f"{row['pooled_f1']:.3f}")
-    if args.rescore:
-        for path in sorted(results.glob("s*_r*.json")):
-            row = json.loads(path.read_text())
-            run = outputs / path.stem
-            config = TrainConfig(**{**dataclasses.asdict(TrainConfig()), **row["config"]})
-            changed = False
-            if "wide" not in row and (run / "model.pt").is_file():
-                row["wide"], changed = _wide_score(run, config, scale["wide_test"]), True
-            if "ranking" not in row and row["round"] < scale["rounds"] and (run / "checkpoint.pt").is_file():
-                row["ranking"], changed = ranking_quality(run, config, row["labelled"], scale["step"]), True
-            if not changed:
-                continue
-            atomic_write_text(path, json.dumps(row) + "\n")
-            if "wide" in row:
-                print(f"{path.stem}: wide O.F1 {row['wide']['all']['pooled_f1']:.3f} (minority "
-                      f"{row['wide'].get('minority', {}).get('pooled_f1', float('nan')):.3f}); own test "
-                      f"{row['wide']['own']['pooled_f1']:.3f} against {row['pooled_f1']:.3f} reported")
+            complete_rows(results, outputs, scale, only=path)
+    if not args.report:
+        complete_rows(results, outputs, scale)
     rows = [json.loads(p.read_text()) for p in sorted(results.glob("s*_r*.json"))]
     summary = summarise(rows)
     write_result(results / "summary.json" if args.results else RESULTS / f"active_labels_{args.scale}.json", summary)
-    for line in summary["table"] + [""] + summary["ranking_table"]:
+    for line in summary["table"] + [""] + summary["target_table"] + [""] + summary["ranking_table"]:
         print(line)
     if rows:
         draw(summary, figure)
         print(f"wrote {figure}")
+        if args.scale == "cpu" and not args.results:
+            atomic_write_text(ROOT / "docs" / "active_labels_tables.inc", rst_tables(summary))
     return summary
 
 
@@ -283,20 +303,28 @@ def _lookup(row: dict, keys: tuple[str, ...]) -> float | None:
 
 
 def _reach(curve: dict, measure: str) -> dict[str, Any] | None:
-    """Whether ``combined`` reaches random's final ``measure`` with at most 2/3 of its labels."""
-    random, combined = curve.get("random", []), curve.get("combined", [])
-    if not random or not combined or f"{measure}_mean" not in random[-1]:
+    """Whether ``combined`` reaches random's final mean ``measure`` with at most 2/3 of its labels.
+
+    Only points after a pick count (the shared start is not ``combined``'s doing), and only once
+    random's final point and every ``combined`` point have every seed (``complete``; ``met`` is
+    ``None`` before that)."""
+    random = [p for p in curve.get("random", []) if p["round"] > 0 and f"{measure}_mean" in p]
+    combined = [p for p in curve.get("combined", []) if p["round"] > 0 and f"{measure}_mean" in p]
+    if not random or not combined:
         return None
-    final = random[-1]
-    reached = [p["num_labelled"] for p in combined if p.get(f"{measure}_mean", -1.0) >= final[f"{measure}_mean"]]
-    best = max(combined, key=lambda p: p.get(f"{measure}_mean", -1.0))
-    at_two_thirds = [p for p in combined if p["num_labelled"] <= 2 / 3 * final["num_labelled"]]
-    return {"measure": measure, "random_final_labels": final["num_labelled"],
+    seeds = max(p["seeds"] for points in curve.values() for p in points)
+    final = max(random, key=lambda p: p["num_labelled"])
+    complete = final["seeds"] == seeds and all(p["seeds"] == seeds for p in combined)
+    limit = 2 / 3 * final["num_labelled"]
+    reached = [p["num_labelled"] for p in combined if p[f"{measure}_mean"] >= final[f"{measure}_mean"]]
+    at_limit = [p for p in combined if p["num_labelled"] <= limit]
+    return {"measure": measure, "complete": complete, "random_final_labels": final["num_labelled"],
             "random_final": final[f"{measure}_mean"],
             "combined_labels_to_reach": min(reached) if reached else None,
-            "combined_at_two_thirds": (at_two_thirds[-1].get(f"{measure}_mean") if at_two_thirds else None),
-            "combined_best": best.get(f"{measure}_mean"),
-            "met": bool(reached) and min(reached) <= 2 / 3 * final["num_labelled"]}
+            "combined_at_two_thirds": at_limit[-1][f"{measure}_mean"] if at_limit else None,
+            "shortfall_at_two_thirds": (final[f"{measure}_mean"] - at_limit[-1][f"{measure}_mean"]
+                                        if at_limit else None),
+            "met": (bool(reached) and min(reached) <= limit) if complete else None}
 
 
 def summarise(rows: list[dict]) -> dict[str, Any]:
@@ -308,7 +336,7 @@ def summarise(rows: list[dict]) -> dict[str, Any]:
             cells.setdefault((strategy, row["num_labelled"]), []).append(row)
     curve: dict[str, list[dict[str, Any]]] = {}
     for (strategy, n), members in sorted(cells.items()):
-        point: dict[str, Any] = {"num_labelled": n, "seeds": len(members),
+        point: dict[str, Any] = {"num_labelled": n, "round": members[0]["round"], "seeds": len(members),
                                  "minority_labelled": float(np.mean([m["minority_labelled"] for m in members]))}
         for name, keys, _ in MEASURES:
             values = [_lookup(m, keys) for m in members]
@@ -316,31 +344,43 @@ def summarise(rows: list[dict]) -> dict[str, Any]:
                 point[f"{name}_mean"] = float(np.mean(values))
                 point[f"{name}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
         curve.setdefault(strategy, []).append(point)
-    wide = next((r["wide"] for r in rows if "wide" in r), None)
+    wide = next((r["wide"] for r in rows if "wide" in r), None)  # every row's wide set has the same size
     names = [label + (f" ({wide[group]['images']} images)" if wide and group in wide else "")
              for (_, keys, label), group in zip(MEASURES, ("own", "all", "minority", "majority"))]
     table = ["| strategy | labelled | seeds | " + " | ".join(names) + " | minority images labelled |",
              "|---|---|---|" + "---|" * len(MEASURES) + "---|"]
     for strategy in STRATEGIES:
         for p in curve.get(strategy, []):
-            cols = [f"{p[f'{m}_mean']:.3f} ± {p[f'{m}_std']:.3f}" if f"{m}_mean" in p else "–"
-                    for m, _, _ in MEASURES]
+            cols = [("–" if f"{m}_mean" not in p else f"{p[f'{m}_mean']:.3f}" +
+                     (f" ± {p[f'{m}_std']:.3f}" if p["seeds"] > 1 else " (1 seed)")) for m, _, _ in MEASURES]
             table.append(f"| {strategy} | {p['num_labelled']} | {p['seeds']} | " + " | ".join(cols)
                          + f" | {p['minority_labelled']:.1f} |")
     targets = {m: _reach(curve, m) for m, _, _ in MEASURES}
     ranking = summarise_ranking(rows)
+    labels = {m: label for m, _, label in MEASURES}
+    target_table = ["| measure | random, final | combined at <= 2/3 of its labels | random − combined | combined reaches it at "
+                    "| met |", "|---|---|---|---|---|---|"]
+    for m, t in targets.items():
+        if t is None:
+            continue
+        at = "–" if t["combined_at_two_thirds"] is None else f"{t['combined_at_two_thirds']:.3f}"
+        short = "–" if t["shortfall_at_two_thirds"] is None else f"{t['shortfall_at_two_thirds']:+.3f}"
+        reach = "not reached" if t["combined_labels_to_reach"] is None else f"{t['combined_labels_to_reach']} labels"
+        met = "incomplete" if t["met"] is None else ("yes" if t["met"] else "no")
+        target_table.append(f"| {labels[m]} | {t['random_final']:.3f} ({t['random_final_labels']} labels) | {at} "
+                            f"| {short} | {reach} | {met} |")
     return {"curve": curve, "table": table, "target": targets["f1"],
-            "targets": {m: t for m, t in targets.items() if t is not None},
+            "targets": {m: t for m, t in targets.items() if t is not None}, "target_table": target_table,
             "ranking": ranking, "ranking_table": ranking_table(ranking)}
 
 
 def summarise_ranking(rows: list[dict]) -> list[dict[str, Any]]:
-    """Per round whose scores picked images (0: the shared start; later rounds per strategy's own
-    runs), mean AUROC of each score for the pool's minority images and minority images in its
+    """Per round whose scores picked images (0: the shared start runs; later rounds: the entropy,
+    density and combined runs, pooled), mean AUROC of each score for the pool's minority images and minority images in its
     top-k, beside what random picking expects (``k`` × the pool's minority share)."""
     by_round: dict[int, list[dict]] = {}
-    for row in rows:
-        if isinstance(row.get("ranking"), dict):
+    for row in rows:  # a random run's scores pick nothing (see _scores_pick)
+        if isinstance(row.get("ranking"), dict) and (row["round"] == 0 or row["strategy"] != "random"):
             by_round.setdefault(row["round"], []).append(row["ranking"])
     out = []
     for round_, members in sorted(by_round.items()):
@@ -366,6 +406,24 @@ def ranking_table(ranking: list[dict[str, Any]]) -> list[str]:
             lines.append(f"| {entry['round']} | {entry['runs']} | {key} | {auc} | {e['minority_in_top_k']:.1f} "
                          f"({entry['random_expected_in_top_k']:.1f}) |")
     return lines
+
+
+def rst_tables(summary: dict) -> str:
+    """The summary's Markdown tables as reStructuredText ``csv-table`` directives (for the docs)."""
+    def cells(line: str) -> list[str]:
+        return ['"' + c.strip().replace('"', '""') + '"' for c in line.strip().strip("|").split("|")]
+
+    parts = []
+    for title, lines in (("Student O.F1 against labelled images (mean ± std over seeds)", summary["table"]),
+                         ("The label-efficiency target: combined against random's final round",
+                          summary["target_table"]),
+                         ("How well each score singles out the pool's minority images", summary["ranking_table"])):
+        if len(lines) < 3:
+            continue
+        parts.append(f".. csv-table:: {title}\n   :header: {', '.join(cells(lines[0]))}\n")
+        parts += [f"   {', '.join(cells(line))}" for line in lines[2:]]
+        parts.append("")
+    return "\n".join(parts) + "\n"
 
 
 def draw(summary: dict, path: Path) -> None:
