@@ -277,7 +277,8 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [json.loads(p.read_text()) for p in sorted(results.glob("s*_r*.json"))]
     summary = summarise(rows)
     write_result(results / "summary.json" if args.results else RESULTS / f"active_labels_{args.scale}.json", summary)
-    for line in summary["table"] + [""] + summary["target_table"] + [""] + summary["ranking_table"]:
+    for line in (summary["table"] + [""] + summary["paired_table"] + [""] + summary["target_table"] + [""]
+                 + summary["ranking_table"]):
         print(line)
     if rows:
         draw(summary, figure)
@@ -357,6 +358,7 @@ def summarise(rows: list[dict]) -> dict[str, Any]:
                          + f" | {p['minority_labelled']:.1f} |")
     targets = {m: _reach(curve, m) for m, _, _ in MEASURES}
     ranking = summarise_ranking(rows)
+    paired = summarise_paired(rows)
     labels = {m: label for m, _, label in MEASURES}
     target_table = ["| measure | random, final | combined at <= 2/3 of its labels | random − combined | combined reaches it at "
                     "| met |", "|---|---|---|---|---|---|"]
@@ -371,7 +373,42 @@ def summarise(rows: list[dict]) -> dict[str, Any]:
                             f"| {short} | {reach} | {met} |")
     return {"curve": curve, "table": table, "target": targets["f1"],
             "targets": {m: t for m, t in targets.items() if t is not None}, "target_table": target_table,
-            "ranking": ranking, "ranking_table": ranking_table(ranking)}
+            "ranking": ranking, "ranking_table": ranking_table(ranking),
+            "paired": paired, "paired_table": paired_table(paired)}
+
+
+def summarise_paired(rows: list[dict]) -> list[dict[str, Any]]:
+    """Each strategy minus random, seed by seed, at the same round (the same number of labels and
+    the same starting run): the mean difference of each measure and in how many seeds it is > 0."""
+    by_key = {(r["seed"], r["strategy"], r["round"]): r for r in rows}
+    out = []
+    rounds = sorted({r["round"] for r in rows if r["round"] > 0})
+    for strategy in STRATEGIES[1:]:
+        for round_ in rounds:
+            seeds = sorted(s for (s, st, rd) in by_key if st == strategy and rd == round_
+                           and (s, "random", round_) in by_key)
+            if not seeds:
+                continue
+            entry: dict[str, Any] = {"strategy": strategy, "round": round_, "seeds": len(seeds),
+                                     "num_labelled": by_key[(seeds[0], strategy, round_)]["num_labelled"]}
+            for name, keys, _ in MEASURES:
+                diffs = [(_lookup(by_key[(s, strategy, round_)], keys), _lookup(by_key[(s, "random", round_)], keys))
+                         for s in seeds]
+                if all(a is not None and b is not None for a, b in diffs):
+                    d = [a - b for a, b in diffs]
+                    entry[name] = {"mean": float(np.mean(d)), "positive": int(sum(v > 0 for v in d)), "diffs": d}
+            out.append(entry)
+    return out
+
+
+def paired_table(paired: list[dict[str, Any]]) -> list[str]:
+    labels = {m: label for m, _, label in MEASURES}
+    lines = ["| strategy − random | labelled | seeds | " + " | ".join(labels.values()) + " |",
+             "|---|---|---|" + "---|" * len(MEASURES)]
+    for e in paired:
+        cols = [f"{e[m]['mean']:+.3f} ({e[m]['positive']} of {e['seeds']} > 0)" if m in e else "–" for m in labels]
+        lines.append(f"| {e['strategy']} | {e['num_labelled']} | {e['seeds']} | " + " | ".join(cols) + " |")
+    return lines
 
 
 def summarise_ranking(rows: list[dict]) -> list[dict[str, Any]]:
@@ -415,6 +452,8 @@ def rst_tables(summary: dict) -> str:
 
     parts = []
     for title, lines in (("Student O.F1 against labelled images (mean ± std over seeds)", summary["table"]),
+                         ("Each strategy minus random, seed by seed, at the same number of labels",
+                          summary["paired_table"]),
                          ("The label-efficiency target: combined against random's final round",
                           summary["target_table"]),
                          ("How well each score singles out the pool's minority images", summary["ranking_table"])):

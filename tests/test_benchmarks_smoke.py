@@ -212,6 +212,31 @@ def test_auroc_hand_case():
     assert auroc(np.array([0.9, 0.1, 0.5, 0.5]), np.array([True, False, True, False])) == 0.875
 
 
+def test_summary_pairs_seeds_and_the_target_ignores_the_shared_start():
+    from benchmarks.active_labels import summarise
+
+    def row(seed, strategy, round_, f1):
+        return {"seed": seed, "strategy": strategy, "round": round_, "num_labelled": 4 + 4 * round_,
+                "minority_labelled": 0, "pooled_f1": f1}
+
+    rows = [row(0, "start", 0, 0.70), row(1, "start", 0, 0.60)]
+    rows += [row(0, "random", 1, 0.50), row(1, "random", 1, 0.70), row(0, "combined", 1, 0.55),
+             row(1, "combined", 1, 0.60), row(0, "entropy", 1, 0.50), row(1, "entropy", 1, 0.70),
+             row(0, "density", 1, 0.40)]
+    summary = summarise(rows)
+    combined = next(e for e in summary["paired"] if e["strategy"] == "combined")
+    assert combined["f1"]["diffs"] == pytest.approx([0.05, -0.10]) and combined["f1"]["positive"] == 1
+    density = next(e for e in summary["paired"] if e["strategy"] == "density")
+    assert density["seeds"] == 1  # only seed 0 has both runs
+    # random's final (8 labels) is 0.60 and combined's 8-label mean 0.575: not reached. The start
+    # (0.65 at 4 labels) is above 0.60 but is not combined's doing, so it does not count.
+    target = summary["target"]
+    assert target["random_final"] == pytest.approx(0.60) and target["combined_labels_to_reach"] is None
+    assert target["met"] is False and target["shortfall_at_two_thirds"] is None  # no pick at <= 2/3 of 8
+    # a cell missing a seed leaves the target undecided
+    assert summarise(rows[:-6] + [row(0, "combined", 1, 0.9)])["target"]["met"] is None
+
+
 def test_wide_test_score_splits_by_appearance_and_its_own_part_equals_the_recipe_evaluation():
     import torch
 
