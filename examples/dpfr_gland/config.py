@@ -95,7 +95,8 @@ class TrainConfig:
             pseudo labels carry the labelled pixels' class shares
             (:func:`densessl.functional.balancing_weights`; the shares are the distribution
             alignment's running labelled frequencies, else the batch's). Off by default: a lever
-            against the contour erosion the study measured, not yet measured itself.
+            against the contour erosion the quality study measured; on its hard validation runs
+            it adds about one O.F1 point (3 seeds, see ``docs/benchmarks.rst``).
         alignment_momentum: momentum of the alignment's running class distributions.
         unsup_weight: :math:`\\lambda_u`, weight of the Mean Teacher CE.
         alpha_perturbed: :math:`\\alpha_1`, weight of the perturbed branch's CE.
