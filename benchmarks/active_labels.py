@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -68,8 +69,11 @@ _COMMON = dict(method="dpfr", dataset="synthetic", synthetic_preset="medium", sy
                synthetic_seed=3001, device="cpu", num_workers=0, log_every=50, eval_pictures=0, checkpoint_every=0)
 
 
-def _config(scale: dict, seed: int, labelled: list[int]) -> TrainConfig:
-    return TrainConfig(**{**_COMMON, **scale["config"], "seed": seed, "labelled": ",".join(map(str, sorted(labelled)))})
+def _config(scale: dict, seed: int, labelled: list[int], sets: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    from examples.dpfr_gland.config import apply_overrides
+
+    config = TrainConfig(**{**_COMMON, **scale["config"], "seed": seed, "labelled": ",".join(map(str, sorted(labelled)))})
+    return apply_overrides(config, list(sets))
 
 
 def _train(config: TrainConfig, out: Path) -> dict[str, Any]:
@@ -228,20 +232,29 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rescore", action="store_true",
                         help="train nothing: add the wide-test score (model.pt) and the ranking quality "
                              "(checkpoint.pt) to finished runs that lack them, then report")
+    parser.add_argument("--seeds", default="", help="comma-separated subset of the scale's seeds")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated subset of the strategies")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every run (e.g. iterations=1200); a variant gets its own folders")
     args = parser.parse_args(argv)
     scale = SCALES[args.scale]
-    results = Path(args.results) if args.results else RESULTS / "active_labels" / args.scale
-    outputs = Path(args.outputs) if args.outputs else ROOT / "outputs" / "active_labels" / args.scale
+    tag = args.scale
+    if args.set:  # a variant of the study: its own folders, never mixed with the study's runs
+        tag += "_set-" + hashlib.sha256("\n".join(args.set).encode()).hexdigest()[:8]
+    results = Path(args.results) if args.results else RESULTS / "active_labels" / tag
+    outputs = Path(args.outputs) if args.outputs else ROOT / "outputs" / "active_labels" / tag
     figure = Path(args.figure) if args.figure else (ROOT / "docs" / "_static" / "active_labels.png"
-                                                    if args.scale == "cpu" else outputs / "active_labels.png")
+                                                    if tag == "cpu" else outputs / "active_labels.png")
     results.mkdir(parents=True, exist_ok=True)
-    plan = [(seed, "start", 0) for seed in scale["seeds"]]
-    plan += [(seed, s, r) for seed in scale["seeds"] for r in range(1, scale["rounds"] + 1) for s in STRATEGIES]
+    strategies = [s for s in STRATEGIES if s in set(args.strategies.split(","))]
+    seeds = [s for s in scale["seeds"] if not args.seeds or str(s) in args.seeds.split(",")]
+    plan = [(seed, "start", 0) for seed in seeds]
+    plan += [(seed, s, r) for seed in seeds for r in range(1, scale["rounds"] + 1) for s in strategies]
     if not (args.report or args.rescore):
         from examples.dpfr_gland.batches import build_datasets
         from tqdm import tqdm
 
-        bar = tqdm(plan, desc=f"active_labels {args.scale}", unit="run")
+        bar = tqdm(plan, desc=f"active_labels {tag}", unit="run")
         for seed, strategy, round_ in bar:
             name = f"s{seed}_{strategy}_r{round_}"
             path = results / f"{name}.json"
@@ -250,16 +263,17 @@ def main(argv: list[str] | None = None) -> dict:
             bar.set_postfix_str(name)
             if round_ == 0:
                 rng = np.random.default_rng([seed, 0, 17])
-                count = _config(scale, seed, [0]).synthetic_train
+                count = _config(scale, seed, [0], args.set).synthetic_train
                 labelled = sorted(rng.choice(count, size=scale["start"], replace=False).tolist())
                 previous = None
             else:
                 prev_name = f"s{seed}_start_r0" if round_ == 1 else f"s{seed}_{strategy}_r{round_ - 1}"
                 previous = json.loads((results / f"{prev_name}.json").read_text())
                 labelled = previous["labelled"]
-                labelled = sorted(labelled + _pick(strategy, outputs / prev_name, _config(scale, seed, labelled),
-                                                   labelled, scale["step"], seed, round_))
-            config = _config(scale, seed, labelled)
+                labelled = sorted(labelled + _pick(strategy, outputs / prev_name,
+                                                   _config(scale, seed, labelled, args.set), labelled,
+                                                   scale["step"], seed, round_))
+            config = _config(scale, seed, labelled, args.set)
             metrics = _train(config, outputs / name)
             train_set, _ = build_datasets(config)
             row = {"seed": seed, "strategy": strategy, "round": round_, "labelled": labelled,
@@ -276,14 +290,15 @@ def main(argv: list[str] | None = None) -> dict:
         complete_rows(results, outputs, scale)
     rows = [json.loads(p.read_text()) for p in sorted(results.glob("s*_r*.json"))]
     summary = summarise(rows)
-    write_result(results / "summary.json" if args.results else RESULTS / f"active_labels_{args.scale}.json", summary)
+    summary["sets"] = args.set
+    write_result(results / "summary.json" if args.results else RESULTS / f"active_labels_{tag}.json", summary)
     for line in (summary["table"] + [""] + summary["paired_table"] + [""] + summary["target_table"] + [""]
                  + summary["ranking_table"]):
         print(line)
     if rows:
         draw(summary, figure)
         print(f"wrote {figure}")
-        if args.scale == "cpu" and not args.results:
+        if tag == "cpu" and not args.results:
             atomic_write_text(ROOT / "docs" / "active_labels_tables.inc", rst_tables(summary))
     return summary
 

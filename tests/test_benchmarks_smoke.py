@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 
 import numpy as np
@@ -210,6 +211,21 @@ def test_auroc_hand_case():
 
     # positives 0.9 and 0.5 against negatives 0.1 and 0.5: three pairs right, one tie -> 3.5 / 4
     assert auroc(np.array([0.9, 0.1, 0.5, 0.5]), np.array([True, False, True, False])) == 0.875
+
+
+def test_active_labels_overrides_reach_every_run_and_a_variant_gets_its_own_folder(tmp_path, monkeypatch):
+    from benchmarks import active_labels
+
+    config = active_labels._config(active_labels.SCALES["cpu"], 1, [5, 2], ["iterations=1200"])
+    assert config.iterations == 1200 and config.seed == 1 and config.labelled == "2,5"
+    monkeypatch.setattr(active_labels, "RESULTS", tmp_path)
+    # --report on an empty variant folder: the folder is named by the overrides, nothing is trained
+    summary = active_labels.main(["--report", "--set", "iterations=1200", "--outputs", str(tmp_path / "o")])
+    assert summary["sets"] == ["iterations=1200"] and summary["curve"] == {}
+    assert [p.name for p in (tmp_path / "active_labels").iterdir()] == [
+        "cpu_set-" + hashlib.sha256(b"iterations=1200").hexdigest()[:8]]
+    with pytest.raises(ValueError, match="iteration"):
+        active_labels._config(active_labels.SCALES["cpu"], 0, [1], ["iterations=-3"])
 
 
 def test_summary_pairs_seeds_and_the_target_ignores_the_shared_start():
