@@ -421,7 +421,8 @@ def paired_table(paired: list[dict[str, Any]]) -> list[str]:
     lines = ["| strategy − random | labelled | seeds | " + " | ".join(labels.values()) + " |",
              "|---|---|---|" + "---|" * len(MEASURES)]
     for e in paired:
-        cols = [f"{e[m]['mean']:+.3f} ({e[m]['positive']} of {e['seeds']} > 0)" if m in e else "–" for m in labels]
+        cols = [f"{(round(e[m]['mean'], 3) or 0.0):+.3f} ({e[m]['positive']} of {e['seeds']} > 0)" if m in e else "–"
+                for m in labels]
         lines.append(f"| {e['strategy']} | {e['num_labelled']} | {e['seeds']} | " + " | ".join(cols) + " |")
     return lines
 
