@@ -48,7 +48,7 @@ import numpy as np
 
 from benchmarks._io import write_result
 from examples.dpfr_gland.checkpoint import atomic_write, atomic_write_text
-from examples.dpfr_gland.config import TrainConfig
+from examples.dpfr_gland.config import TrainConfig, apply_overrides, config_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -70,8 +70,6 @@ _COMMON = dict(method="dpfr", dataset="synthetic", synthetic_preset="medium", sy
 
 
 def _config(scale: dict, seed: int, labelled: list[int], sets: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    from examples.dpfr_gland.config import apply_overrides
-
     config = TrainConfig(**{**_COMMON, **scale["config"], "seed": seed, "labelled": ",".join(map(str, sorted(labelled)))})
     return apply_overrides(config, list(sets))
 
@@ -146,27 +144,39 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
         >>> auroc(np.array([0.9, 0.1, 0.5, 0.5]), np.array([True, False, True, False]))
         0.875
     """
-    from scipy.stats import rankdata
+    from scipy.stats import mannwhitneyu
 
     scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
     if n_pos == 0 or n_neg == 0:
         raise ValueError(f"positive must hold both classes, got {n_pos} positive and {n_neg} negative")
-    ranks = rankdata(scores)
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    # U of the positives counts the (positive, negative) pairs ranked right, ties half
+    return float(mannwhitneyu(scores[positive], scores[~positive]).statistic / (n_pos * n_neg))
+
+
+def _pool(config: TrainConfig, labelled: list[int]) -> tuple[Any, list[int]]:
+    """The run's training images and its unlabelled pool (indices in order)."""
+    from examples.dpfr_gland.batches import build_datasets
+
+    train_set, _ = build_datasets(config)
+    return train_set, [i for i in range(len(train_set)) if i not in set(labelled)]
+
+
+def _pool_scores(run: Path, train_set: Any, pool: list[int], labelled: list[int]) -> dict[str, Any]:
+    """:func:`~examples.dpfr_gland.suggest.score_images` of the pool by the run's checkpoint, the
+    labelled images as the density reference."""
+    from examples.dpfr_gland.suggest import _trainer, score_images
+
+    return score_images(_trainer(run / "checkpoint.pt", "cpu"), [train_set[i][0] for i in pool],
+                        [train_set[i][0] for i in labelled])
 
 
 def ranking_quality(run: Path, config: TrainConfig, labelled: list[int], k: int) -> dict[str, Any]:
     """How well each score of a finished run singles out the minority images of its unlabelled pool:
     AUROC (0.5 = random picking) and how many minority images the plain top-``k`` holds."""
-    from examples.dpfr_gland.batches import build_datasets
-    from examples.dpfr_gland.suggest import _trainer, score_images
-
-    train_set, _ = build_datasets(config)
-    pool = [i for i in range(len(train_set)) if i not in set(labelled)]
+    train_set, pool = _pool(config, labelled)
     positive = np.array([i in set(train_set.minority) for i in pool])
-    scores = score_images(_trainer(run / "checkpoint.pt", "cpu"), [train_set[i][0] for i in pool],
-                          [train_set[i][0] for i in labelled])
+    scores = _pool_scores(run, train_set, pool, labelled)
     out: dict[str, Any] = {"pool": len(pool), "minority_in_pool": int(positive.sum()), "k": k}
     for key in ("low_density", "entropy", "combined"):
         values = scores[key].double().numpy()
@@ -179,16 +189,12 @@ def ranking_quality(run: Path, config: TrainConfig, labelled: list[int], k: int)
 def _pick(strategy: str, run: Path, config: TrainConfig, labelled: list[int], step: int, seed: int,
           round_: int) -> list[int]:
     from densessl.functional import diverse_top_k
-    from examples.dpfr_gland.batches import build_datasets
-    from examples.dpfr_gland.suggest import _trainer, score_images
 
-    train_set, _ = build_datasets(config)
-    pool = [i for i in range(len(train_set)) if i not in set(labelled)]
+    train_set, pool = _pool(config, labelled)
     if strategy == "random":
         rng = np.random.default_rng([seed, round_, 17])
         return sorted(rng.choice(pool, size=min(step, len(pool)), replace=False).tolist())
-    trainer = _trainer(run / "checkpoint.pt", "cpu")
-    scores = score_images(trainer, [train_set[i][0] for i in pool], [train_set[i][0] for i in labelled])
+    scores = _pool_scores(run, train_set, pool, labelled)
     key = {"entropy": "entropy", "density": "low_density", "combined": "combined"}[strategy]
     diversity = 0.5 if strategy == "combined" else 0.0
     chosen = diverse_top_k(scores[key].double(), scores["pooled"], step, diversity=diversity).tolist()
@@ -207,7 +213,7 @@ def complete_rows(results: Path, outputs: Path, scale: dict, only: Path | None =
     for path in [only] if only is not None else sorted(results.glob("s*_r*.json")):
         row = json.loads(path.read_text())
         run = outputs / path.stem
-        config = TrainConfig(**{**dataclasses.asdict(TrainConfig()), **row["config"]})
+        config = config_from_dict(row["config"])
         changed = False
         if "wide" not in row and (run / "model.pt").is_file():
             row["wide"], changed = _wide_score(run, config, scale["wide_test"]), True
