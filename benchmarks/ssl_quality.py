@@ -55,7 +55,8 @@ from examples.dpfr_gland.augment import to_tensor
 from examples.dpfr_gland.batches import build_datasets
 from examples.dpfr_gland.checkpoint import atomic_write_text
 from examples.dpfr_gland.config import METHODS, TrainConfig, apply_overrides
-from examples.dpfr_gland.evaluate import predict, predict_instances
+from examples.dpfr_gland.config import load_config
+from examples.dpfr_gland.evaluate import predict_instances, predict_probabilities
 from examples.dpfr_gland.plots import smooth
 from examples.dpfr_gland.targets import NUM_CLASSES, instances_to_classes
 
@@ -72,6 +73,18 @@ SCORE_KEYS = ("pooled_f1", "pooled_dice", "pooled_hausdorff", "per_image_f1", "p
               "per_image_hausdorff", "pixel_dice")
 
 
+#: Real-data presets: the recipe config each starts from, and the folder it reads by default
+#: (``--data PRESET=DIR`` names another). The images are never copied into the project.
+REAL_CONFIGS = {"glas": ROOT / "examples" / "dpfr_gland" / "configs" / "glas_cpu.json"}
+REAL_DATA = {"glas": ROOT.parent / "shared" / "data" / "glas-train"}
+#: The part of a real preset's ``split_file`` each study split scores on.
+REAL_TEST_PART = {"test": "test", "validation": "validation"}
+#: Label ratios of a real preset's supervised learning curve; its main grid runs at the first two
+#: of ``MAIN_RATIOS``.
+CURVE_RATIOS = ("1/16", "1/8", "1/4", "1/2", "1")
+MAIN_RATIOS = ("1/8", "1/4")
+
+
 @dataclass(frozen=True)
 class Scale:
     """One size of the study: the config overrides and the grid."""
@@ -79,6 +92,8 @@ class Scale:
     overrides: dict[str, Any]
     seeds: tuple[int, ...]
     presets: tuple[str, ...] = ("medium", "hard")
+    real: tuple[str, ...] = ()
+    real_overrides: dict[str, Any] = field(default_factory=dict)
     ratios: tuple[str, ...] = ("1/4", "1/2")
     xis: tuple[float, ...] = (1.0, 3.0, 5.0)
     anchors: tuple[int, ...] = (64, 256)
@@ -99,9 +114,14 @@ SCALES: dict[str, Scale] = {
                       supervised_warmup=1, rampup=1, flow_warmup=1, log_every=2, checkpoint_every=0, eval_tile=64,
                       num_anchors=8, num_negatives=16),
                  seeds=(0, 1), presets=("medium",), ratios=("1/2",), xis=(3.0,), anchors=(8, 16), feature_pixels=20,
+                 real=("glas",), real_overrides=dict(iterations=4, crop_size=64, batch_labelled=2, batch_unlabelled=2,
+                                                     supervised_warmup=1, rampup=1, flow_warmup=1, log_every=2,
+                                                     checkpoint_every=0, eval_tile=64, eval_overlap=16, num_anchors=8,
+                                                     num_negatives=16, eval_pictures=0, scale=0.5),
                  note="CI smoke size: proves the machinery, measures nothing"),
-    "cpu": Scale(_CPU, seeds=(0, 1, 2), note="ResNet-34, 128 px images, 96 px crops, batch 2+2, 600 iterations, "
-                                              "64 training / 40 test images per preset, CPU"),
+    "cpu": Scale(_CPU, seeds=(0, 1, 2), real=("glas",), real_overrides=dict(eval_pictures=0),
+                 note="ResNet-34, 128 px images, 96 px crops, batch 2+2, 600 iterations, "
+                      "64 training / 40 test images per preset, CPU; real GlaS: configs/glas_cpu.json"),
     "gpu": Scale(dict(_CPU, backbone="resnet50", synthetic_size=384, synthetic_train=128, synthetic_test=80,
                       crop_size=256, batch_labelled=4, batch_unlabelled=4, iterations=4000, supervised_warmup=500,
                       rampup=500, flow_warmup=500, eval_tile=384, checkpoint_every=500, device="cuda",
@@ -121,9 +141,15 @@ class RunSpec:
     label_ratio: str = "1/8"
     extra: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
 
-    def overrides(self, scale: Scale, split: str) -> dict[str, Any]:
-        return {**scale.overrides, "method": self.method, "seed": self.seed, "label_ratio": self.label_ratio,
-                "synthetic_preset": self.preset, "synthetic_seed": DATA_SEEDS[split][self.preset], **dict(self.extra)}
+    def overrides(self, scale: Scale, split: str, data: dict[str, Path] | None = None) -> dict[str, Any]:
+        run = {"method": self.method, "seed": self.seed, "label_ratio": self.label_ratio, **dict(self.extra)}
+        if self.preset in REAL_CONFIGS:  # real images: the recipe's config for them, scored on a fixed part
+            base = {k: v for k, v in json.loads(REAL_CONFIGS[self.preset].read_text()).items()
+                    if not k.startswith("_")}
+            folder = (data or {}).get(self.preset, REAL_DATA[self.preset])
+            return {**base, **scale.real_overrides, "data": str(folder), "test_split": REAL_TEST_PART[split], **run}
+        return {**scale.overrides, "synthetic_preset": self.preset, "synthetic_seed": DATA_SEEDS[split][self.preset],
+                **run}
 
     @property
     def name(self) -> str:
@@ -149,12 +175,30 @@ def plan(scale: Scale) -> list[RunSpec]:
              for xi in scale.xis]
     runs += [RunSpec("sweep", scale.presets[0], "dpfr", scale.seeds[0], extra=(("num_anchors", t),))
              for t in scale.anchors]
+    return runs + real_plan(scale)
+
+
+def real_plan(scale: Scale) -> list[RunSpec]:
+    """The runs of the real-data presets: the supervised learning curve first (seed by seed, so a
+    partial study already has whole curves), then the semi-supervised methods at 1/8 labels, FDP's
+    random-direction control, and the methods at 1/4. Supervised at 1/8 and 1/4 (the baselines) and
+    at all labels (the ceiling) are points of the curve."""
+    runs = []
+    for preset in scale.real:
+        runs += [RunSpec("curve", preset, "supervised", seed, ratio) for seed in scale.seeds for ratio in CURVE_RATIOS]
+        for ratio in MAIN_RATIOS:
+            runs += [RunSpec("main", preset, method, seed, ratio) for seed in scale.seeds for method in METHODS[1:]]
+            if ratio == MAIN_RATIOS[0]:
+                runs += [RunSpec("control", preset, "fdp", seed, ratio, extra=(("perturb_direction", "random"),))
+                         for seed in scale.seeds]
     return runs
 
 
-def _config(spec: RunSpec, scale: Scale, split: str, sets: Sequence[str] = ()) -> TrainConfig:
-    """The run's config: the recipe's defaults, the scale's and the run's keys, then ``--set``."""
-    return apply_overrides(dataclasses.replace(TrainConfig(), **spec.overrides(scale, split)), list(sets))
+def _config(spec: RunSpec, scale: Scale, split: str, sets: Sequence[str] = (),
+            data: dict[str, Path] | None = None) -> TrainConfig:
+    """The run's config: the recipe's defaults, the scale's (or the real preset's config) and the
+    run's keys, then ``--set``."""
+    return apply_overrides(dataclasses.replace(TrainConfig(), **spec.overrides(scale, split, data)), list(sets))
 
 
 # Config fields that only some methods read: a finished run is reused when every field its method
@@ -209,7 +253,8 @@ def class_shares(model: torch.nn.Module, dataset: Any, config: TrainConfig) -> d
     truth = np.zeros(NUM_CLASSES)
     for i in range(len(dataset)):
         image, instances = dataset[i]
-        probs = predict(model, to_tensor(image), tile=config.eval_tile, overlap=config.eval_overlap)
+        probs = predict_probabilities(model, image, scale=config.scale, tile=config.eval_tile,
+                                      overlap=config.eval_overlap)
         predicted += np.bincount(probs.argmax(0).flatten().numpy(), minlength=NUM_CLASSES)
         truth += np.bincount(instances_to_classes(instances, contour_width=config.contour_width).flatten(),
                              minlength=NUM_CLASSES)
@@ -240,15 +285,15 @@ def object_counts(model: torch.nn.Module, dataset: Any, config: TrainConfig) -> 
     """Predicted and true gland counts over the test images, true positives (GlaS rule),
     precision and recall: whether a fall in object F1 comes from extra objects or lost ones."""
     model.eval()
-    total = np.zeros(3, dtype=np.int64)
+    per_image = []
     for i in range(len(dataset)):
         image, instances = dataset[i]
         pred = predict_instances(model, image, tile=config.eval_tile, overlap=config.eval_overlap,
-                                 min_size=config.min_size, dilation=config.contour_width)
-        total += _object_counts(pred, np.asarray(instances))
-    n_pred, n_gt, tp = (int(v) for v in total)
+                                 min_size=config.min_size, dilation=config.contour_width, scale=config.scale)
+        per_image.append(list(_object_counts(pred, np.asarray(instances))))
+    n_pred, n_gt, tp = (int(v) for v in np.sum(per_image, axis=0))
     return {"predicted": n_pred, "truth": n_gt, "tp": tp, "precision": tp / max(n_pred, 1),
-            "recall": tp / max(n_gt, 1)}
+            "recall": tp / max(n_gt, 1), "per_image": per_image}
 
 
 @torch.no_grad()
@@ -299,12 +344,13 @@ def _tail_mean(history: Sequence[dict[str, float]], key: str) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def run_one(spec: RunSpec, scale: Scale, split: str, sets: Sequence[str], out_root: Path, features: bool) -> dict:
+def run_one(spec: RunSpec, scale: Scale, split: str, sets: Sequence[str], out_root: Path, features: bool,
+            data: dict[str, Path] | None = None) -> dict:
     """Train one run (quietly: the trainer's lines go to ``train.log``) and measure it."""
     from examples.dpfr_gland.evaluate import load_checkpoint_model
     from examples.dpfr_gland.loop import train
 
-    config = _config(spec, scale, split, sets)
+    config = _config(spec, scale, split, sets, data)
     out = out_root / spec.name
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -374,9 +420,106 @@ def summarise(rows: Sequence[dict]) -> dict[str, Any]:
 
 
 def _presets(cells: Sequence[dict]) -> list[str]:
-    """The presets of ``cells`` from easy to hard: the first is the study's headline (``medium``)."""
+    """The synthetic presets of ``cells`` from easy to hard: the first is the study's headline (``medium``)."""
     order = ("easy", "medium", "hard")
-    return sorted({c["preset"] for c in cells}, key=lambda p: order.index(p) if p in order else len(order))
+    return sorted({c["preset"] for c in cells if c["preset"] not in REAL_CONFIGS},
+                  key=lambda p: order.index(p) if p in order else len(order))
+
+
+def _pooled_f1(counts: np.ndarray) -> np.ndarray:
+    """Pooled object F1 from per-image ``(predicted, true, true positives)`` counts summed over the
+    last-but-one axis: ``2 TP / (predicted + true)`` (the GlaS pooling)."""
+    total = counts.sum(axis=-2)
+    return 2 * total[..., 2] / np.maximum(total[..., 0] + total[..., 1], 1)
+
+
+def paired_difference(runs: Sequence[dict], baselines: Sequence[dict], draws: int = 2000,
+                      seed: int = 0) -> dict[str, float] | None:
+    """Pooled object F1 of ``runs`` minus that of ``baselines``, paired by seed, with a 95 % bootstrap
+    interval over test images (the same images drawn for every seed of a draw).
+
+    Both sides are scored from their per-image object counts (``objects.per_image``), so the
+    difference and its interval come from one computation. ``wins`` counts the seeds in which the
+    run is above its baseline.
+
+    Example:
+        >>> a = {"seed": 0, "objects": {"per_image": [[2, 2, 2], [1, 2, 1]]}}
+        >>> b = {"seed": 0, "objects": {"per_image": [[2, 2, 1], [1, 2, 1]]}}
+        >>> round(paired_difference([a], [b])["mean"], 3)
+        0.286
+    """
+    by_seed = {r["seed"]: r for r in baselines if "per_image" in r.get("objects", {})}
+    pairs = [(r, by_seed[r["seed"]]) for r in runs if r["seed"] in by_seed and "per_image" in r.get("objects", {})]
+    if not pairs:
+        return None
+    a = np.array([r["objects"]["per_image"] for r, _ in pairs], dtype=np.float64)  # [seeds, images, 3]
+    b = np.array([q["objects"]["per_image"] for _, q in pairs], dtype=np.float64)
+    if a.shape != b.shape:
+        return None
+    point = _pooled_f1(a) - _pooled_f1(b)
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, a.shape[1], size=(draws, a.shape[1]))
+    boot = (_pooled_f1(a[:, index]) - _pooled_f1(b[:, index])).mean(axis=0)  # [draws]
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return {"mean": float(point.mean()), "low": float(low), "high": float(high), "wins": int((point > 0).sum()),
+            "n": len(pairs)}
+
+
+def real_tables(rows: Sequence[dict], summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The real-data presets' tables: the supervised learning curve, then every method at each main
+    ratio against supervised and mean_teacher (paired differences with bootstrap intervals), the gap
+    it closes to supervised with all labels, contour share against the truth, object precision and recall."""
+    out = []
+    cells = summary["cells"]
+    for preset in [p for p in REAL_CONFIGS if any(c["preset"] == p for c in cells)]:
+        curve = sorted([c for c in cells if c["preset"] == preset and c["group"] == "curve"],
+                       key=lambda c: _ratio(c["label_ratio"]))
+        if curve:
+            out.append((f"{preset}: supervised learning curve (student, pooled, test part, mean ± std over seeds)",
+                        ["labels", "seeds", "O.F1", "O.Dice", "O.HD", "pixel Dice", "contour share (truth)"],
+                        [[c["label_ratio"], str(len(c["seeds"])), _fmt(c["student"]["pooled_f1"]),
+                          _fmt(c["student"]["pooled_dice"]), _fmt(c["student"]["pooled_hausdorff"], 1),
+                          _fmt(c["student"]["pixel_dice"]), f"{_fmt(c['contour_share'])} ({c['contour_share_truth']:.3f})"]
+                         for c in curve]))
+        ceiling = next((c for c in curve if _ratio(c["label_ratio"]) == 1), None)
+        mine = [r for r in rows if r["preset"] == preset]
+        for ratio in MAIN_RATIOS:
+            sup_rows = [r for r in mine if r["group"] == "curve" and r["label_ratio"] == ratio]
+            mt_rows = [r for r in mine if r["group"] == "main" and r["method"] == "mean_teacher"
+                       and r["label_ratio"] == ratio]
+            base = next((c for c in curve if c["label_ratio"] == ratio), None)
+            these = ([base] if base else []) + [c for c in cells if c["preset"] == preset and c["label_ratio"] == ratio
+                                                 and c["group"] in ("main", "control")]
+            if not these:
+                continue
+            table = []
+            for c in these:
+                members = [r for r in mine if r["group"] == c["group"] and r["method"] == c["method"]
+                           and r["label_ratio"] == ratio and r["extra"] == c["extra"]]
+                label = c["method"] + (" (random direction)" if c["group"] == "control" else "")
+                f1 = c["student"]["pooled_f1"]
+                gap = "-"
+                if ceiling and base and ceiling["student"]["pooled_f1"]["mean"] != base["student"]["pooled_f1"]["mean"]:
+                    top, low = ceiling["student"]["pooled_f1"]["mean"], base["student"]["pooled_f1"]["mean"]
+                    gap = f"{(f1['mean'] - low) / (top - low):+.0%}"
+
+                def diff(against: Sequence[dict]) -> str:
+                    d = None if not against or members == list(against) else paired_difference(members, against)
+                    if d is None:
+                        return "-"
+                    return f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] ({d['wins']}/{d['n']})"
+
+                o = c.get("objects", {})
+                table.append([label, str(len(c["seeds"])), _fmt(f1), _fmt(c["student"]["pooled_dice"]),
+                              _fmt(c["student"]["pooled_hausdorff"], 1), diff(sup_rows), diff(mt_rows), gap,
+                              f"{_fmt(c['contour_share'])} ({c['contour_share_truth']:.3f})",
+                              _fmt(o.get("precision")), _fmt(o.get("recall"))])
+            out.append((f"{preset}, {ratio} labels: student pooled scores on the test part; differences paired by "
+                        f"seed with a 95 % bootstrap interval over test images (seeds above)",
+                        ["method", "seeds", "O.F1", "O.Dice", "O.HD", "O.F1 - supervised", "O.F1 - mean_teacher",
+                         "gap closed to supervised@all", "contour share (truth)", "object precision", "object recall"],
+                        table))
+    return out
 
 
 def _fmt(stat: dict | None, digits: int = 3) -> str:
@@ -460,22 +603,23 @@ def table_data(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     return out
 
 
-def tables(summary: dict) -> str:
-    """The study's tables in Markdown."""
+def tables(summary: dict, rows: Sequence[dict] = ()) -> str:
+    """The study's tables in Markdown (the real presets' too when the per-run ``rows`` are given)."""
     lines = []
-    for title, header, rows in table_data(summary):
+    for title, header, rows in table_data(summary) + real_tables(rows, summary):
         lines += [f"\n**{title}**\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
-def rst_tables(summary: dict) -> str:
-    """The same tables as reStructuredText ``csv-table`` directives (for ``docs/benchmarks.rst``)."""
+def rst_tables(summary: dict, rows: Sequence[dict] = (), real: bool = False) -> str:
+    """The same tables as reStructuredText ``csv-table`` directives (for ``docs/benchmarks.rst``):
+    the synthetic presets', or with ``real`` the real presets'."""
     def quote(cell: str) -> str:
         return '"' + cell.replace('"', '""') + '"'
 
     parts = []
-    for title, header, rows in table_data(summary):
+    for title, header, rows in (real_tables(rows, summary) if real else table_data(summary)):
         parts.append(f".. csv-table:: {title}\n   :header: {', '.join(quote(h) for h in header)}\n")
         parts += [f"   {', '.join(quote(cell) for cell in row)}" for row in rows]
         parts.append("")
@@ -544,6 +688,33 @@ def figures(rows: Sequence[dict], summary: dict, folder: Path, title: str) -> li
         fig.suptitle(f"Student quality at 1/8 labels (squares: mean ± std over seeds; dots: seeds; x: EMA teacher) "
                      f"— {title}", fontsize=10)
         save(fig, "quality_by_method.png")
+    for real in [p for p in REAL_CONFIGS if any(c["preset"] == p for c in cells)]:
+        curve = sorted([c for c in cells if c["preset"] == real and c["group"] == "curve"],
+                       key=lambda c: _ratio(c["label_ratio"]))
+        if not curve:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+        x = [float(_ratio(c["label_ratio"])) for c in curve]
+        ax.errorbar(x, [c["student"]["pooled_f1"]["mean"] for c in curve],
+                    yerr=[c["student"]["pooled_f1"]["std"] for c in curve], marker="o", capsize=3,
+                    color=_colour("supervised"), label="supervised (mean ± std)")
+        for xi, c in zip(x, curve):
+            ax.scatter([xi] * c["student"]["pooled_f1"]["n"], c["student"]["pooled_f1"]["values"], color="k", s=8,
+                       zorder=3)
+        for method in METHODS[1:]:
+            pts = sorted((float(_ratio(c["label_ratio"])), c["student"]["pooled_f1"]) for c in cells
+                         if c["preset"] == real and c["group"] == "main" and c["method"] == method)
+            if pts:
+                ax.errorbar([p for p, _ in pts], [st["mean"] for _, st in pts], yerr=[st["std"] for _, st in pts],
+                            marker="s", ls="none", capsize=3, color=_colour(method), label=method)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(x, [c["label_ratio"] for c in curve])
+        ax.set_xlabel("labelled fraction of the training part")
+        ax.set_ylabel("object F1 (student, pooled, native grid)")
+        ax.set_title(f"{real}: quality against labels (dots: seeds)", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        save(fig, f"{real}_learning_curve.png")
     ratio = [c for c in cells if (c["group"] == "ratio" or c["group"] == "main") and c["preset"] == presets[0]
              and c["method"] in ("mean_teacher", "dpfr")] if presets else []
     if any(c["group"] == "ratio" for c in ratio):
@@ -618,10 +789,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--scale", choices=sorted(SCALES), default="cpu")
     parser.add_argument("--split", choices=sorted(DATA_SEEDS), default="test",
                         help="which generator seeds to train and score on (validation: for tuning)")
-    parser.add_argument("--groups", default="main,control,ratio,sweep",
-                        help="comma-separated subset of main,control,ratio,sweep")
+    parser.add_argument("--groups", default="main,control,ratio,sweep,curve",
+                        help="comma-separated subset of main,control,ratio,sweep,curve")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the methods")
-    parser.add_argument("--presets", default="", help="comma-separated subset of the scale's presets")
+    parser.add_argument("--presets", default="", help="comma-separated subset of the scale's presets, real ones "
+                                                       f"({', '.join(REAL_CONFIGS)}) included")
+    parser.add_argument("--data", action="append", default=[], metavar="PRESET=DIR",
+                        help="the folder of a real preset (default: " +
+                             ", ".join(f"{k}={v}" for k, v in REAL_DATA.items()) + ")")
     parser.add_argument("--recount", action="store_true",
                         help="(re)compute the object counts (precision / recall) of every finished run from its "
                              "model.pt (float16 student), so all rows count alike, then report")
@@ -643,7 +818,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
     figures_dir = Path(args.figures) if args.figures else (FIGURES if tag == "cpu" else outputs / "figures")
     groups = set(args.groups.split(","))
     methods = set(args.methods.split(","))
-    presets = set(args.presets.split(",")) if args.presets else set(scale.presets)
+    presets = set(args.presets.split(",")) if args.presets else set(scale.presets) | set(scale.real)
+    data = dict(REAL_DATA)
+    for item in args.data:
+        key, _, folder = item.partition("=")
+        if key not in REAL_CONFIGS or not folder:
+            parser.error(f"--data expects PRESET=DIR with a preset of {', '.join(REAL_CONFIGS)}, got {item!r}")
+        data[key] = Path(folder)
+    for preset in sorted(presets & set(REAL_CONFIGS)):
+        if not (data[preset] / "Grade.csv").is_file() and not any(data[preset].glob("*_anno.*")):
+            print(f"[ssl_quality] skipping the real preset {preset!r}: no data at {data[preset]} "
+                  f"(pass --data {preset}=DIR)")
+            presets.discard(preset)
     seeds = {int(s) for s in args.seeds.split(",")} if args.seeds else set(scale.seeds)
     runs = [r for r in plan(scale) if r.group in groups and r.method in methods and r.preset in presets
             and r.seed in seeds]
@@ -654,7 +840,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         bar = tqdm(runs, desc=f"ssl_quality {tag}", unit="run", dynamic_ncols=True)
         seen: set[str] = set()
         for spec in bar:
-            config = _config(spec, scale, args.split, args.set)
+            config = _config(spec, scale, args.split, args.set, data)
             fingerprint = _fingerprint(config)
             path = results / f"{spec.name}.json"
             if fingerprint in seen:
@@ -664,7 +850,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 continue  # finished in an earlier start of the study (with every field its method reads)
             bar.set_postfix_str(spec.name)
             features = spec.group == "main" and (spec.preset, spec.method, spec.seed) in feature_runs
-            row = run_one(spec, scale, args.split, args.set, outputs, features)
+            row = run_one(spec, scale, args.split, args.set, outputs, features, data)
             atomic_write_text(path, json.dumps(row) + "\n")
             # the resume checkpoint (student, teacher, both Adam states: ~8x model.pt) is dead weight once
             # the result is stored; model.pt (float16 student) stays for inference
@@ -691,10 +877,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     summary = summarise(rows) if rows else {"cells": []}
     summary.update(scale=args.scale, split=args.split, note=scale.note, runs=len(rows), sets=args.set,
                    machine=f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    text = tables(summary) if rows else "no finished runs\n"
+    text = tables(summary, rows) if rows else "no finished runs\n"
     print(text)
     if rows and tag == "cpu" and not args.results:
         atomic_write_text(ROOT / "docs" / "ssl_quality_tables.inc", rst_tables(summary))
+        if any(r["preset"] in REAL_CONFIGS for r in rows):
+            atomic_write_text(ROOT / "docs" / "ssl_quality_real_tables.inc", rst_tables(summary, rows, real=True))
     write_result(RESULTS / f"ssl_quality_{tag}.json" if not args.results else results / "summary.json", summary)
     if rows:
         for path in figures(rows, summary, figures_dir, f"{args.scale} scale, {summary['machine']}"):

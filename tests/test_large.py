@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from examples.dpfr_gland.augment import to_tensor
-from examples.dpfr_gland.evaluate import _starts
+from examples.dpfr_gland.tiling import tile_starts as _starts
 from examples.dpfr_gland.large import ArrayRegions, predict_large, window_weights
 
 

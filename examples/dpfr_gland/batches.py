@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = ["BatchStream", "ViewDataset", "build_datasets", "build_test_sets", "evaluation_splits"]
 
+import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from . import augment
 from .config import TrainConfig
-from .data import CRAGDataset, FolderDataset, GlaSDataset
+from .data import CRAGDataset, FolderDataset, GlaSDataset, PairedDataset
+from .scale import ScaledDataset
 from .synthetic import SyntheticGlands
 from .targets import instances_to_classes, semantic_targets
+from .tiling import STRIDE
 
 
 def minority_indices(seed: int, start: int, count: int, share: float) -> set[int]:
@@ -65,7 +68,7 @@ def evaluation_splits(config: TrainConfig) -> list[str]:
         >>> evaluation_splits(TrainConfig(dataset="glas", data="x", test_split="testA, testB"))
         ['testA', 'testB']
     """
-    if config.dataset in ("synthetic", "folder"):
+    if config.dataset == "synthetic" or (config.dataset == "folder" and not config.split_file):
         return ["test"]
     return [part.strip() for part in config.test_split.split(",") if part.strip()]
 
@@ -78,16 +81,83 @@ def build_test_sets(config: TrainConfig) -> dict[str, Any]:
         >>> list(sets), len(sets["test"])
         (['test'], 1)
     """
+    if config.split_file:
+        return {split: split_part(config, split) for split in evaluation_splits(config)}
     if config.dataset == "synthetic" or (config.dataset == "folder"):
-        test = build_datasets(config)[1]
+        test = _native_datasets(config)[1]
         return {} if test is None else {"test": test}
     root = Path(config.data)
     reader = GlaSDataset if config.dataset == "glas" else CRAGDataset
     return {split: reader(root, split) for split in evaluation_splits(config)}
 
 
+def split_part(config: TrainConfig, part: str) -> PairedDataset:
+    """The images of one part of ``config.split_file``, found among every reader split of the
+    ``data`` folder (GlaS ``train``/``testA``/``testB``, CRAG ``train``/``valid``, a plain folder).
+
+    Raises:
+        ValueError: the file is not a JSON object of name lists, lacks ``part`` (the parts it has
+            are named), or names images the folder does not hold (all of them named).
+
+    Example:
+        >>> import json, tempfile
+        >>> from pathlib import Path
+        >>> from examples.dpfr_gland.data import write_synthetic
+        >>> root = write_synthetic(tempfile.mkdtemp(), "glas", 4, size=32)
+        >>> split = Path(root) / "split.json"
+        >>> _ = split.write_text(json.dumps({"a": ["train_2", "testA_1"], "b": ["train_1"]}))
+        >>> split_part(TrainConfig(dataset="glas", data=str(root), split_file=str(split)), "a").names
+        ['train_2', 'testA_1']
+    """
+    from .config import resolve_split_file
+
+    path = resolve_split_file(config.split_file)
+    try:
+        parts = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"split_file {path} is not valid JSON: {error}") from None
+    parts = {k: v for k, v in parts.items() if not k.startswith("_")} if isinstance(parts, dict) else None
+    if not parts or not all(isinstance(v, list) and all(isinstance(n, str) for n in v) for v in parts.values()):
+        raise ValueError(f"split_file {path} must hold a JSON object of image-name lists, e.g. "
+                         f'{{"train": ["train_1", ...], "test": [...]}}')
+    if part not in parts:
+        raise ValueError(f"split_file {path} has no part {part!r}; it has {', '.join(map(repr, parts))}")
+    if not config.data:
+        raise ValueError(f"data must name the {config.dataset} folder that split_file {path} refers to")
+    root = Path(config.data)
+    pool: dict[str, tuple[Path, Path]] = {}
+    if config.dataset == "folder":
+        readers: list[Any] = [lambda: FolderDataset(root / "images", root / "masks")]
+    else:
+        reader = GlaSDataset if config.dataset == "glas" else CRAGDataset
+        names = ("train", "testA", "testB") if config.dataset == "glas" else ("train", "valid")
+        readers = [lambda split=split: reader(root, split) for split in names]
+    for make in readers:
+        try:
+            dataset = make()
+        except (FileNotFoundError, ValueError):  # a reader split this folder does not have
+            continue
+        pool.update({n: (i, a) for n, i, a in zip(dataset.names, dataset.image_paths, dataset.annotation_paths)})
+    missing = [name for name in parts[part] if name not in pool]
+    if missing:
+        raise ValueError(f"split_file {path} part {part!r} names {len(missing)} image(s) that {root} does not "
+                         f"hold: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
+    chosen = parts[part]
+    dataset = PairedDataset([pool[n][0] for n in chosen], [pool[n][1] for n in chosen], names=chosen)
+    grades = root / "Grade.csv"
+    if config.dataset == "glas" and grades.is_file():
+        from .data import read_glas_grades
+
+        table = read_glas_grades(grades)
+        dataset.grades = [table.get(n) for n in chosen]  # type: ignore[attr-defined]
+    return dataset
+
+
 def build_datasets(config: TrainConfig) -> tuple[Any, Any | None]:
     """The training and test datasets of ``config`` (map-style, ``(image, instances)`` items).
+
+    The training set is at the network's ``scale`` (:class:`~examples.dpfr_gland.scale.ScaledDataset`),
+    the test set native: evaluation resamples each image and scores on the native grid.
 
     Args:
         config: the run's configuration.
@@ -103,6 +173,13 @@ def build_datasets(config: TrainConfig) -> tuple[Any, Any | None]:
         >>> len(train), len(test), train[0][0].shape
         (2, 1, (128, 128, 3))
     """
+    train, test = _native_datasets(config)
+    if config.scale != 1:  # the network trains at its scale; tests stay native (scored on the native grid)
+        train = ScaledDataset(train, config.scale, minimum=STRIDE)
+    return train, test
+
+
+def _native_datasets(config: TrainConfig) -> tuple[Any, Any | None]:
     if config.dataset == "synthetic":
         size = config.synthetic_size
         seed = config.seed if config.synthetic_seed < 0 else config.synthetic_seed
@@ -117,6 +194,8 @@ def build_datasets(config: TrainConfig) -> tuple[Any, Any | None]:
         raise ValueError(f"data must name the {config.dataset} folder for dataset={config.dataset!r} "
                          f"(e.g. --set data=/path/to/{config.dataset})")
     root = Path(config.data)
+    if config.split_file:
+        return split_part(config, config.train_split), split_part(config, evaluation_splits(config)[0])
     if config.dataset in ("glas", "crag"):  # the first test split (build_test_sets has them all)
         reader = GlaSDataset if config.dataset == "glas" else CRAGDataset
         return reader(root, config.train_split), reader(root, evaluation_splits(config)[0])

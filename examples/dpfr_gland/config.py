@@ -7,7 +7,7 @@ name the key of any bad value.
 
 from __future__ import annotations
 
-__all__ = ["METHODS", "TrainConfig", "apply_overrides", "config_from_dict", "load_config"]
+__all__ = ["METHODS", "TrainConfig", "apply_overrides", "config_from_dict", "load_config", "resolve_split_file"]
 
 import dataclasses
 import difflib
@@ -47,6 +47,12 @@ class TrainConfig:
             ``images/`` and ``masks/``); unused for ``synthetic``.
         test_data: ``folder`` only: a root with ``images/`` and ``masks/`` to test on
             (empty: the training folder's unlabelled part is not used for testing; no test).
+        split_file: a JSON file mapping part names to image names (file stems) of the
+            ``data`` folder (any of its reader splits), e.g. ``{"train": [...], "validation":
+            [...], "test": [...]}``; with it, ``train_split`` and ``test_split`` name parts of
+            this file. A bare name is looked up in the recipe's ``splits/`` folder:
+            ``glas_train85`` splits the 85 GlaS training images by patient into 52 / 12 / 21
+            (train / validation / test). Empty: the reader's own splits.
         train_split: reader split to train on (GlaS/CRAG ``"train"``).
         test_split: reader split(s) to test on, comma-separated, each scored and reported
             separately (GlaS ``"testA,testB"``, CRAG ``"valid"``); the first is the headline of
@@ -69,6 +75,17 @@ class TrainConfig:
             weights of the backbone, fetched once into torch's hub cache), a weights name such as
             ``"IMAGENET1K_V2"``, a local path of a torchvision-format ResNet state dict, or
             ``""`` / ``"none"`` (random weights).
+        scale: the scale the network works at, in network pixels per native pixel (0.4: images
+            shrunk to 40 %, glands of 100 px become 40 px). Training images are resampled to it
+            (area averaging; label maps by nearest neighbour, then the 3-class targets are made at
+            that scale), evaluation and ``predict`` resample each image to it and map the
+            predictions back, so every score is on the native grid against the native label maps
+            (the GlaS protocol). It travels in ``model.pt``; ``crop_size``, ``eval_tile``,
+            ``contour_width`` and ``min_size`` are in network pixels. Choose it so that a crop
+            holds several whole glands: real GlaS/CRAG glands are about 100 px across at 20x.
+        target_mpp: microns per pixel the network works at, for images that state theirs (TIFF
+            resolution tags, OpenSlide ``mpp``): ``predict`` then uses ``image_mpp / target_mpp``
+            for such an image and ``scale`` for the others (0: always ``scale``).
         crop_size: weak-view crop side, a multiple of 32.
         batch_labelled: labelled images per step and process.
         batch_unlabelled: unlabelled images per step and process.
@@ -131,6 +148,11 @@ class TrainConfig:
             the control that says whether the direction matters: a step of the same length per
             pixel (``xi``, or ``xi * ||f||``) in a uniformly random direction, drawn afresh every
             step; the flow still trains, so the cost and the schedule are the same.
+        augment_labelled: give the labelled views the strong view's photometric changes too
+            (colour jitter, H&E stain jitter, grey, blur, noise:
+            :func:`~examples.dpfr_gland.augment.strong_from_weak`; no pixel moves, so the targets
+            stay). Off by default (the synthetic studies ran without it); on real slides, whose
+            stains differ between patients, it is the supervised baseline's regulariser.
         cutmix: CutMix the student's unlabelled strong views (boxes are pasted between images
             of the batch, so it needs ``batch_unlabelled >= 2``).
         teacher_buffers: how the EMA teacher follows the student's BatchNorm statistics:
@@ -179,6 +201,7 @@ class TrainConfig:
     dataset: str = "synthetic"
     data: str = ""
     test_data: str = ""
+    split_file: str = ""
     train_split: str = "train"
     test_split: str = "testA"
     synthetic_preset: str = "medium"
@@ -192,6 +215,8 @@ class TrainConfig:
     seed: int = 0
     backbone: str = "resnet34"
     pretrained: str = ""
+    scale: float = 1.0
+    target_mpp: float = 0.0
     crop_size: int = 96
     batch_labelled: int = 2
     batch_unlabelled: int = 2
@@ -228,6 +253,7 @@ class TrainConfig:
     perturb_at: str = "classifier"
     perturb_direction: str = "density"
     cutmix: bool = True
+    augment_labelled: bool = False
     teacher_buffers: str = "copy"
     flow_normalize: bool = True
     flow_labelled_source: str = "teacher"
@@ -259,6 +285,10 @@ class TrainConfig:
         _one_of("teacher_buffers", self.teacher_buffers, ("ema", "copy"))
         _one_of("lr_schedule", self.lr_schedule, ("constant", "poly"))
         _one_of("flow_labelled_source", self.flow_labelled_source, ("teacher", "student"))
+        if self.split_file:
+            if self.dataset == "synthetic":
+                raise ValueError("split_file names images of a data folder; dataset='synthetic' has none")
+            resolve_split_file(self.split_file)
         if self.dataset in ("glas", "crag") and not any(p.strip() for p in self.test_split.split(",")):
             raise ValueError(f"test_split must name at least one split, got {self.test_split!r}")
         if self.synthetic_mix:
@@ -298,11 +328,11 @@ class TrainConfig:
                      "eval_limit", "eval_pictures", "min_size", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("lr", "flow_lr", "threshold", "temperature", "lr_power"):
+        for name in ("lr", "flow_lr", "threshold", "temperature", "lr_power", "scale"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value}")
-        for name in ("weight_decay", "unsup_weight", "alpha_perturbed", "alpha_contrast", "xi", "flow_noise",
+        for name in ("target_mpp", "weight_decay", "unsup_weight", "alpha_perturbed", "alpha_contrast", "xi", "flow_noise",
                      "flow_grad_clip"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
@@ -346,6 +376,28 @@ class TrainConfig:
     def uses_contrast(self) -> bool:
         """Whether the method adds the contrastive loss (FR)."""
         return self.method in ("fr", "dpfr")
+
+
+SPLITS = Path(__file__).resolve().parent / "splits"
+
+
+def resolve_split_file(name: str) -> Path:
+    """The path of a ``split_file``: the name as given, else ``splits/NAME.json`` of the recipe.
+
+    Raises:
+        FileNotFoundError: neither exists (both named).
+
+    Example:
+        >>> resolve_split_file("glas_train85").name
+        'glas_train85.json'
+    """
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = SPLITS / (name if name.endswith(".json") else f"{name}.json")
+    if shipped.is_file():
+        return shipped
+    raise FileNotFoundError(f"split_file {name!r}: neither {path} nor {shipped} exists")
 
 
 def _one_of(name: str, value: str, allowed: Sequence[str]) -> None:

@@ -25,6 +25,8 @@ __all__ = [
     "main",
     "predict",
     "predict_instances",
+    "predict_probabilities",
+    "native_postprocess",
     "evaluate_semantic",
     "prediction_picture",
     "save_predictions",
@@ -34,7 +36,6 @@ __all__ = [
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -48,58 +49,16 @@ from tqdm import tqdm
 
 from densessl.checks import FLOAT_DTYPES, check_finite, check_int_in_range, check_tensor
 from densessl.metrics import glas_metrics, object_dice, object_f1, object_hausdorff
-from densessl.utils import eval_mode
 
 from .augment import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 from .checkpoint import atomic_write, atomic_write_text, load_checkpoint
 from .synthetic import draw_outlines
 from .targets import classes_to_instances
+from .tiling import STRIDE, blend_tiles, check_tiling
 
-_MULTIPLE = 32  # CE-Net downsamples 5 times
 
 
 # ----------------------------------------------------------------------------- prediction
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
-def _logits_of(output: object) -> torch.Tensor:
-    """The logits of a model's output: a tensor, an object with ``.logits``, or a tuple's first item."""
-    if isinstance(output, torch.Tensor):
-        return output
-    logits = getattr(output, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    raise TypeError(
-        "model output must be a logits tensor [B, K, H, W], an object with a .logits tensor, or a tuple "
-        f"whose first item is the logits, got {type(output).__name__}"
-    )
-
-
-def _reflect_pad(x: torch.Tensor, bottom: int, right: int) -> torch.Tensor:
-    """Pad ``[B, C, H, W]`` at the bottom and right by reflection, repeatedly if the pad exceeds the size."""
-    while bottom > 0 or right > 0:
-        h, w = x.shape[-2:]
-        step_b, step_r = min(bottom, h - 1), min(right, w - 1)
-        if (bottom and step_b == 0) or (right and step_r == 0):  # a single row/column: replicate
-            return F.pad(x, (0, right, 0, bottom), mode="replicate")
-        x = F.pad(x, (0, step_r, 0, step_b), mode="reflect")
-        bottom, right = bottom - step_b, right - step_r
-    return x
-
-
-def _starts(size: int, tile: int, stride: int) -> list[int]:
-    """Window starts covering ``0..size`` with windows of ``tile``, the last one flush with the end."""
-    if size <= tile:
-        return [0]
-    starts = list(range(0, size - tile, stride))
-    return starts + [size - tile]
 
 
 def predict(
@@ -109,22 +68,19 @@ def predict(
     overlap: int | None = None,
     batch_size: int = 4,
     amp: bool = True,
+    window: str = "gaussian",
 ) -> torch.Tensor:
-    """Class probabilities of a full image by a sliding window over tiles.
+    """Class probabilities of a full image by the recipe's one sliding window
+    (:func:`~examples.dpfr_gland.tiling.blend_tiles`).
 
-    1. The image is padded at the bottom and right by reflection to a multiple of 32 (the
-       network's total stride), ``Hp x Wp``.
-    2. Tiles of ``min(tile, Hp) x min(tile, Wp)`` pixels start every ``tile - overlap``
-       pixels, the last one flush with the padded edge, so every pixel is covered; tiles
-       are run in batches of ``batch_size``.
-    3. The softmax probabilities of the tiles are averaged where they overlap, cropped back
-       to ``H x W``.
-
-    The model runs in eval mode under ``torch.no_grad()`` (each submodule's train/eval mode
-    is restored afterwards), on the device of its parameters, and under
-    ``torch.autocast`` (bfloat16 where supported, else float16) on CUDA when ``amp`` is set;
-    probabilities are accumulated in float32. The model may return the logits, an object
-    with a ``.logits`` attribute (e.g. ``CENetOutput``) or a tuple whose first item is the logits.
+    Tiles of ``tile x tile`` pixels (a side shorter than a tile: rounded up to a multiple of 32,
+    padded by edge replication) start every ``tile - overlap`` pixels, the last one flush with the
+    edge; their softmax probabilities are blended with a smooth ``window`` (Gaussian: no seam
+    where tiles meet). The model runs in eval mode under ``torch.no_grad()`` (each submodule's
+    mode is restored afterwards), on the device of its parameters, under ``torch.autocast``
+    (bfloat16 where supported, else float16) on CUDA when ``amp`` is set; probabilities are
+    blended in float32. The model may return the logits, an object with a ``.logits`` attribute
+    (e.g. ``CENetOutput``) or a tuple whose first item is the logits.
 
     Args:
         model: the segmentation network, ``[b, 3, h, w] -> [b, K, h, w]`` logits.
@@ -134,6 +90,8 @@ def predict(
             (``None``: ``tile // 4``).
         batch_size: tiles per forward pass, ``>= 1``.
         amp: use autocast on CUDA (ignored on the CPU).
+        window: ``"gaussian"`` (default), ``"cosine"`` or ``"uniform"``
+            (:func:`~examples.dpfr_gland.tiling.window_weights`).
 
     Shapes:
         - image: ``[3, H, W]`` or ``[B, 3, H, W]``, float, finite, any ``H, W >= 1``
@@ -161,51 +119,85 @@ def predict(
     image = check_tensor("image", image, ndim=(3, 4), dims="[3, H, W] or [B, 3, H, W]", dtypes=FLOAT_DTYPES,
                          dtype_words="float16, bfloat16, float32 or float64")
     check_finite("image", image)
-    tile = check_int_in_range("tile", tile, _MULTIPLE)
-    if tile % _MULTIPLE:
-        raise ValueError(f"tile must be a multiple of {_MULTIPLE}, got {tile}")
-    overlap = tile // 4 if overlap is None else check_int_in_range("overlap", overlap, 0, tile - 1)
-    batch_size = check_int_in_range("batch_size", batch_size, 1)
-
+    check_tiling(tile, overlap, batch_size)
     single = image.dim() == 3
     images = image[None] if single else image
-    b, _, h, w = images.shape
-    device = _model_device(model)
-    padded_h, padded_w = math.ceil(h / _MULTIPLE) * _MULTIPLE, math.ceil(w / _MULTIPLE) * _MULTIPLE
-    tile_h, tile_w = min(tile, padded_h), min(tile, padded_w)
-    stride = tile - overlap
-    windows = [(top, left) for top in _starts(padded_h, tile_h, stride) for left in _starts(padded_w, tile_w, stride)]
-    use_amp = amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-
-    with eval_mode(model):
-        with torch.no_grad():
-            results = []
-            for index in range(b):
-                x = _reflect_pad(images[index : index + 1].to(device, torch.float32), padded_h - h, padded_w - w)
-                total: torch.Tensor | None = None
-                count = torch.zeros(1, 1, padded_h, padded_w, device=device)
-                for first in range(0, len(windows), batch_size):
-                    chunk = windows[first : first + batch_size]
-                    tiles = torch.cat([x[..., t : t + tile_h, s : s + tile_w] for t, s in chunk])
-                    with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
-                        logits = _logits_of(model(tiles))
-                    if logits.dim() != 4 or logits.shape[0] != len(chunk) or logits.shape[-2:] != tiles.shape[-2:]:
-                        raise ValueError(
-                            f"model output (logits) must be [{len(chunk)}, K, {tile_h}, {tile_w}] for tiles of "
-                            f"shape {tuple(tiles.shape)}, got shape {tuple(logits.shape)}"
-                        )
-                    check_finite("model output (logits)", logits)
-                    probs = logits.float().softmax(dim=1)
-                    if total is None:
-                        total = torch.zeros(1, probs.shape[1], padded_h, padded_w, device=device)
-                    for k, (t, s) in enumerate(chunk):
-                        total[..., t : t + tile_h, s : s + tile_w] += probs[k]
-                        count[..., t : t + tile_h, s : s + tile_w] += 1
-                assert total is not None
-                results.append((total / count)[..., :h, :w])
-    out = torch.cat(results).to(image.device)
+    h, w = images.shape[-2:]
+    results = []
+    for x in images:
+        bands = [probs for _, probs in blend_tiles(model, h, w, lambda y0, x0, th, tw: x[:, y0 : y0 + th, x0 : x0 + tw],
+                                                   tile=tile, overlap=overlap, batch_size=batch_size, window=window,
+                                                   amp=amp)]
+        results.append(torch.cat(bands, dim=1))
+    out = torch.stack(results).to(image.device)
     return out[0] if single else out
+
+
+def predict_probabilities(
+    model: nn.Module,
+    image: np.ndarray,
+    scale: float = 1.0,
+    tile: int = 256,
+    overlap: int | None = None,
+    batch_size: int = 4,
+    amp: bool = True,
+    window: str = "gaussian",
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> torch.Tensor:
+    """Class probabilities of an RGB picture on its native grid, the network working at ``scale``.
+
+    The picture is resampled to ``scale`` (:func:`~examples.dpfr_gland.scale.resize_image`: area
+    averaging when shrinking), normalised, predicted by :func:`predict`, and the probabilities
+    are resampled back to the native size (bilinear, so they still sum to 1). At ``scale=1``
+    this is :func:`predict` of :func:`~examples.dpfr_gland.augment.to_tensor`.
+
+    Args:
+        model: the network (see :func:`predict`).
+        image: the RGB picture at its native resolution.
+        scale: network pixels per native pixel (the training config's ``scale``).
+        tile: tile side at the network's scale (see :func:`predict`).
+        overlap: see :func:`predict`.
+        batch_size: see :func:`predict`.
+        amp: see :func:`predict`.
+        window: see :func:`predict`.
+        mean: normalisation mean.
+        std: normalisation standard deviation.
+
+    Shapes:
+        - image: ``[H, W, 3]`` uint8
+        - returns: ``[K, H, W]`` float32 on the CPU, summing to 1 over ``K``
+
+    Raises:
+        ValueError: a scale that leaves the picture smaller than the network's stride (32 px);
+            as :func:`predict` otherwise.
+
+    Example:
+        >>> import numpy as np, torch
+        >>> probs = predict_probabilities(torch.nn.Conv2d(3, 2, 1), np.zeros((90, 70, 3), np.uint8), scale=0.5, tile=32)
+        >>> probs.shape
+        torch.Size([2, 90, 70])
+    """
+    from .scale import resize_image, scaled_size
+
+    native = image.shape[:2]
+    size = scaled_size(*native, scale, minimum=min(STRIDE, *native), what="image")
+    probs = predict(model, to_tensor(resize_image(image, size), mean, std), tile=tile, overlap=overlap,
+                    batch_size=batch_size, amp=amp, window=window).cpu()
+    if tuple(probs.shape[-2:]) != tuple(native):
+        probs = F.interpolate(probs[None], size=native, mode="bilinear", align_corners=False)[0]
+    return probs
+
+
+def native_postprocess(min_size: int, dilation: int, scale: float) -> tuple[int, int]:
+    """``min_size`` (pixels of area) and ``dilation`` (pixels of width), given at the network's
+    scale, in native pixels: instances are made on the native grid.
+
+    Example:
+        >>> native_postprocess(16, 2, 0.5)
+        (64, 4)
+    """
+    return int(round(min_size / scale**2)), int(round(dilation / scale))
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -258,8 +250,11 @@ def predict_instances(
     amp: bool = True,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    scale: float = 1.0,
 ) -> np.ndarray:
-    """Gland instances of one RGB picture: :func:`predict`, then ``classes_to_instances``.
+    """Gland instances of one RGB picture on its native grid: :func:`predict_probabilities`, then
+    ``classes_to_instances`` (with ``min_size`` and ``dilation`` brought from the network's scale
+    to native pixels by :func:`native_postprocess`).
 
     Args:
         model: a 3-class (background, interior, contour) segmentation network.
@@ -272,6 +267,8 @@ def predict_instances(
         amp: see :func:`predict`.
         mean: normalisation mean (:func:`~examples.dpfr_gland.augment.to_tensor`).
         std: normalisation standard deviation.
+        scale: network pixels per native pixel (the training config's ``scale``); ``min_size``
+            and ``dilation`` are in network pixels.
 
     Shapes:
         - image: ``[H, W, 3]``, uint8
@@ -290,13 +287,14 @@ def predict_instances(
         >>> predict_instances(model, np.zeros((40, 40, 3), np.uint8), tile=32).shape
         (40, 40)
     """
-    probs = predict(model, to_tensor(image, mean, std), tile=tile, overlap=overlap, batch_size=batch_size,
-                    amp=amp)
+    probs = predict_probabilities(model, image, scale=scale, tile=tile, overlap=overlap, batch_size=batch_size,
+                                  amp=amp, mean=mean, std=std)
     if probs.shape[0] != 3:
         raise ValueError(
             f"model output (logits) must have 3 classes (background, interior, contour), got {probs.shape[0]}"
         )
-    return classes_to_instances(probs.cpu(), min_size=min_size, dilation=dilation).numpy()
+    min_size, dilation = native_postprocess(min_size, dilation, scale)
+    return classes_to_instances(probs, min_size=min_size, dilation=dilation).numpy()
 
 
 def evaluate_semantic(
@@ -309,6 +307,7 @@ def evaluate_semantic(
     amp: bool = True,
     limit: int | None = None,
     progress: bool = False,
+    scale: float = 1.0,
 ) -> dict[str, float]:
     """Score a semantic segmenter (the PGland task) with pixel F1, Dice and mIoU.
 
@@ -331,6 +330,8 @@ def evaluate_semantic(
         amp: see :func:`predict`.
         limit: score only the first ``limit`` images.
         progress: show a tqdm bar.
+        scale: network pixels per native pixel (:func:`predict_probabilities`); scores are on
+            the native grid.
 
     Returns:
         The scores as Python floats (``num_images`` an int).
@@ -356,7 +357,8 @@ def evaluate_semantic(
     tp = fp = fn = 0
     for index, image, mask in tqdm(_samples(dataset, limit), total=_length(dataset, limit), disable=not progress,
                                    desc="evaluate"):
-        probs = predict(model, to_tensor(image), tile=tile, overlap=overlap, batch_size=batch_size, amp=amp)
+        probs = predict_probabilities(model, image, scale=scale, tile=tile, overlap=overlap, batch_size=batch_size,
+                                      amp=amp)
         if probs.shape[0] != num_classes:
             raise ValueError(f"model output (logits) must have {num_classes} classes, got {probs.shape[0]}")
         pred = probs.argmax(0).cpu().numpy()
@@ -473,6 +475,7 @@ def evaluate(
     progress: bool = False,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    scale: float = 1.0,
 ) -> dict[str, float]:
     """Score a 3-class gland segmenter on a dataset with the GlaS object metrics and pixel Dice.
 
@@ -487,7 +490,9 @@ def evaluate(
       pixel counts pooled over all images;
     - ``num_images``.
 
-    Hausdorff distances are in pixels of the images as given.
+    Hausdorff distances are in pixels of the images as given: with ``scale``, the network works
+    at that scale and its predictions are mapped back, so scores are always on the native grid,
+    against the native label maps (the GlaS protocol).
 
     Args:
         model: the network (see :func:`predict`); it must give 3 classes.
@@ -504,6 +509,7 @@ def evaluate(
         progress: show a tqdm progress bar.
         mean: normalisation mean (:func:`~examples.dpfr_gland.augment.to_tensor`).
         std: normalisation standard deviation.
+        scale: network pixels per native pixel (:func:`predict_instances`).
 
     Shapes:
         - dataset items: ``(image uint8 [H, W, 3], instances [H, W] any integer dtype)``
@@ -536,7 +542,7 @@ def evaluate(
     samples = _samples(dataset, limit)
     for index, image, gt in tqdm(samples, total=_length(dataset, limit), disable=not progress, desc="evaluate"):
         pred = predict_instances(model, image, tile=tile, overlap=overlap, batch_size=batch_size,
-                                 min_size=min_size, dilation=dilation, amp=amp, mean=mean, std=std)
+                                 min_size=min_size, dilation=dilation, amp=amp, mean=mean, std=std, scale=scale)
         preds.append(pred)
         gts.append(gt)
         p, g = pred > 0, gt > 0
@@ -571,6 +577,7 @@ def save_predictions(
     progress: bool = True,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    scale: float = 1.0,
 ) -> list[Path]:
     """Write one PNG per image: image | ground-truth outlines | predicted outlines, with its scores.
 
@@ -593,6 +600,7 @@ def save_predictions(
         progress: show a tqdm progress bar.
         mean: normalisation mean.
         std: normalisation standard deviation.
+        scale: network pixels per native pixel; pictures are on the native grid.
 
     Shapes:
         - each picture: a PNG of :func:`prediction_picture` (image | ground truth | prediction)
@@ -619,7 +627,7 @@ def save_predictions(
     samples = _samples(dataset, limit)
     for index, image, gt in tqdm(samples, total=_length(dataset, limit), disable=not progress, desc="pictures"):
         pred = predict_instances(model, image, tile=tile, overlap=overlap, batch_size=batch_size,
-                                 min_size=min_size, dilation=dilation, amp=amp, mean=mean, std=std)
+                                 min_size=min_size, dilation=dilation, amp=amp, mean=mean, std=std, scale=scale)
         name = names[index] if names is not None and index < len(names) else f"{index:04d}"
         path = folder / f"{name}.png"
         _write_prediction(path, image, gt, pred, name)

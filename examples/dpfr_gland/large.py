@@ -13,7 +13,8 @@ memory), TIAToolbox's semantic segmentor (tile-by-tile reading with margins).
 
 from __future__ import annotations
 
-__all__ = ["ArrayRegions", "SlideRegions", "instances_by_strips", "predict_large", "tiff_regions", "window_weights"]
+__all__ = ["ArrayRegions", "ScaledRegions", "SlideRegions", "WINDOWS", "instances_by_strips", "predict_large",
+           "tiff_regions", "window_weights"]
 
 import math
 from typing import Any, Protocol
@@ -24,14 +25,11 @@ from scipy import ndimage
 from torch import nn
 
 from densessl.checks import check_int_in_range
-from densessl.utils import eval_mode
 
 from .augment import IMAGENET_MEAN, IMAGENET_STD, to_tensor
-from .evaluate import _logits_of, _model_device, _starts
+from .scale import resize_image, scaled_size
 from .targets import BACKGROUND, INTERIOR
-
-_MULTIPLE = 32
-WINDOWS = ("gaussian", "cosine", "uniform")
+from .tiling import STRIDE, WINDOWS, blend_tiles, check_tiling, window_weights
 
 
 class RegionReader(Protocol):
@@ -126,42 +124,6 @@ def tiff_regions(path: str) -> ArrayRegions:
     return ArrayRegions(array)
 
 
-def window_weights(height: int, width: int, kind: str = "gaussian") -> torch.Tensor:
-    """Blending weights of one tile: high in the middle, low (never zero) at the edges.
-
-    ``gaussian``: ``exp(-d^2 / 2 sigma^2)`` per axis with ``sigma = side / 8`` (MONAI's default
-    scale); ``cosine``: ``sin^2(pi (i + 1/2) / side)`` per axis (a Hann window); ``uniform``: ones
-    (a plain average, which shows seams where tiles disagree). Weights are clamped to ``>= 1e-3``
-    so that a pixel covered by one tile edge only still gets its tile's prediction.
-
-    Args:
-        height: tile height.
-        width: tile width.
-        kind: one of ``"gaussian"``, ``"cosine"``, ``"uniform"``.
-
-    Shapes:
-        - returns: ``[height, width]`` float32, in ``[1e-3, 1]``
-
-    Example:
-        >>> w = window_weights(8, 8)
-        >>> float(w[3:5, 3:5].min()) > float(w[0, 0]) >= 1e-3
-        True
-    """
-    if kind not in WINDOWS:
-        raise ValueError(f"window must be one of {WINDOWS}, got {kind!r}")
-
-    def axis(n: int) -> torch.Tensor:
-        i = torch.arange(n, dtype=torch.float64) + 0.5
-        if kind == "gaussian":
-            return torch.exp(-0.5 * ((i - n / 2) / (n / 8)) ** 2)
-        if kind == "cosine":
-            return torch.sin(math.pi * i / n) ** 2
-        return torch.ones(n, dtype=torch.float64)
-
-    w = axis(height)[:, None] * axis(width)[None, :]
-    return (w / w.max()).clamp(min=1e-3).float()
-
-
 def _reader(image: Any) -> Any:
     if isinstance(image, np.ndarray):
         return ArrayRegions(image)
@@ -169,6 +131,39 @@ def _reader(image: Any) -> Any:
         raise TypeError(f"image must be a uint8 [H, W, 3] array or have shape and read_region(y, x, h, w), "
                         f"got {type(image).__name__}")
     return image
+
+
+class ScaledRegions:
+    """:class:`RegionReader` of another reader at ``scale``: region ``(y, x, h, w)`` at the network's
+    scale is the native region under it, resampled (:func:`~examples.dpfr_gland.scale.resize_image`:
+    area averaging when shrinking). Only the native pixels a region needs are read.
+
+    Args:
+        reader: the native reader (:class:`ArrayRegions`, :class:`SlideRegions`, ...).
+        scale: network pixels per native pixel.
+
+    Shapes:
+        - shape: ``scaled_size(H, W, scale)`` + ``(3,)``
+        - read_region: ``[h, w, 3]`` uint8
+
+    Example:
+        >>> import numpy as np
+        >>> scaled = ScaledRegions(ArrayRegions(np.zeros((100, 80, 3), np.uint8)), 0.5)
+        >>> scaled.shape, scaled.read_region(10, 10, 20, 30).shape
+        ((50, 40, 3), (20, 30, 3))
+    """
+
+    def __init__(self, reader: Any, scale: float) -> None:
+        self.reader, self.scale = reader, scale
+        self.native = (int(reader.shape[0]), int(reader.shape[1]))
+        self.shape = (*scaled_size(*self.native, scale, minimum=min(STRIDE, *self.native)), 3)
+
+    def read_region(self, y: int, x: int, h: int, w: int) -> np.ndarray:
+        fy, fx = self.native[0] / self.shape[0], self.native[1] / self.shape[1]
+        y0, x0 = int(math.floor(y * fy)), int(math.floor(x * fx))
+        y1, x1 = min(self.native[0], int(math.ceil((y + h) * fy))), min(self.native[1], int(math.ceil((x + w) * fx)))
+        region = np.asarray(self.reader.read_region(y0, x0, y1 - y0, x1 - x0))
+        return resize_image(np.ascontiguousarray(region, dtype=np.uint8), (h, w))
 
 
 def predict_large(
@@ -184,25 +179,25 @@ def predict_large(
     progress: bool = False,
     mean: tuple[float, ...] = IMAGENET_MEAN,
     std: tuple[float, ...] = IMAGENET_STD,
+    scale: float = 1.0,
 ) -> np.ndarray:
     """The arg-max class map of an image of any size, tile by tile, in bounded memory.
 
-    1. Tiles of ``tile x tile`` pixels (``min(tile, side)`` rounded up to a multiple of 32 on a
-       side shorter than a tile; such a tile is padded by edge replication) start every
-       ``tile - overlap`` pixels, the last flush with the image's edge.
-    2. Each tile's softmax probabilities are weighted by :func:`window_weights` and summed into
-       a band of ``K x tile_h x W`` floats; when a row of tiles is done, the rows no later tile
-       touches are final: their weighted mean's arg-max (and its probability) is written to
-       ``out`` (and ``probability_out``) and the band moves down.
-    3. The network runs in eval mode under ``no_grad`` on its device, on ``batch_size`` tiles
-       at a time, with autocast (bfloat16 where supported) on CUDA when ``amp`` is set.
+    The tiles are those of the recipe's one sliding window,
+    :func:`~examples.dpfr_gland.tiling.blend_tiles` (smooth blending, no seams); each band of
+    rows it finishes is reduced to its arg-max (and the winning probability) and written to
+    ``out`` (and ``probability_out``), so only one band of ``K x tile x W`` floats is held.
+    With ``scale``, the network works on :class:`ScaledRegions` and each finished band's class
+    map is mapped back to the native grid by nearest neighbour (the in-memory path,
+    :func:`~examples.dpfr_gland.evaluate.predict_probabilities`, resamples the probabilities
+    bilinearly instead; the two agree up to a native pixel along class borders).
 
     Args:
         model: a segmentation network ``[b, 3, h, w] -> [b, K, h, w]`` logits (or an output
             with ``.logits``).
         image: a uint8 ``[H, W, 3]`` array (memory-mapped or not) or a reader with ``shape``
             and ``read_region(y, x, h, w) -> uint8 [h, w, 3]``.
-        tile: tile side, a positive multiple of 32.
+        tile: tile side at the network's scale, a positive multiple of 32.
         overlap: pixels shared by neighbouring tiles, ``0 <= overlap < tile``.
         batch_size: tiles per forward pass.
         window: blending window, ``"gaussian"`` (default), ``"cosine"`` or ``"uniform"``.
@@ -212,10 +207,11 @@ def predict_large(
         progress: a tqdm bar over tiles.
         mean: normalisation mean.
         std: normalisation standard deviation.
+        scale: network pixels per native pixel.
 
     Shapes:
         - image: ``[H, W, 3]`` uint8
-        - out, returns: ``[H, W]`` uint8 (class indices ``0..K-1``)
+        - out, returns: ``[H, W]`` uint8 (class indices ``0..K-1``), native grid
         - probability_out: ``[H, W]`` float16 or float32
 
     Returns:
@@ -224,7 +220,7 @@ def predict_large(
     Raises:
         TypeError: an image that is neither an array nor a reader.
         ValueError: options out of range; outputs of the wrong shape; a model whose logits do not
-            match its tiles.
+            match its tiles; a scale that leaves the image below the network's stride.
 
     Example:
         >>> import numpy as np, torch
@@ -234,83 +230,36 @@ def predict_large(
     """
     reader = _reader(image)
     height, width = int(reader.shape[0]), int(reader.shape[1])
-    tile = check_int_in_range("tile", tile, _MULTIPLE)
-    if tile % _MULTIPLE:
-        raise ValueError(f"tile must be a multiple of {_MULTIPLE}, got {tile}")
-    overlap = check_int_in_range("overlap", overlap, 0, tile - 1)
-    batch_size = check_int_in_range("batch_size", batch_size, 1)
+    check_tiling(tile, overlap, batch_size)
     if out is None:
         out = np.empty((height, width), np.uint8)
     for name, array in (("out", out), ("probability_out", probability_out)):
         if array is not None and tuple(array.shape) != (height, width):
             raise ValueError(f"{name} must have shape {(height, width)}, got {tuple(array.shape)}")
-    tile_h = min(tile, math.ceil(height / _MULTIPLE) * _MULTIPLE)
-    tile_w = min(tile, math.ceil(width / _MULTIPLE) * _MULTIPLE)
-    stride = tile - overlap
-    rows = _starts(height, tile_h, stride) if height > tile_h else [0]
-    cols = _starts(width, tile_w, stride) if width > tile_w else [0]
-    device = _model_device(model)
-    weights = window_weights(tile_h, tile_w, window).to(device)
-    use_amp = amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    band: torch.Tensor | None = None  # [K, tile_h, width]: weighted probability sums of rows top..top + tile_h
-    band_weight = torch.zeros(tile_h, width, device=device)
-    top = 0  # the first row not yet written
+    network = reader if scale == 1 else ScaledRegions(reader, scale)
+    net_h, net_w = int(network.shape[0]), int(network.shape[1])
+    # native row / column -> the network pixel under its centre (identity at scale 1)
+    source_rows = np.minimum(((np.arange(height) + 0.5) * net_h / height).astype(np.int64), net_h - 1)
+    source_cols = torch.as_tensor(np.minimum(((np.arange(width) + 0.5) * net_w / width).astype(np.int64), net_w - 1))
 
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(rows) * len(cols), desc="tiles", unit="tile")
-
-    def read(y: int, x: int) -> torch.Tensor:
-        h, w = min(tile_h, height - y), min(tile_w, width - x)
-        region = np.asarray(reader.read_region(y, x, h, w))
+    def read(y: int, x: int, h: int, w: int) -> torch.Tensor:
+        region = np.asarray(network.read_region(y, x, h, w))
         if region.shape != (h, w, 3) or region.dtype != np.uint8:
             raise ValueError(f"read_region({y}, {x}, {h}, {w}) must give a uint8 [{h}, {w}, 3] array, "
                              f"got {region.dtype} {region.shape}")
-        if (h, w) != (tile_h, tile_w):  # only where the image is smaller than a tile
-            region = np.pad(region, ((0, tile_h - h), (0, tile_w - w), (0, 0)), mode="edge")
         return to_tensor(region, mean=mean, std=std)
 
-    def flush(until: int) -> None:
-        nonlocal band, top
-        n = until - top
-        if n <= 0 or band is None:
-            return
-        mean_probs = band[:, :n] / band_weight[:n]
-        best, classes = mean_probs.max(dim=0)
-        out[top:until] = classes.to(torch.uint8).cpu().numpy()
+    for top, probs in blend_tiles(model, net_h, net_w, read, tile=tile, overlap=overlap, batch_size=batch_size,
+                                  window=window, amp=amp, progress=progress):
+        best, classes = probs.max(dim=0)
+        rows = np.flatnonzero((source_rows >= top) & (source_rows < top + probs.shape[1]))
+        if rows.size == 0:  # enlarging: a band of network rows no native row looks at
+            continue
+        pick = torch.as_tensor(source_rows[rows] - top)
+        cols = source_cols.to(classes.device)
+        out[rows[0] : rows[-1] + 1] = classes[pick][:, cols].to(torch.uint8).cpu().numpy()
         if probability_out is not None:
-            probability_out[top:until] = best.cpu().numpy().astype(probability_out.dtype)
-        band = torch.cat([band[:, n:], torch.zeros_like(band[:, :n])], dim=1)
-        band_weight.copy_(torch.cat([band_weight[n:], torch.zeros_like(band_weight[:n])]))
-        top = until
-
-    with eval_mode(model), torch.no_grad():
-        for r, y in enumerate(rows):
-            flush(y)  # rows above this tile row are final
-            windows = [(y, x) for x in cols]
-            for first in range(0, len(windows), batch_size):
-                chunk = windows[first : first + batch_size]
-                tiles = torch.stack([read(ty, tx) for ty, tx in chunk]).to(device)
-                with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
-                    logits = _logits_of(model(tiles))
-                if logits.dim() != 4 or logits.shape[0] != len(chunk) or logits.shape[-2:] != tiles.shape[-2:]:
-                    raise ValueError(f"model output (logits) must be [{len(chunk)}, K, {tile_h}, {tile_w}], "
-                                     f"got shape {tuple(logits.shape)}")
-                probs = logits.float().softmax(dim=1) * weights
-                if band is None:
-                    band = torch.zeros(probs.shape[1], tile_h, width, device=device)
-                for k, (_, x) in enumerate(chunk):
-                    w = min(tile_w, width - x)
-                    h = min(tile_h, height - y)
-                    band[:, :h, x : x + w] += probs[k, :, :h, :w]
-                    band_weight[:h, x : x + w] += weights[:h, :w]
-                if bar is not None:
-                    bar.update(len(chunk))
-        flush(height)
-    if bar is not None:
-        bar.close()
+            probability_out[rows[0] : rows[-1] + 1] = best[pick][:, cols].cpu().numpy().astype(probability_out.dtype)
     return out
 
 

@@ -31,11 +31,11 @@ from .step import Trainer
 def _evaluate(model: nn.Module, dataset: Any, config: TrainConfig, out: Path) -> dict[str, Any]:
     """Test metrics by :func:`examples.dpfr_gland.evaluate.evaluate`, pictures by ``save_predictions``."""
     options = dict(tile=config.eval_tile, overlap=config.eval_overlap, min_size=config.min_size,
-                   dilation=config.contour_width, amp=config.amp)
+                   dilation=config.contour_width, amp=config.amp, scale=config.scale)
     if config.task == "semantic":
         return dict(evaluate.evaluate_semantic(model, dataset, config.num_classes, tile=config.eval_tile,
                                                overlap=config.eval_overlap, amp=config.amp,
-                                               limit=config.eval_limit or None))
+                                               limit=config.eval_limit or None, scale=config.scale))
     metrics = evaluate.evaluate(model, dataset, limit=config.eval_limit or None, **options)
     if config.eval_pictures:
         evaluate.save_predictions(model, dataset, out / "predictions", limit=config.eval_pictures,

@@ -336,6 +336,8 @@ class Trainer:
         """
         config, t = self.config, self.iteration
         x_l, y_l = labelled[0].to(self.device, non_blocking=True), labelled[1].to(self.device, non_blocking=True)
+        if config.augment_labelled:  # colour, stain, blur and noise on the labelled views (no pixel moves)
+            x_l = augment.strong_from_weak(x_l, self._generator(t, 6))
         logs: dict[str, torch.Tensor] = {}
         weight = unsupervised_weight(t, config.supervised_warmup, config.rampup)
         logs["weight"] = torch.tensor(weight)
