@@ -100,14 +100,65 @@ def test_ssl_quality_plan_is_valid_and_every_run_distinct(scale):
     repeated = {f for f in fingerprints if fingerprints.count(f) > 1}
     assert all(spec.group == "sweep" for spec, f in zip(runs, fingerprints) if f in repeated
                and spec is not runs[fingerprints.index(f)])
-    main = [(s, c) for s, c in zip(runs, configs) if s.group == "main"]
+    main = [(s, c) for s, c in zip(runs, configs) if s.group == "main" and s.preset not in Q.REAL_CONFIGS]
     assert {c.method for _, c in main} == set(Q.METHODS) and {c.label_ratio for _, c in main} == {"1/8"}
+    real = [(s, c) for s, c in zip(runs, configs) if s.preset in Q.REAL_CONFIGS]
+    if Q.SCALES[scale].real:  # the real preset: the curve, then the methods at 1/8 and 1/4, on a fixed part
+        curve = [c for s, c in real if s.group == "curve"]
+        assert {c.method for c in curve} == {"supervised"} and {c.label_ratio for c in curve} == set(Q.CURVE_RATIOS)
+        assert runs.index(real[0][0]) < min(runs.index(s) for s, _ in real if s.group == "main")
+        assert {c.test_split for _, c in real} == {"test"} and {c.split_file for _, c in real} == {"glas_train85"}
+        assert {c.method for s, c in real if s.group == "main"} == set(Q.METHODS[1:])
     assert len({s.seed for s, _ in main}) >= 2
     # one preset: the same images for every method and seed, from a generator seed no tuning used
     for preset in Q.SCALES[scale].presets:
         seeds = {c.synthetic_seed for s, c in main if s.preset == preset}
         assert seeds == {Q.DATA_SEEDS["test"][preset]} and Q.DATA_SEEDS["validation"][preset] not in seeds
     assert not set(Q.DATA_SEEDS["test"].values()) & {0, 1, 2}  # the demo's data seeds
+
+
+@pytest.mark.slow
+def test_ssl_quality_real_preset_runs_on_a_glas_layout_folder_and_reports(tmp_path, capsys):
+    """The real-data preset on generated glands in the GlaS layout (tests never read real images):
+    the curve and two methods train, every row has per-image object counts, the report has the
+    curve, the paired differences and the learning-curve figure."""
+    from benchmarks import ssl_quality
+    from examples.dpfr_gland.data import write_synthetic
+
+    data = write_synthetic(tmp_path / "glas", "glas", 165, preset="easy", size=96)  # train_1 .. train_85
+    args = ["--scale", "toy", "--presets", "glas", "--groups", "curve,main", "--methods", "supervised,mean_teacher",
+            "--seeds", "0", "--data", f"glas={data}", "--results", str(tmp_path / "r"), "--outputs",
+            str(tmp_path / "o"), "--figures", str(tmp_path / "f")]
+    summary = ssl_quality.main(args)
+    cells = {(c["group"], c["method"], c["label_ratio"]) for c in summary["cells"]}
+    assert {("curve", "supervised", r) for r in ssl_quality.CURVE_RATIOS} <= cells
+    assert {("main", "mean_teacher", r) for r in ssl_quality.MAIN_RATIOS} <= cells
+    row = json.loads(next((tmp_path / "r").glob("glas_mean_teacher_1of8_s0.json")).read_text())
+    assert row["config"]["scale"] == 0.5 and row["num_test_images"] == 21
+    assert len(row["objects"]["per_image"]) == 21
+    text = capsys.readouterr().out
+    assert "glas: supervised learning curve" in text and "O.F1 - supervised" in text
+    assert (tmp_path / "f" / "glas_learning_curve.png").is_file()
+    missing = ssl_quality.main(["--scale", "toy", "--presets", "glas", "--data", f"glas={tmp_path / 'none'}",
+                                "--results", str(tmp_path / "r3"), "--outputs", str(tmp_path / "o3"),
+                                "--figures", str(tmp_path / "f3"), "--groups", "curve"])
+    assert missing["runs"] == 0 and "skipping the real preset 'glas'" in capsys.readouterr().out
+
+
+def test_paired_difference_is_paired_by_seed_and_its_interval_holds_the_estimate():
+    from benchmarks.ssl_quality import paired_difference
+
+    rng = np.random.default_rng(0)
+    base = [{"seed": s, "objects": {"per_image": rng.integers(1, 9, (30, 3)).tolist()}} for s in range(3)]
+    for row in base:
+        for counts in row["objects"]["per_image"]:
+            counts[2] = min(counts[2], counts[0], counts[1])
+    better = [{"seed": r["seed"], "objects": {"per_image": [[p, g, min(p, g)] for p, g, _ in r["objects"]["per_image"]]}}
+              for r in base]
+    d = paired_difference(better, base)
+    assert d["n"] == 3 and d["wins"] == 3 and d["low"] <= d["mean"] <= d["high"] and d["low"] > 0
+    assert paired_difference(base, base)["mean"] == 0.0
+    assert paired_difference(better[:1], base[1:]) is None  # no seed in common: nothing to pair
 
 
 def test_ssl_quality_reuses_a_run_only_when_every_field_its_method_reads_is_unchanged():

@@ -790,6 +790,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser.add_argument("--dilation", type=int, default=None,
                         help="interior growth (default: config contour_width or 2)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--scale", type=float, default=None,
+                        help="network pixels per image pixel (default: the run's scale); scores are on the native grid")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images")
     parser.add_argument("--no-pictures", action="store_true", help="do not write pictures")
     parser.add_argument("--weights", choices=("student", "teacher"), default="student",
@@ -803,14 +805,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     overlap = args.overlap if args.overlap is not None else config.get("eval_overlap")
     min_size = args.min_size if args.min_size is not None else int(config.get("min_size", 16))
     dilation = args.dilation if args.dilation is not None else int(config.get("contour_width", 2))
+    scale = args.scale if args.scale is not None else float(config.get("scale", 1.0))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     scores = evaluate(model, dataset, tile=tile, overlap=overlap, batch_size=args.batch_size,
                       min_size=min_size, dilation=dilation, limit=args.limit,
-                      out=None if args.no_pictures else out / "pictures", progress=True)
+                      out=None if args.no_pictures else out / "pictures", progress=True, scale=scale)
     record = {"checkpoint": str(args.checkpoint), "weights": args.weights, "data": str(args.data), "layout": args.layout,
               "split": args.split, "tile": tile, "overlap": overlap, "min_size": min_size,
-              "dilation": dilation, "scores": scores}
+              "dilation": dilation, "scale": scale, "scores": scores}
     atomic_write_text(out / "metrics.json", json.dumps(record, indent=2))
     print("\n" + score_table({f"{args.weights} ({args.split})": scores}) + "\n")
     print(f"wrote {out / 'metrics.json'}" + ("" if args.no_pictures else f" and pictures in {out / 'pictures'}"))

@@ -53,9 +53,10 @@ from torch import nn
 
 from .checkpoint import atomic_write
 from .data import IMAGE_EXTENSIONS, _images_in, _natural_key, read_image
-from .evaluate import load_checkpoint_model
+from .evaluate import load_checkpoint_model, native_postprocess, predict_probabilities
 from .geojson import gland_features, write_geojson
 from .large import WINDOWS, instances_by_strips, predict_large, tiff_regions
+from .scale import image_mpp, scale_for
 from .synthetic import draw_outlines
 
 
@@ -124,7 +125,7 @@ def _overlay_downsampled(image: np.ndarray, instances: np.ndarray, side: int, st
 
 def _predict_out_of_core(model: nn.Module, image: np.ndarray, out: Path, stem: str, tile: int, overlap: int,
                          batch_size: int, min_size: int, dilation: int, amp: bool, geojson: bool, window: str,
-                         tile_progress: bool, overlay_side: int) -> dict[str, Any]:
+                         tile_progress: bool, overlay_side: int, scale: float = 1.0) -> dict[str, Any]:
     try:  # checked first: the TIFFs are written only after the whole prediction
         import tifffile  # noqa: F401
     except ImportError as error:
@@ -139,7 +140,7 @@ def _predict_out_of_core(model: nn.Module, image: np.ndarray, out: Path, stem: s
         probability = np.lib.format.open_memmap(work / "probability.npy", mode="w+", dtype=np.float16,
                                                 shape=(height, width)) if geojson else None
         predict_large(model, image, tile=tile, overlap=overlap, batch_size=batch_size, window=window, amp=amp,
-                      out=classes, probability_out=probability, progress=tile_progress)
+                      out=classes, probability_out=probability, progress=tile_progress, scale=scale)
         instances = np.lib.format.open_memmap(work / "instances.npy", mode="w+", dtype=np.int32, shape=(height, width))
         instances_by_strips(classes, min_size=min_size, dilation=dilation, out=instances)
         glands = max((int(np.asarray(instances[y : y + 2048]).max()) for y in range(0, height, 2048)), default=0)
@@ -161,7 +162,7 @@ def predict_file(model: nn.Module, path: str | Path, out: str | Path, tile: int 
                  batch_size: int = 4, min_size: int = 16, dilation: int = 2, amp: bool = True,
                  task: str = "instance", geojson: bool = False, window: str = "gaussian",
                  tile_progress: bool = False, in_memory_pixels: int = IN_MEMORY_PIXELS,
-                 overlay_side: int = 4096) -> dict[str, Any]:
+                 overlay_side: int = 4096, scale: float = 1.0, target_mpp: float = 0.0) -> dict[str, Any]:
     """Predict one image file and write its instance map, class map and overlay into ``out``.
 
     For the semantic task (``task="semantic"``, e.g. PGland) there is no instance map: the class
@@ -189,10 +190,17 @@ def predict_file(model: nn.Module, path: str | Path, out: str | Path, tile: int 
             (``NAME_instances.tif``, 16-bit or 32-bit; ``NAME_classes.tif``), the overlay is
             subsampled to at most ``overlay_side`` pixels and the GeoJSON is streamed.
         overlay_side: the long side of an out-of-core image's overlay picture.
+        scale: network pixels per native pixel (the training config's ``scale``); the maps,
+            polygons and measurements are on the native grid, ``tile``, ``min_size`` and
+            ``dilation`` are at the network's scale.
+        target_mpp: with an image that states its microns per pixel (TIFF resolution), the
+            network works at ``image_mpp / target_mpp`` instead of ``scale`` (0: always ``scale``).
 
-    The image is read whole, except a ``.npy`` file or an uncompressed RGB TIFF, which are
-    memory-mapped and read tile by tile; the class map is blended band by band (:func:`~examples.dpfr_gland.large.predict_large`)
-    and the glands found strip by strip (:func:`~examples.dpfr_gland.large.instances_by_strips`).
+    The image is read whole and predicted as evaluation predicts it
+    (:func:`~examples.dpfr_gland.evaluate.predict_probabilities`: the maps score what evaluation
+    reports), except a large ``.npy`` file or uncompressed RGB TIFF, which is memory-mapped, read
+    tile by tile and blended band by band (:func:`~examples.dpfr_gland.large.predict_large`), its
+    glands found strip by strip (:func:`~examples.dpfr_gland.large.instances_by_strips`).
 
     Returns:
         ``{"image", "glands", "instances", "classes", "overlay", "geojson"}`` (paths as strings;
@@ -228,13 +236,18 @@ def predict_file(model: nn.Module, path: str | Path, out: str | Path, tile: int 
         if image is None:
             image = read_image(path)
     overlap = tile // 4 if overlap is None else overlap
+    mpp = image_mpp(path) if target_mpp > 0 and path.suffix.lower() != ".npy" else None
+    scale = scale_for(scale, target_mpp, mpp)
+    min_size, dilation = native_postprocess(min_size, dilation, scale)
     if isinstance(image, np.memmap) and task != "semantic" and image.shape[0] * image.shape[1] > in_memory_pixels:
         result = _predict_out_of_core(model, image, out, path.stem, tile, overlap, batch_size, min_size, dilation,
-                                      amp, geojson, window, tile_progress, overlay_side)
-        return {**result, "image": str(path)}
-    probability = np.zeros(image.shape[:2], np.float32) if geojson and task != "semantic" else None
-    classes = predict_large(model, image, tile=tile, overlap=overlap, batch_size=batch_size, window=window,
-                            amp=amp, probability_out=probability, progress=tile_progress)
+                                      amp, geojson, window, tile_progress, overlay_side, scale)
+        return {**result, "image": str(path), "scale": scale}
+    probs = predict_probabilities(model, np.asarray(image), scale=scale, tile=tile, overlap=overlap,
+                                  batch_size=batch_size, amp=amp, window=window)
+    best, winner = probs.max(dim=0)
+    classes = winner.to(torch.uint8).numpy()
+    probability = best.numpy() if geojson and task != "semantic" else None
     out.mkdir(parents=True, exist_ok=True)
     stem = path.stem
     if task == "semantic":
@@ -242,7 +255,7 @@ def predict_file(model: nn.Module, path: str | Path, out: str | Path, tile: int 
         class_path = _save(out / f"{stem}_classes.png", Image.fromarray(classes, mode="L"), "PNG")
         overlay_path = _save(out / f"{stem}_overlay.png", Image.fromarray(draw_outlines(image, regions)), "PNG")
         return {"image": str(path), "glands": int(glands), "instances": None, "classes": str(class_path),
-                "overlay": str(overlay_path), "geojson": None}
+                "overlay": str(overlay_path), "geojson": None, "scale": scale}
     instances = instances_by_strips(classes, min_size=min_size, dilation=dilation)
     glands = int(instances.max()) if instances.size else 0
     if glands <= 65535:
@@ -257,7 +270,8 @@ def predict_file(model: nn.Module, path: str | Path, out: str | Path, tile: int 
     if geojson:
         geojson_path = write_geojson(out / f"{stem}.geojson", gland_features(instances, probability))  # streamed
     return {"image": str(path), "glands": glands, "instances": str(instance_path), "classes": str(class_path),
-            "overlay": str(overlay_path), "geojson": None if geojson_path is None else str(geojson_path)}
+            "overlay": str(overlay_path), "geojson": None if geojson_path is None else str(geojson_path),
+            "scale": scale}
 
 
 def predict_folder(model: nn.Module, images: str | Path, out: str | Path, on_error: str = "stop",
@@ -322,6 +336,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--on-error", choices=("stop", "skip"), default="stop", help="what to do with unreadable files")
     parser.add_argument("--geojson", action="store_true", help="also write NAME.geojson (QuPath) per image")
     parser.add_argument("--window", choices=WINDOWS, default="gaussian", help="blending window of the tiles")
+    parser.add_argument("--scale", type=float, default=None,
+                        help="network pixels per image pixel (default: the run's scale, from the checkpoint)")
+    parser.add_argument("--target-mpp", type=float, default=None,
+                        help="microns per pixel to work at, for images that state theirs (default: the run's)")
     parser.add_argument("--tile-progress", action="store_true", help="a progress bar over each image's tiles")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -336,7 +354,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                    min_size=args.min_size if args.min_size is not None else int(config.get("min_size", 16)),
                    dilation=args.dilation if args.dilation is not None else int(config.get("contour_width", 2)),
                    task=str(config.get("task", "instance")), geojson=args.geojson, window=args.window,
-                   tile_progress=args.tile_progress)
+                   tile_progress=args.tile_progress,
+                   scale=args.scale if args.scale is not None else float(config.get("scale", 1.0)),
+                   target_mpp=args.target_mpp if args.target_mpp is not None else float(config.get("target_mpp", 0.0)))
+    try:
+        scale_for(options["scale"], options["target_mpp"])
+    except ValueError as error:
+        parser.error(f"--scale: {error}")
     try:
         results, skipped = predict_folder(model, args.images, args.out, on_error=args.on_error,
                                           progress=not args.no_progress, **options)

@@ -43,6 +43,7 @@ from .augment import to_tensor
 from .checkpoint import atomic_write, load_checkpoint
 from .config import config_from_dict
 from .data import _images_in, read_image
+from .scale import resize_image, scaled_size
 
 
 def _trainer(path: Path, device: str) -> Any:
@@ -63,7 +64,8 @@ def _trainer(path: Path, device: str) -> Any:
 def _image_maps(trainer: Any, image: np.ndarray, pixels: int, seed: int) -> dict[str, torch.Tensor]:
     """Teacher logits, per-pixel log-density and pooled features of one image."""
     model, flow, config = trainer.teacher.model.eval(), trainer.flow.eval(), trainer.config
-    x = to_tensor(image)[None].to(trainer.device)
+    image = resize_image(image, scaled_size(*image.shape[:2], config.scale, minimum=min(32, *image.shape[:2])))
+    x = to_tensor(image)[None].to(trainer.device)  # at the network's scale: ranking needs no native map
     h, w = x.shape[-2:]
     x = torch.nn.functional.pad(x, (0, (-w) % 32, 0, (-h) % 32), mode="replicate")
     out = model(x)
@@ -119,10 +121,10 @@ def score_images(trainer: Any, images: Sequence[np.ndarray], reference: Sequence
 
 
 def _reference_images(config: Any) -> list[np.ndarray]:
-    from .batches import build_datasets
+    from .batches import _native_datasets
     from .loop import labelled_split
 
-    train, _ = build_datasets(config)
+    train, _ = _native_datasets(config)  # native: _image_maps brings every image to the run's scale
     labelled, _ = labelled_split(config, len(train))
     return [train[i][0] for i in labelled]
 
