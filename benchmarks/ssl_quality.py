@@ -205,7 +205,7 @@ def _config(spec: RunSpec, scale: Scale, split: str, sets: Sequence[str] = (),
 
 # Config fields that only some methods read: a finished run is reused when every field its method
 # reads is unchanged (a change of the pseudo labels does not re-run ``supervised``).
-_SEMI_ONLY = {"ema_decay", "threshold", "min_class_keep", "distribution_alignment", "alignment_momentum",
+_SEMI_ONLY = {"ema_decay", "threshold", "pseudo_labels", "min_class_keep", "distribution_alignment", "alignment_momentum",
               "unsup_class_balance",
               "unsup_weight", "teacher_buffers", "batch_unlabelled", "cutmix", "supervised_warmup", "rampup"}
 _FDP_ONLY = {"alpha_perturbed", "xi", "xi_relative", "perturb_at", "flow_warmup", "flow_depth", "flow_hidden",

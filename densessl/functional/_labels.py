@@ -127,6 +127,7 @@ def masked_cross_entropy(
     ignore_index: int = 255,
     mask: torch.Tensor | None = None,
     weight: torch.Tensor | None = None,
+    pixel_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean pixel cross-entropy over the used pixels; zero-with-graph when none is used.
 
@@ -144,12 +145,16 @@ def masked_cross_entropy(
             label is not ``ignore_index``.
         weight: optional per-class weights ``[K]`` (as in ``F.cross_entropy``; the
             mean is then weighted, like torch's).
+        pixel_weight: optional per-pixel factors in ``[0, 1]`` (soft pseudo-label confidence,
+            SoftMatch): each used pixel's loss is multiplied by its factor; the mean is still
+            over the used pixels (a pixel of factor 0.5 counts half), not over the factors.
 
     Shapes:
         - logits: ``[B, K, H, W]``
         - labels: ``[B, H, W]``
         - mask: ``[B, H, W]`` bool
         - weight: ``[K]``, float, finite
+        - pixel_weight: ``[B, H, W]``, float, in ``[0, 1]``
         - returns: scalar
 
     Returns:
@@ -157,7 +162,8 @@ def masked_cross_entropy(
 
     Raises:
         ValueError: wrong ranks, mismatched sizes, labels outside ``0..K-1`` that are
-            not ``ignore_index``, non-finite logits or weight, a weight not of length ``K``.
+            not ``ignore_index``, non-finite logits or weight, a weight not of length ``K``,
+            a ``pixel_weight`` of another shape than ``labels`` or outside ``[0, 1]``.
         TypeError: non-float logits or weight, non-integer labels, a non-bool mask.
 
     Example:
@@ -192,6 +198,17 @@ def masked_cross_entropy(
         denom = used.sum().to(work.dtype)
     else:  # F.cross_entropy already multiplied each pixel by weight[target]
         denom = (weight.to(work)[target] * used).sum()
+    if pixel_weight is not None:
+        check_tensor("pixel_weight", pixel_weight, ndim=3, dims="[B, H, W]", dtypes=FLOAT_DTYPES,
+                     dtype_words="float16, bfloat16, float32 or float64")
+        if pixel_weight.shape != labels.shape:
+            raise ValueError(f"pixel_weight must have the labels' shape {tuple(labels.shape)}, "
+                             f"got shape {tuple(pixel_weight.shape)}")
+        check_finite("pixel_weight", pixel_weight)
+        if bool(((pixel_weight < 0) | (pixel_weight > 1)).any()):
+            raise ValueError(f"pixel_weight must lie in [0, 1], got values in "
+                             f"[{float(pixel_weight.min()):g}, {float(pixel_weight.max()):g}]")
+        per_pixel = per_pixel * pixel_weight.detach().to(work)
     total = (per_pixel * used).sum()
     # No used pixel: total is an exact 0 connected to logits; divide by 1 instead of 0.
     return total / torch.where(denom > 0, denom, torch.ones_like(denom))

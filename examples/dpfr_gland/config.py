@@ -98,6 +98,12 @@ class TrainConfig:
         weight_decay: student weight decay (AdamW style, decoupled).
         ema_decay: teacher EMA decay.
         threshold: pseudo-label entropy threshold in nats (``K = 3``: 0.5 keeps p >= ~0.8).
+        pseudo_labels: the pseudo-label rule (:mod:`examples.dpfr_gland.pseudo`): ``"entropy"``
+            (the entropy threshold with ``min_class_keep``), ``"instance"`` (the teacher's glands
+            as instances, each given its full contour band by the labelled targets' rule: the
+            contour the entropy filter drops comes back), ``"class_share"`` (DARS: per-class
+            thresholds so that the kept pseudo labels carry the labelled class shares) or
+            ``"soft"`` (SoftMatch: every pixel, weighted by a truncated Gaussian of its confidence).
         min_class_keep: per class of the teacher's argmax, the least fraction of its pixels
             kept as pseudo labels, the surest first (:class:`densessl.EntropyPseudoLabeler`;
             0: the entropy threshold alone, as in the paper). Default 0.2: with the threshold
@@ -227,6 +233,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     ema_decay: float = 0.99
     threshold: float = 0.5
+    pseudo_labels: str = "entropy"
     min_class_keep: float = 0.2
     distribution_alignment: bool = True
     unsup_class_balance: bool = False
@@ -284,6 +291,7 @@ class TrainConfig:
         _one_of("perturb_direction", self.perturb_direction, ("density", "random"))
         _one_of("teacher_buffers", self.teacher_buffers, ("ema", "copy"))
         _one_of("lr_schedule", self.lr_schedule, ("constant", "poly"))
+        _one_of("pseudo_labels", self.pseudo_labels, ("entropy", "instance", "class_share", "soft"))
         _one_of("flow_labelled_source", self.flow_labelled_source, ("teacher", "student"))
         if self.split_file:
             if self.dataset == "synthetic":

@@ -24,6 +24,7 @@ from densessl.utils import unwrap_model
 from . import augment
 from .config import TrainConfig
 from .model import CENet
+from .pseudo import PseudoLabelRule
 
 _IGNORE = 255
 
@@ -203,8 +204,8 @@ class Trainer:
             params += list(self.projector.parameters())
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.pseudo_labeler = densessl.EntropyPseudoLabeler(config.threshold, ignore_index=_IGNORE,
-                                                            min_class_keep=config.min_class_keep)
+        self.pseudo_labeler = PseudoLabelRule(config.pseudo_labels, config.threshold, config.min_class_keep,
+                                              config.min_size, config.contour_width, ignore_index=_IGNORE).to(self.device)
         self.alignment = densessl.DistributionAlignment(self.num_classes, config.alignment_momentum,
                                                         ignore_index=_IGNORE).to(self.device) \
             if config.distribution_alignment and config.semi else None
@@ -236,6 +237,8 @@ class Trainer:
             state["projector"] = unwrap_model(self.projector).state_dict()
         if self.alignment is not None:
             state["alignment"] = self.alignment.state_dict()
+        if self.config.semi:
+            state["pseudo_rule"] = self.pseudo_labeler.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -261,6 +264,8 @@ class Trainer:
             unwrap_model(self.projector).load_state_dict(state["projector"])
         if self.alignment is not None:
             self.alignment.load_state_dict(state["alignment"])
+        if "pseudo_rule" in state:  # checkpoints from before the rules had state have none
+            self.pseudo_labeler.load_state_dict(state["pseudo_rule"])
         self.iteration = int(state["iteration"])
 
     # -- one step -------------------------------------------------------------------
@@ -368,13 +373,19 @@ class Trainer:
         if self.alignment is not None:  # boost the classes the teacher under-predicts
             self.alignment.observe_labels(y_l)
             teacher_logits = self.alignment(teacher_logits)
-        pseudo = self.pseudo_labeler(teacher_logits)
+        shares = self.alignment.target if self.alignment is not None else \
+            torch.bincount(y_l[y_l != _IGNORE].flatten(), minlength=self.num_classes).float()
+        pseudo = self.pseudo_labeler(teacher_logits, shares=shares)
         logs["kept"] = pseudo.kept_fraction.detach()
         logs.update(_class_keep_rates(teacher_logits, pseudo.mask, class_names(config)))
+        for c, name in enumerate(class_names(config)):  # what the kept pseudo labels teach, per class
+            logs[f"pseudo_{name}"] = (pseudo.labels == c).sum().float() / pseudo.mask.sum().clamp(min=1).float()
         # 2. Strong views of the same weak views (pixel-aligned), then CutMix with the labels.
         x_s = augment.strong_from_weak(x_w, self._generator(t, 1))
-        y_u = pseudo.labels
-        if config.cutmix:
+        y_u, w_u = pseudo.labels, pseudo.weight
+        if config.cutmix and w_u is not None:
+            x_s, y_u, w_u, _ = augment.cutmix(x_s, y_u, w_u, generator=self._generator(t, 2))
+        elif config.cutmix:
             x_s, y_u, _ = augment.cutmix(x_s, y_u, generator=self._generator(t, 2))
         # 3. One student forward over [labelled; strong unlabelled]. With FDP (after the flow's
         #    warm-up) the unlabelled site maps are decoded a second time, perturbed: only the
@@ -403,12 +414,14 @@ class Trainer:
                 logs[f"weight_{name}"] = w.detach()
             if not bool(class_weight.any()):  # nothing to balance towards (e.g. no labelled pixel yet)
                 class_weight = None
-        mt = masked_cross_entropy(logits[n_l:n_l + n_u], y_u, ignore_index=_IGNORE, weight=class_weight)
+        mt = masked_cross_entropy(logits[n_l:n_l + n_u], y_u, ignore_index=_IGNORE, weight=class_weight,
+                                  pixel_weight=w_u)
         unsup = config.unsup_weight * mt
         logs["sup"], logs["mt"] = sup.detach(), mt.detach()
         if config.uses_flow:
             if perturb_on:
-                fdp = masked_cross_entropy(logits[n_l + n_u:], y_u, ignore_index=_IGNORE, weight=class_weight)
+                fdp = masked_cross_entropy(logits[n_l + n_u:], y_u, ignore_index=_IGNORE, weight=class_weight,
+                                           pixel_weight=w_u)
                 clean_u, perturbed_u = logits[n_l:n_l + n_u].detach(), logits[n_l + n_u:].detach()
                 # What the step did to the output: the CE it added and the argmax flips.
                 logs["fdp_gain"] = fdp.detach() - mt.detach()
