@@ -117,7 +117,7 @@ def score_by_appearance(model: Any, config: TrainConfig, count: int) -> dict[str
             image, instances = test[i]
             preds.append(predict_instances(model, image, tile=config.eval_tile, overlap=config.eval_overlap,
                                            min_size=config.min_size, dilation=config.contour_width,
-                                           amp=config.amp))
+                                           amp=config.amp, scale=config.scale))
             gts.append(np.asarray(instances))
     minority = set(test.minority)
     groups = {"all": list(range(len(test))), "minority": sorted(minority),

@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> dict:
                                    config["seed"] if config.get("synthetic_seed", -1) < 0 else config["synthetic_seed"],
                                    args.start, args.count)
             scores = evaluate(model, test, tile=config["eval_tile"], overlap=config["eval_overlap"],
-                              min_size=config["min_size"], dilation=config["contour_width"])
+                              min_size=config["min_size"], dilation=config["contour_width"],
+                              scale=float(config.get("scale", 1.0)))
             row[weights] = {k: scores[k] for k in KEYS}
         row["config"] = {k: config.get(k) for k in ("xi", "xi_relative", "perturb_at", "teacher_buffers", "flow_hidden")}
         rows.append(row)

@@ -10,7 +10,7 @@ from PIL import Image
 from examples.dpfr_gland import predict as P
 from examples.dpfr_gland.config import TrainConfig
 from examples.dpfr_gland.data import read_instances, write_image
-from examples.dpfr_gland.evaluate import load_checkpoint_model
+from examples.dpfr_gland.evaluate import load_checkpoint_model, predict_instances
 from examples.dpfr_gland.large import predict_large
 from examples.dpfr_gland.targets import classes_to_instances
 from examples.dpfr_gland.loop import train
@@ -53,6 +53,10 @@ def test_predict_writes_three_maps_per_image_that_match_predict_instances(run, t
     classes = predict_large(model, image, tile=config["eval_tile"], overlap=config["eval_overlap"])
     expected = classes_to_instances(classes, min_size=config["min_size"], dilation=config["contour_width"])
     np.testing.assert_array_equal(read_instances(tmp_path / "out" / "b_2_instances.png"), expected)
+    # the maps are the ones evaluation scores (one sliding window, one rule)
+    scored = predict_instances(model, image, tile=config["eval_tile"], overlap=config["eval_overlap"],
+                               min_size=config["min_size"], dilation=config["contour_width"])
+    np.testing.assert_array_equal(read_instances(tmp_path / "out" / "b_2_instances.png"), scored)
     classes = np.asarray(Image.open(tmp_path / "out" / "b_2_classes.png"))
     assert classes.shape == image.shape[:2] and set(np.unique(classes)) <= {0, 1, 2}
     assert np.asarray(Image.open(tmp_path / "out" / "b_2_overlay.png")).shape == image.shape
@@ -171,3 +175,36 @@ def test_the_out_of_core_overlay_and_a_missing_tifffile(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="needs tifffile"):  # before any work is done
         P.predict_file(torch.nn.Conv2d(3, 3, 1), tmp_path / "slide.npy", tmp_path / "out", tile=64,
                        in_memory_pixels=100)
+
+
+@pytest.mark.slow
+def test_the_training_scale_travels_in_model_pt_and_predict_maps_back_to_the_native_grid(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "run"
+    config = TrainConfig(method="supervised", synthetic_size=96, synthetic_train=4, synthetic_test=1, crop_size=32,
+                         iterations=2, label_ratio="1/2", eval_pictures=0, eval_tile=32, eval_overlap=8, log_every=1,
+                         scale=0.5)
+    train(config, out, progress=False)
+    model, saved = load_checkpoint_model(out / "model.pt")
+    assert saved["scale"] == 0.5
+    images = tmp_path / "images"
+    image = SyntheticGlands("medium", size=(70, 90), seed=3).sample(0)[0]
+    write_image(images / "a.png", image)
+    assert P.main(["--weights", str(out / "model.pt"), "--images", str(images), "--out", str(tmp_path / "o"),
+                   "--no-progress", "--geojson"]) == 0
+    written = read_instances(tmp_path / "o" / "a_instances.png")
+    assert written.shape == image.shape[:2]  # the native grid
+    expected = predict_instances(model, image, tile=32, overlap=8, min_size=saved["min_size"],
+                                 dilation=saved["contour_width"], scale=0.5)
+    np.testing.assert_array_equal(written, expected)
+    polygons = json.loads((tmp_path / "o" / "a.geojson").read_text())["features"]
+    if polygons:  # native coordinates: every vertex inside the 90 x 70 image
+        xs = [x for f in polygons for ring in f["geometry"]["coordinates"] for x, _ in ring]
+        assert max(xs) <= 90
+    assert P.main(["--weights", str(out / "model.pt"), "--images", str(images), "--out", str(tmp_path / "o1"),
+                   "--no-progress", "--scale", "1"]) == 0
+    with pytest.raises(SystemExit):
+        P.main(["--weights", str(out / "model.pt"), "--images", str(images), "--out", str(tmp_path / "o2"),
+                "--scale", "0"])
+    assert "--scale" in capsys.readouterr().err

@@ -99,7 +99,8 @@ def _pictures(results: dict[str, dict[str, Any]], config: TrainConfig, out: Path
         image, gt = test[i]
         panels = [("ground truth", gt)] + [
             (m, predict_instances(models[m], image, tile=config.eval_tile, overlap=config.eval_overlap,
-                                  min_size=config.min_size, dilation=config.contour_width)) for m in methods]
+                                  min_size=config.min_size, dilation=config.contour_width, scale=config.scale))
+            for m in methods]
         for ax, (name, instances) in zip(axes[i], panels):
             ax.imshow(draw_outlines(image, np.asarray(instances)))
             ax.set_axis_off()
