@@ -204,3 +204,23 @@ def test_the_shipped_glas_split_covers_every_image_once_and_keeps_patients_apart
     patient = {row[0]: row[1] for row in list(csv.reader(grades.open()))[1:]}
     owners = [{patient[n] for n in part} for part in parts.values()]
     assert all(not (a & b) for i, a in enumerate(owners) for b in owners[i + 1:])
+
+
+def test_the_generator_writes_glands_of_glas_size_at_glas_image_size(tmp_path):
+    from examples.dpfr_gland.data import GlaSDataset, main
+
+    def median_area(root):
+        areas = []
+        for image, instances in GlaSDataset(root, "train"):
+            counts = np.bincount(instances.ravel())[1:]
+            areas += counts[counts > 0].tolist()
+        return float(np.median(areas)), image.shape
+
+    plain, _ = median_area(write_synthetic(tmp_path / "plain", "glas", 6, preset="medium", size=(261, 388)))
+    assert main(["synth", "--out", str(tmp_path / "big"), "--layout", "glas", "--num", "6", "--shape", "522x775",
+                 "--zoom", "2"]) == 0
+    big, shape = median_area(tmp_path / "big")
+    assert shape == (522, 775, 3)
+    assert 3.0 < big / plain < 5.0  # twice the size: about four times the area (the same glands, enlarged)
+    with pytest.raises(ValueError, match="zoom must be a number >= 1"):
+        write_synthetic(tmp_path / "bad", "glas", 2, zoom=0.5)
