@@ -661,6 +661,7 @@ def figures(rows: Sequence[dict], summary: dict, folder: Path, title: str) -> li
     cells = summary["cells"]
     main = [c for c in cells if c["group"] == "main"]
     presets = _presets(main)
+    main = [c for c in main if c["preset"] in presets]  # the real presets have figures of their own
     if main:
         fig, axes = plt.subplots(len(presets), 3, figsize=(12, 3.4 * len(presets)), squeeze=False,
                                  layout="constrained")
