@@ -516,7 +516,7 @@ def test_every_method_runs_and_writes_files(method, tmp_path):
     expected = {"supervised": set(), "mean_teacher": {"mt", "kept"}, "fdp": {"mt", "kept", "fdp", "fdp_gain", "flip", "flow_nll_per_dim"},
                 "fr": {"mt", "kept", "contrast"}, "dpfr": {"mt", "kept", "fdp", "fdp_gain", "flip", "contrast", "flow_nll_per_dim"}}
     semi = set() if method == "supervised" else {"skipped"} | {
-        f"{kind}_{c}" for kind in ("kept", "share") for c in ("background", "interior", "contour")}
+        f"{kind}_{c}" for kind in ("kept", "share", "pseudo") for c in ("background", "interior", "contour")}
     assert set(result["history"][-1]) == {"iteration", "loss", "sup", "weight"} | expected[method] | semi
     for name in ("checkpoint.pt", "model.pt", "metrics.json", "losses.png", "config.json", "log.jsonl"):
         assert (tmp_path / name).is_file(), name
