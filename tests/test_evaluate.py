@@ -1,7 +1,7 @@
 """Tests of the recipe's evaluation: sliding-window prediction, GlaS scores, pictures, checkpoints, CLI.
 
-Oracles: a pointwise network (1x1 convolutions) run on the whole image at once, NumPy's
-reflection padding, a "perfect" network whose logits encode the ground-truth classes (scores
+Oracles: a pointwise network (1x1 convolutions) run on the whole image at once, exact crops
+of the image as the tiles, a "perfect" network whose logits encode the ground-truth classes (scores
 must be exactly 1 / 1 / 0), densessl.metrics on stacked maps, draw_outlines for the pictures.
 """
 

@@ -1,8 +1,10 @@
 """Evaluation for the DPFR recipe: sliding-window prediction, GlaS scores, pictures, a CLI.
 
 - :func:`predict`: class probabilities of a full-size image from a network trained on crops,
-  by a sliding window (tiles a multiple of 32, overlapping, image padded by reflection to a
-  multiple of 32, softmax probabilities averaged over the overlaps);
+  by the recipe's one sliding window (:func:`~examples.dpfr_gland.tiling.blend_tiles`: tiles a
+  multiple of 32, overlapping, softmax probabilities blended with a Gaussian window);
+  :func:`predict_probabilities` does it at the network's ``scale`` and maps the result back to
+  the native grid;
 - :func:`evaluate`: over any dataset of ``(image uint8 [H, W, 3], instances [H, W])`` pairs,
   predictions are turned into instances by :func:`~examples.dpfr_gland.targets.classes_to_instances`
   and scored with :func:`densessl.metrics.glas_metrics` (pooled, the official GlaS numbers,

@@ -373,6 +373,8 @@ class Trainer:
         if self.alignment is not None:  # boost the classes the teacher under-predicts
             self.alignment.observe_labels(y_l)
             teacher_logits = self.alignment(teacher_logits)
+        # the labelled class shares (running, with distribution alignment; else this batch's): the
+        # class_share rule's quotas and unsup_class_balance's target
         shares = self.alignment.target if self.alignment is not None else \
             torch.bincount(y_l[y_l != _IGNORE].flatten(), minlength=self.num_classes).float()
         pseudo = self.pseudo_labeler(teacher_logits, shares=shares)
@@ -383,10 +385,10 @@ class Trainer:
         # 2. Strong views of the same weak views (pixel-aligned), then CutMix with the labels.
         x_s = augment.strong_from_weak(x_w, self._generator(t, 1))
         y_u, w_u = pseudo.labels, pseudo.weight
-        if config.cutmix and w_u is not None:
-            x_s, y_u, w_u, _ = augment.cutmix(x_s, y_u, w_u, generator=self._generator(t, 2))
-        elif config.cutmix:
-            x_s, y_u, _ = augment.cutmix(x_s, y_u, generator=self._generator(t, 2))
+        if config.cutmix:  # the soft rule's per-pixel weights travel with their labels
+            maps = augment.cutmix(x_s, y_u, *(() if w_u is None else (w_u,)), generator=self._generator(t, 2))
+            x_s, y_u = maps[0], maps[1]
+            w_u = None if w_u is None else maps[2]
         # 3. One student forward over [labelled; strong unlabelled]. With FDP (after the flow's
         #    warm-up) the unlabelled site maps are decoded a second time, perturbed: only the
         #    network after the site runs twice, and the BatchNorm batch of the clean pass is the
@@ -404,12 +406,7 @@ class Trainer:
         sup = masked_cross_entropy(logits[:n_l], y_l, ignore_index=_IGNORE)
         class_weight = None
         if config.unsup_class_balance:  # the kept pseudo labels weighted to the labelled class shares
-            if self.alignment is not None:
-                target = self.alignment.target
-            else:
-                valid = y_l[y_l != _IGNORE]
-                target = torch.bincount(valid.flatten(), minlength=self.num_classes).float()
-            class_weight = balancing_weights(y_u, target, ignore_index=_IGNORE)
+            class_weight = balancing_weights(y_u, shares, ignore_index=_IGNORE)
             for name, w in zip(class_names(config), class_weight):
                 logs[f"weight_{name}"] = w.detach()
             if not bool(class_weight.any()):  # nothing to balance towards (e.g. no labelled pixel yet)
