@@ -83,6 +83,9 @@ REAL_TEST_PART = {"test": "test", "validation": "validation"}
 #: of ``MAIN_RATIOS``.
 CURVE_RATIOS = ("1/8", "1", "1/4", "1/2", "1/16")  # the headline gap first: a partial curve answers it
 MAIN_RATIOS = ("1/8", "1/4")
+#: The pseudo-label rules the ``pseudo`` group compares (``mean_teacher`` at 1/8, meant for
+#: ``--split validation``: the default is chosen there, never on the test part); the first is the default.
+PSEUDO_RULES = ("entropy", "instance", "class_share", "soft")
 
 
 @dataclass(frozen=True)
@@ -184,7 +187,9 @@ def real_plan(scale: Scale) -> list[RunSpec]:
     """The runs of the real-data presets: the supervised learning curve first (seed by seed, so a
     partial study already has whole curves), then the semi-supervised methods at 1/8 labels, FDP's
     random-direction control, and the methods at 1/4. Supervised at 1/8 and 1/4 (the baselines) and
-    at all labels (the ceiling) are points of the curve."""
+    at all labels (the ceiling) are points of the curve. The ``pseudo`` group (the pseudo-label rules
+    under ``mean_teacher``) is for ``--split validation`` and runs only when ``--groups`` names it;
+    its supervised reference is the curve's 1/8 point on the same split."""
     runs = []
     for preset in scale.real:
         runs += [RunSpec("curve", preset, "supervised", seed, ratio) for seed in scale.seeds for ratio in CURVE_RATIOS]
@@ -193,6 +198,10 @@ def real_plan(scale: Scale) -> list[RunSpec]:
             if ratio == MAIN_RATIOS[0]:
                 runs += [RunSpec("control", preset, "fdp", seed, ratio, extra=(("perturb_direction", "random"),))
                          for seed in scale.seeds]
+        # the pseudo-label rules, seed by seed (a partial comparison is paired); supervised at 1/8, their
+        # reference, is the curve's point (``--groups curve --ratios 1/8`` on the same split)
+        runs += [RunSpec("pseudo", preset, "mean_teacher", seed, MAIN_RATIOS[0], extra=(("pseudo_labels", rule),))
+                 for seed in scale.seeds for rule in PSEUDO_RULES]
     return runs
 
 
@@ -473,11 +482,12 @@ def real_tables(rows: Sequence[dict], summary: dict) -> list[tuple[str, list[str
     it closes to supervised with all labels, contour share against the truth, object precision and recall."""
     out = []
     cells = summary["cells"]
+    part = REAL_TEST_PART.get(summary.get("split", "test"), "test")
     for preset in [p for p in REAL_CONFIGS if any(c["preset"] == p for c in cells)]:
         curve = sorted([c for c in cells if c["preset"] == preset and c["group"] == "curve"],
                        key=lambda c: _ratio(c["label_ratio"]))
         if curve:
-            out.append((f"{preset}: supervised learning curve (student, pooled, test part, mean ± std over seeds)",
+            out.append((f"{preset}: supervised learning curve (student, pooled, {part} part, mean ± std over seeds)",
                         ["labels", "seeds", "O.F1", "O.Dice", "O.HD", "pixel Dice", "contour share (truth)"],
                         [[c["label_ratio"], str(len(c["seeds"])), _fmt(c["student"]["pooled_f1"]),
                           _fmt(c["student"]["pooled_dice"]), _fmt(c["student"]["pooled_hausdorff"], 1),
@@ -516,12 +526,51 @@ def real_tables(rows: Sequence[dict], summary: dict) -> list[tuple[str, list[str
                               _fmt(c["student"]["pooled_hausdorff"], 1), diff(sup_rows), diff(mt_rows), gap,
                               f"{_fmt(c['contour_share'])} ({c['contour_share_truth']:.3f})",
                               _fmt(o.get("precision")), _fmt(o.get("recall"))])
-            out.append((f"{preset}, {ratio} labels: student pooled scores on the test part; differences paired by "
-                        f"seed with a 95 % bootstrap interval over test images (seeds above)",
+            out.append((f"{preset}, {ratio} labels: student pooled scores on the {part} part; differences paired "
+                        f"by seed with a 95 % bootstrap interval over its images (seeds above)",
                         ["method", "seeds", "O.F1", "O.Dice", "O.HD", "O.F1 - supervised", "O.F1 - mean_teacher",
                          "gap closed to supervised@all", "contour share (truth)", "object precision", "object recall"],
                         table))
+        out += _pseudo_table(preset, mine, cells, part)
     return out
+
+
+def _pseudo_table(preset: str, mine: Sequence[dict], cells: Sequence[dict],
+                  part: str) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The ``pseudo`` group: each pseudo-label rule under mean_teacher against the default rule
+    and against supervised, paired by seed, with the share of each class the rule kept."""
+    rules = [c for c in cells if c["preset"] == preset and (c["group"] == "pseudo" or (
+        c["group"] == "curve" and c["label_ratio"] == MAIN_RATIOS[0]))]
+    if not rules:
+        return []
+
+    def members(c: dict) -> list[dict]:
+        return [r for r in mine if r["group"] == c["group"] and r["label_ratio"] == c["label_ratio"]
+                and r["extra"] == c["extra"]]
+
+    default = [r for r in mine if r["group"] == "pseudo" and r["extra"].get("pseudo_labels") == PSEUDO_RULES[0]]
+    supervised = [r for r in mine if r["group"] == "curve" and r["label_ratio"] == MAIN_RATIOS[0]]
+    table = []
+    order = {rule: i for i, rule in enumerate(PSEUDO_RULES)}
+    for c in sorted(rules, key=lambda c: (c["method"] != "supervised", order.get(c["extra"].get("pseudo_labels"), 0))):
+        mine_c = members(c)
+
+        def diff(against: Sequence[dict]) -> str:
+            d = None if not against or mine_c == list(against) else paired_difference(mine_c, against)
+            return "-" if d is None else f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] ({d['wins']}/{d['n']})"
+
+        kept = [c["keep"].get(f"kept_{k}") for k in CLASS_NAMES]
+        o = c.get("objects", {})
+        label = c["extra"].get("pseudo_labels", c["method"])
+        table.append([label, str(len(c["seeds"])), _fmt(c["student"]["pooled_f1"]), _fmt(c["student"]["pooled_dice"]),
+                      _fmt(c["student"]["pooled_hausdorff"], 1), diff(default), diff(supervised),
+                      f"{_fmt(c['contour_share'])} ({c['contour_share_truth']:.3f})",
+                      " / ".join(_fmt(k, 2) for k in kept), _fmt(o.get("precision")), _fmt(o.get("recall"))])
+    return [(f"{preset}, 1/8 labels, pseudo-label rules under mean_teacher: student pooled scores on the {part} "
+             f"part; differences paired by seed with a 95 % bootstrap interval over its images",
+             ["rule", "seeds", "O.F1", "O.Dice", "O.HD", f"O.F1 - {PSEUDO_RULES[0]}", "O.F1 - supervised",
+              "contour share (truth)", "kept background / interior / contour", "object precision",
+              "object recall"], table)]
 
 
 def _fmt(stat: dict | None, digits: int = 3) -> str:
@@ -793,7 +842,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--split", choices=sorted(DATA_SEEDS), default="test",
                         help="which generator seeds to train and score on (validation: for tuning)")
     parser.add_argument("--groups", default="main,control,ratio,sweep,curve",
-                        help="comma-separated subset of main,control,ratio,sweep,curve")
+                        help="comma-separated subset of main,control,ratio,sweep,curve,pseudo (pseudo: the pseudo-label "
+                             "rules, for --split validation)")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the methods")
     parser.add_argument("--presets", default="", help="comma-separated subset of the scale's presets, real ones "
                                                        f"({', '.join(REAL_CONFIGS)}) included")
@@ -804,6 +854,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                         help="(re)compute the object counts (precision / recall) of every finished run from its "
                              "model.pt (float16 student), so all rows count alike, then report")
     parser.add_argument("--seeds", default="", help="comma-separated subset of the scale's seeds")
+    parser.add_argument("--ratios", default="", help="comma-separated subset of the label ratios (e.g. 1/8)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for every run (e.g. for tuning on --split validation)")
     parser.add_argument("--results", default="", help="folder of the per-run JSON (default under benchmarks/results)")
@@ -835,8 +886,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
                   f"(pass --data {preset}=DIR)")
             presets.discard(preset)
     seeds = {int(s) for s in args.seeds.split(",")} if args.seeds else set(scale.seeds)
+    ratios = set(args.ratios.split(",")) if args.ratios else None
     runs = [r for r in plan(scale) if r.group in groups and r.method in methods and r.preset in presets
-            and r.seed in seeds]
+            and r.seed in seeds and (ratios is None or r.label_ratio in ratios)]
     feature_runs = {(scale.presets[0], m, scale.seeds[0]) for m in ("mean_teacher", "dpfr")}
     results.mkdir(parents=True, exist_ok=True)
     if not args.report:

@@ -96,10 +96,12 @@ def test_ssl_quality_plan_is_valid_and_every_run_distinct(scale):
     configs = [Q._config(spec, Q.SCALES[scale], "test") for spec in runs]  # each a valid TrainConfig
     assert len({spec.name for spec in runs}) == len(runs)
     fingerprints = [Q._fingerprint(c) for c in configs]
-    # the sweep may repeat the recipe's own setting (then trained once); nothing else repeats
+    # the sweep may repeat the recipe's own setting, the pseudo group's default rule is main's
+    # mean_teacher (then trained once); nothing else repeats
     repeated = {f for f in fingerprints if fingerprints.count(f) > 1}
-    assert all(spec.group == "sweep" for spec, f in zip(runs, fingerprints) if f in repeated
-               and spec is not runs[fingerprints.index(f)])
+    again = [spec for spec, f in zip(runs, fingerprints) if f in repeated and spec is not runs[fingerprints.index(f)]]
+    assert all(spec.group == "sweep" or (spec.group == "pseudo" and spec.extra == (("pseudo_labels", "entropy"),))
+               for spec in again)
     main = [(s, c) for s, c in zip(runs, configs) if s.group == "main" and s.preset not in Q.REAL_CONFIGS]
     assert {c.method for _, c in main} == set(Q.METHODS) and {c.label_ratio for _, c in main} == {"1/8"}
     real = [(s, c) for s, c in zip(runs, configs) if s.preset in Q.REAL_CONFIGS]
@@ -109,6 +111,10 @@ def test_ssl_quality_plan_is_valid_and_every_run_distinct(scale):
         assert runs.index(real[0][0]) < min(runs.index(s) for s, _ in real if s.group == "main")
         assert {c.test_split for _, c in real} == {"test"} and {c.split_file for _, c in real} == {"glas_train85"}
         assert {c.method for s, c in real if s.group == "main"} == set(Q.METHODS[1:])
+        # the pseudo-label rules under mean_teacher at 1/8, beside supervised, only when asked for
+        pseudo = [(s, c) for s, c in real if s.group == "pseudo"]
+        assert {(c.method, c.pseudo_labels) for _, c in pseudo} == {("mean_teacher", rule) for rule in Q.PSEUDO_RULES}
+        assert {c.label_ratio for _, c in pseudo} == {"1/8"}
     assert len({s.seed for s, _ in main}) >= 2
     # one preset: the same images for every method and seed, from a generator seed no tuning used
     for preset in Q.SCALES[scale].presets:
@@ -139,6 +145,18 @@ def test_ssl_quality_real_preset_runs_on_a_glas_layout_folder_and_reports(tmp_pa
     text = capsys.readouterr().out
     assert "glas: supervised learning curve" in text and "O.F1 - supervised" in text
     assert (tmp_path / "f" / "glas_learning_curve.png").is_file()
+    # the pseudo-label rules on the validation part, paired against the default rule
+    pseudo = ssl_quality.main(["--scale", "toy", "--presets", "glas", "--groups", "pseudo,curve", "--seeds", "0",
+                               "--ratios", "1/8",
+                               "--split", "validation", "--data", f"glas={data}", "--results", str(tmp_path / "r2"),
+                               "--outputs", str(tmp_path / "o2"), "--figures", str(tmp_path / "f2")])
+    assert {c["extra"].get("pseudo_labels", c["method"]) for c in pseudo["cells"]} == \
+        {*ssl_quality.PSEUDO_RULES, "supervised"}
+    row = json.loads(next((tmp_path / "r2").glob("glas_mean_teacher_1of8_s0_pseudo_labelssoft.json")).read_text())
+    assert row["config"]["test_split"] == "validation" and row["num_test_images"] == 12
+    text = capsys.readouterr().out
+    assert "pseudo-label rules under mean_teacher" in text and "on the validation part" in text
+    assert "O.F1 - entropy" in text
     missing = ssl_quality.main(["--scale", "toy", "--presets", "glas", "--data", f"glas={tmp_path / 'none'}",
                                 "--results", str(tmp_path / "r3"), "--outputs", str(tmp_path / "o3"),
                                 "--figures", str(tmp_path / "f3"), "--groups", "curve"])
