@@ -484,6 +484,27 @@ def test_relative_step_scales_with_the_features():
     torch.testing.assert_close(step.norm(dim=1), 0.5 * features.norm(dim=1), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("method", T.METHODS)
+def test_the_logged_total_is_the_papers_equation_of_the_logged_terms(method):
+    """L = sup + w(t) (lambda_u mt + alpha_1 fdp + alpha_2 contrast), each term as logged, the absent
+    ones zero; during the ramp (0 < w < 1) and with the perturbation on."""
+    torch.manual_seed(0)
+    config = tiny_config(method=method, supervised_warmup=0, rampup=4, flow_warmup=1, unsup_weight=0.7,
+                         alpha_perturbed=0.4, alpha_contrast=0.2)
+    trainer = T.Trainer(config)
+    for t in range(3):
+        labelled, unlabelled = batches(t)
+        logs = trainer.step(labelled, None if method == "supervised" else unlabelled)
+    terms = {k: float(logs.get(k, 0.0)) for k in ("sup", "mt", "fdp", "contrast")}
+    w = float(logs["weight"])
+    assert 0.0 < w < 1.0
+    expected = terms["sup"] + w * (0.7 * terms["mt"] + 0.4 * terms["fdp"] + 0.2 * terms["contrast"])
+    assert float(logs["loss"]) == pytest.approx(expected, rel=1e-6)
+    assert ("fdp" in logs) == config.uses_flow and ("contrast" in logs) == config.uses_contrast
+    if config.uses_flow:
+        assert float(logs["fdp"]) > 0 and float(logs["flip"]) >= 0  # the perturbed branch ran
+
+
 def test_semi_supervised_step_needs_unlabelled():
     trainer = T.Trainer(tiny_config(method="mean_teacher"))
     labelled, _ = batches(0)

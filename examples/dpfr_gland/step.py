@@ -1,13 +1,84 @@
-"""One DPFR training step, read top to bottom like the method section of the paper.
+r"""One DPFR training step, read top to bottom like the method section of the paper.
 
-See :mod:`examples.dpfr_gland.train` for the equations; :class:`Trainer` holds the
-networks and optimisers of one process and :meth:`Trainer.step` runs one iteration.
+:class:`Trainer` holds the networks and optimisers of one process; :meth:`Trainer.step` runs
+one iteration, each numbered part below a method of its own.
+
+One iteration ``t`` (labelled batch :math:`(x_l, y_l)`, unlabelled weak batch :math:`x_w`),
+numbered as in :meth:`Trainer.step`, whose total loss is the one line of equation (4):
+
+1. **Teacher, once.** :math:`(p_T, f_T) = T([x_l;\ x_w])` — the EMA teacher (eval mode, no
+   gradient) in ONE batched pass: logits :math:`p_T` and the density's features :math:`f_T`
+   (the labelled half only for the flow; methods without a flow pass :math:`x_w` alone).
+   :math:`(\hat y, m) = \mathrm{rule}(\tilde p_T)` on :math:`x_w`: pseudo labels and a per-pixel
+   weight (:class:`~examples.dpfr_gland.pseudo.PseudoLabelRule`; ``pseudo_labels``: ``entropy``,
+   the default — the argmax where the entropy is below :math:`\gamma`, or among the surest 20 % of
+   its argmax class; ``instance``, ``class_share``, ``soft``), where :math:`\tilde p_T` is
+   :math:`p_T` aligned to the labelled pixels' class frequencies with ``distribution_alignment``
+   (:class:`densessl.DistributionAlignment`).
+2. **Views.** :math:`x_s = \mathrm{strong}(x_w)` (photometric only, so pixel-aligned
+   with :math:`x_w`), then CutMix :math:`(\tilde x_s, \tilde y, B) =
+   \mathrm{cutmix}(x_s, \hat y)` pastes boxes between images of the batch, applied
+   identically to the images and the pseudo labels.
+3. **Student, one forward** on :math:`[x_l;\ \tilde x_s]`. With FDP (once :math:`t \ge
+   t_{flow}`) the unlabelled images' maps at the perturbation site are decoded a second time,
+   perturbed, in the same call (``CENet(..., perturb_last=B_u)``): the encoder runs once, only
+   the part after the site runs twice. At the default site (``perturb_at="classifier"``,
+   DDFP's) the last decoder map :math:`d_1` is moved, :math:`d_1 \mapsto d_1 + \rho`,
+   :math:`\rho = \xi \lVert d_1\rVert\, g/\lVert g\rVert`,
+   :math:`g = \nabla_{d_1}(-\log p_\phi(n(h(d_1))))` per pixel, where :math:`h` is the
+   classifier block and :math:`n` the per-pixel L2 normalisation
+   (:class:`densessl.DensityPerturbation` with ``head``, :math:`\xi = 0.25`, relative; the
+   recipe README measures why). The clean pass's BatchNorm batch is :math:`[x_l;\ \tilde x_s]`
+   for every method; the classifier block has no BatchNorm.
+4. **Losses** (:func:`densessl.functional.masked_cross_entropy`, a zero with a graph when
+   no pixel is kept):
+
+   .. math::
+
+      L = \mathrm{CE}(s_l, y_l) + w(t)\,\big[\lambda_u\,\mathrm{CE}(s_u, \tilde y)
+          + \alpha_1\,\mathrm{CE}(s_{u}^{\rho}, \tilde y)
+          + \alpha_2\,L_{con}(g([d_l;\ d_u]), [y_l;\ \tilde y]_{\downarrow})\big]
+
+   with :math:`\lambda_u = 1`, :math:`\alpha_1 = 0.5`, :math:`\alpha_2 = 0.3`; both CE on
+   :math:`\tilde y` weigh each pixel by the rule's :math:`m` (and each class by
+   ``unsup_class_balance``'s weights, which bring the kept labels to the labelled class shares);
+   :math:`L_{con}` is
+   :class:`densessl.HardAnchorContrast` (:math:`\tau = 0.5`, 256 anchors per class) on
+   :class:`densessl.ProjectionHead` embeddings of the *clean* decoder maps of the labelled
+   and unlabelled images (in ``fr`` and ``dpfr`` alike), labels downsampled by majority vote.
+   :math:`w(t)` is 0 during the supervised warm-up, then ramps up as
+   :math:`\exp(-5(1 - r)^2)`, :math:`r \in [0, 1]`. Logged: ``fdp_gain`` = CE of the perturbed
+   branch minus CE of the clean one, ``flip`` = fraction of unlabelled pixels whose argmax the
+   step changed.
+5. **Flow** (:class:`densessl.FlowDensityHead`, own Adam, lr 1e-3), after the student's
+   forward so that the perturbation of step ``t`` used the flow of step ``t - 1``:
+
+   .. math::
+
+      L_\phi = -\frac{1}{|P|}\Big[\sum_{i \in P_l} \log p_\phi(f_i + \epsilon_i, y_i)
+               + \sum_{i \in P_u} \log \textstyle\sum_c \pi_c\, p_\phi(f_i + \epsilon_i \mid c)\Big],
+      \quad \epsilon_i \sim \mathcal N(0, \sigma^2 I)
+
+   over the *detached*, normalised teacher features :math:`f_T` — labelled pixels under their
+   true class (labels at the density's resolution; a downsampled block needs a
+   ``flow_label_fraction`` majority), unlabelled pixels under the mixture (as the paper and
+   DDFP; ``flow_pseudo_labels`` scores them under :math:`\hat y` instead) — on a random subset
+   :math:`P` of at most ``flow_pixels`` pixels. The student's loss gives the flow no gradient.
+6. **Updates.** Student step (GradScaler under CUDA AMP), then ``teacher.update(student)``
+   (EMA of weights and of BatchNorm statistics, ``teacher_buffers``).
+
+Methods (ablation): ``supervised`` (the first term of (4) only), ``mean_teacher`` (+ the
+:math:`\lambda_u` term), ``fdp`` (+ :math:`\alpha_1`, flow), ``fr`` (+ :math:`\alpha_2` on the
+clean branch, no flow), ``dpfr`` (everything); the absent terms are zeros in the same line.
+Every random draw of iteration ``t`` comes from a :class:`Stream` of its own, seeded by
+``(seed, t, rank, stream)``, so a resumed run continues exactly.
 """
 
 from __future__ import annotations
 
-__all__ = ["Trainer", "class_names", "unsupervised_weight"]
+__all__ = ["Stream", "Trainer", "class_names", "unsupervised_weight"]
 
+import enum
 import math
 from typing import Any
 
@@ -24,9 +95,21 @@ from densessl.utils import unwrap_model
 from . import augment
 from .config import TrainConfig
 from .model import CENet
-from .pseudo import PseudoLabelRule
+from .pseudo import Pseudo, PseudoLabelRule
 
 _IGNORE = 255
+
+
+class Stream(enum.IntEnum):
+    """The named random streams of one iteration: each draws from its own generator, seeded by
+    ``(seed, iteration, rank, stream)`` (the values are part of every stored run: never renumber)."""
+
+    STRONG_VIEW = 1    # the unlabelled images' strong views
+    CUTMIX = 2         # CutMix's boxes and partners
+    FLOW = 3           # the flow's input noise and pixel subset
+    CONTRAST = 4       # the contrast's anchors and negatives
+    RANDOM_STEP = 5    # FDP's random-direction control
+    LABELLED_VIEW = 6  # the labelled images' photometric view (augment_labelled)
 
 
 def unsupervised_weight(iteration: int, warmup: int, rampup: int) -> float:
@@ -187,11 +270,12 @@ class Trainer:
             self.flow_optimizer = torch.optim.Adam(self.flow.parameters(), lr=config.flow_lr)
             # DDFP's site ("classifier"): the step moves the block's input, the density is
             # measured at the block's output (student.density_block; None at the other sites).
-            head = _DensityInput(student.density_block, config.flow_normalize)
-            self.perturbation = densessl.DensityPerturbation(self.flow, xi=config.xi, relative=config.xi_relative,
-                                                             head=None if head.is_identity else head)
-            if config.perturb_direction == "random":
+            if config.perturb_direction == "random":  # FDP's control: the same step length, a random direction
                 self.perturbation = _RandomStep(config.xi, config.xi_relative)
+            else:
+                head = _DensityInput(student.density_block, config.flow_normalize)
+                self.perturbation = densessl.DensityPerturbation(self.flow, xi=config.xi, relative=config.xi_relative,
+                                                                 head=None if head.is_identity else head)
         self.projector: nn.Module | None = None
         self.contrast: densessl.HardAnchorContrast | None = None
         params = list(student.parameters())
@@ -270,7 +354,7 @@ class Trainer:
 
     # -- one step -------------------------------------------------------------------
 
-    def _generator(self, iteration: int, purpose: int) -> torch.Generator:
+    def _generator(self, iteration: int, purpose: Stream) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(
             _seed(self.config.seed, iteration, self.rank, purpose))
 
@@ -282,7 +366,7 @@ class Trainer:
         assert self.flow is not None and self.flow_optimizer is not None
         config = self.config
         features = features.detach().float()
-        generator = self._generator(iteration, 3)
+        generator = self._generator(iteration, Stream.FLOW)
         if config.flow_noise > 0:
             noise = torch.randn(features.shape, generator=generator, device=self.device)
             features = features + config.flow_noise * noise
@@ -317,7 +401,7 @@ class Trainer:
 
     def step(self, labelled: tuple[torch.Tensor, torch.Tensor],
              unlabelled: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """One training iteration (see the module docstring); advances :attr:`iteration`.
+        """One training iteration, the module docstring's equations in order; advances :attr:`iteration`.
 
         Args:
             labelled: ``(images, classes)`` of the labelled batch.
@@ -329,145 +413,188 @@ class Trainer:
             - unlabelled: ``[B_u, 3, S, S]`` float32.
 
         Returns:
-            Detached 0-dim tensors: ``loss``, ``sup``, and as the method has them ``mt``,
-            ``fdp``, ``contrast``, ``flow_nll_per_dim``, ``kept``, ``weight``, ``skipped`` (1 when
-            GradScaler skipped the step and the teacher was not updated); semi-supervised
-            methods also log, per class of the teacher's argmax on the unlabelled batch, the
-            share of pixels it predicts (``share_background`` ...) and the share of those the
-            entropy filter keeps (``kept_background``, ``kept_interior``, ``kept_contour``).
+            Detached 0-dim tensors: ``loss``, ``sup``, ``weight``, and as the method has them ``mt``,
+            ``fdp`` (with ``fdp_gain``, ``flip``), ``contrast``, ``flow_nll_per_dim``, ``kept``,
+            ``skipped`` (1 when GradScaler skipped the step and the teacher was not updated);
+            semi-supervised methods also log, per class of the teacher's argmax on the unlabelled
+            batch, the share of pixels it predicts (``share_background`` ...), the share of those the
+            rule keeps (``kept_background`` ...) and the class shares of the kept labels
+            (``pseudo_background`` ...).
 
         Raises:
             ValueError: a semi-supervised method without an unlabelled batch.
         """
         config, t = self.config, self.iteration
-        x_l, y_l = labelled[0].to(self.device, non_blocking=True), labelled[1].to(self.device, non_blocking=True)
-        if config.augment_labelled:  # colour, stain, blur and noise on the labelled views (no pixel moves)
-            x_l = augment.strong_from_weak(x_l, self._generator(t, 6))
-        logs: dict[str, torch.Tensor] = {}
-        weight = unsupervised_weight(t, config.supervised_warmup, config.rampup)
-        logs["weight"] = torch.tensor(weight)
-        self.student.train()
-        if self.projector is not None:
-            self.projector.train()
+        x_l, y_l = self._labelled_views(labelled, t)
+        w = unsupervised_weight(t, config.supervised_warmup, config.rampup)
+        self._train_mode()
         if not config.semi:
             with self._autocast():
-                out = self.student(x_l)
-            loss = masked_cross_entropy(out.logits, y_l, ignore_index=_IGNORE)
-            logs["sup"] = loss.detach()
-            self._backward_and_step(loss)
-            logs["loss"] = loss.detach()
-            return logs
+                s_l = self.student(x_l).logits
+            sup = masked_cross_entropy(s_l, y_l, ignore_index=_IGNORE)
+            self._backward_and_step(sup)
+            return {"weight": torch.tensor(w), "sup": sup.detach(), "loss": sup.detach()}
         if unlabelled is None:
             raise ValueError(f"unlabelled: method {config.method!r} needs an unlabelled batch, got None")
         x_w = unlabelled.to(self.device, non_blocking=True)
+        logs: dict[str, torch.Tensor] = {"weight": torch.tensor(w)}
+        teacher_out, pseudo, shares = self._teach(x_l, y_l, x_w, logs)          # 1. teacher, once
+        x_s, y_u, w_u = self._strong_views(x_w, pseudo, t)                       # 2. views
+        out = self._student_forward(x_l, x_s, t)                                 # 3. student, once
         n_l, n_u = x_l.shape[0], x_w.shape[0]
-        assert self.teacher is not None
-        # 1. The teacher, once: pseudo labels from its logits on the weak views; with a flow,
-        #    its features of the labelled images too (one batched pass, eval mode).
-        teacher_on_labelled = self.flow is not None and config.flow_labelled_source == "teacher"
-        teacher_in = torch.cat([x_l, x_w]) if teacher_on_labelled else x_w
-        with self._autocast():
-            teacher_out = self.teacher(teacher_in)
-        offset = n_l if teacher_on_labelled else 0
-        teacher_logits = teacher_out.logits[offset:].float()
-        if self.alignment is not None:  # boost the classes the teacher under-predicts
-            self.alignment.observe_labels(y_l)
-            teacher_logits = self.alignment(teacher_logits)
-        # the labelled class shares (running, with distribution alignment; else this batch's): the
-        # class_share rule's quotas and unsup_class_balance's target
-        shares = self.alignment.target if self.alignment is not None else \
-            torch.bincount(y_l[y_l != _IGNORE].flatten(), minlength=self.num_classes).float()
-        pseudo = self.pseudo_labeler(teacher_logits, shares=shares)
-        logs["kept"] = pseudo.kept_fraction.detach()
-        logs.update(_class_keep_rates(teacher_logits, pseudo.mask, class_names(config)))
-        for c, name in enumerate(class_names(config)):  # what the kept pseudo labels teach, per class
-            logs[f"pseudo_{name}"] = (pseudo.labels == c).sum().float() / pseudo.mask.sum().clamp(min=1).float()
-        # 2. Strong views of the same weak views (pixel-aligned), then CutMix with the labels.
-        x_s = augment.strong_from_weak(x_w, self._generator(t, 1))
-        y_u, w_u = pseudo.labels, pseudo.weight
-        if config.cutmix:  # the soft rule's per-pixel weights travel with their labels
-            maps = augment.cutmix(x_s, y_u, *(() if w_u is None else (w_u,)), generator=self._generator(t, 2))
-            x_s, y_u = maps[0], maps[1]
-            w_u = None if w_u is None else maps[2]
-        # 3. One student forward over [labelled; strong unlabelled]. With FDP (after the flow's
-        #    warm-up) the unlabelled site maps are decoded a second time, perturbed: only the
-        #    network after the site runs twice, and the BatchNorm batch of the clean pass is the
-        #    same [x_l; x_s] for every method.
-        perturb_on = config.uses_flow and t >= config.flow_warmup
-        with self._autocast():
-            if perturb_on:
-                if isinstance(self.perturbation, _RandomStep):
-                    self.perturbation.generator = self._generator(t, 5)
-                out = self.student(torch.cat([x_l, x_s]), perturb=self.perturbation, perturb_last=n_u)
-            else:
-                out = self.student(torch.cat([x_l, x_s]))
-        logits = out.logits
-        # 4. Losses.
-        sup = masked_cross_entropy(logits[:n_l], y_l, ignore_index=_IGNORE)
-        class_weight = None
-        if config.unsup_class_balance:  # the kept pseudo labels weighted to the labelled class shares
-            class_weight = balancing_weights(y_u, shares, ignore_index=_IGNORE)
-            for name, w in zip(class_names(config), class_weight):
-                logs[f"weight_{name}"] = w.detach()
-            if not bool(class_weight.any()):  # nothing to balance towards (e.g. no labelled pixel yet)
-                class_weight = None
-        mt = masked_cross_entropy(logits[n_l:n_l + n_u], y_u, ignore_index=_IGNORE, weight=class_weight,
-                                  pixel_weight=w_u)
-        unsup = config.unsup_weight * mt
-        logs["sup"], logs["mt"] = sup.detach(), mt.detach()
-        if config.uses_flow:
-            if perturb_on:
-                fdp = masked_cross_entropy(logits[n_l + n_u:], y_u, ignore_index=_IGNORE, weight=class_weight,
-                                           pixel_weight=w_u)
-                clean_u, perturbed_u = logits[n_l:n_l + n_u].detach(), logits[n_l + n_u:].detach()
-                # What the step did to the output: the CE it added and the argmax flips.
-                logs["fdp_gain"] = fdp.detach() - mt.detach()
-                logs["flip"] = (clean_u.argmax(1) != perturbed_u.argmax(1)).float().mean()
-            else:
-                fdp = logits.sum() * 0.0
-                logs["fdp_gain"] = torch.zeros(())
-                logs["flip"] = torch.zeros(())
-            unsup = unsup + config.alpha_perturbed * fdp
-            logs["fdp"] = fdp.detach()
-        if self.projector is not None and self.contrast is not None:
-            # FR contrasts the clean branch's decoder maps in `fr` and `dpfr` alike (so the two
-            # ablation rows differ in the perturbation only); labelled pixels (true labels) join
-            # the pseudo-labelled ones, so that there are two classes before the teacher is sure.
-            with self._autocast():
-                embeddings = self.projector(out.decoder[:n_l + n_u])
-            size = embeddings.shape[-2:]
-            labels_c = torch.cat([
-                downsample_labels(y, size, ignore_index=_IGNORE, mode="majority", num_classes=self.num_classes)
-                for y in (y_l, y_u)
-            ])
-            contrast = self.contrast(embeddings.float(), labels_c, generator=self._generator(t, 4))
-            unsup = unsup + config.alpha_contrast * contrast
-            logs["contrast"] = contrast.detach()
-        loss = sup + weight * unsup
-        # 5. The flow, on the teacher's detached features: labelled pixels under their true
-        #    class, unlabelled ones under the mixture (pseudo labels only if asked).
-        if self.flow is not None:
-            features_f = teacher_out.features.detach().float()
-            if not teacher_on_labelled:  # the clean student pass's labelled features, detached
-                features_f = torch.cat([out.features[:n_l].detach().float(), features_f])
-            if config.flow_normalize:
-                features_f = normalize_pixels(features_f)
-            size = features_f.shape[-2:]
-            unlabelled_f = pseudo.labels if config.flow_pseudo_labels else torch.full_like(pseudo.labels, _IGNORE)
-            labels_f = torch.cat([
-                downsample_labels(y, size, ignore_index=_IGNORE, mode="majority", num_classes=self.num_classes,
-                                  min_fraction=config.flow_label_fraction)
-                for y in (y_l, unlabelled_f)
-            ])
-            logs["flow_nll_per_dim"] = self._fit_flow(features_f, labels_f, t)
-        # 6. Student step, then the teacher follows — unless GradScaler skipped the step (inf/NaN
-        #    gradients under AMP): the teacher must not average in a student that did not move.
-        stepped = self._backward_and_step(loss)
-        if stepped:
+        s_l, s_u, s_rho = out.logits[:n_l], out.logits[n_l:n_l + n_u], out.logits[n_l + n_u:]
+        class_weight = self._class_weight(y_u, shares, logs)                     # 4. losses
+        sup = masked_cross_entropy(s_l, y_l, ignore_index=_IGNORE)
+        mt = masked_cross_entropy(s_u, y_u, ignore_index=_IGNORE, weight=class_weight, pixel_weight=w_u)
+        fdp = self._perturbed_loss(out.logits, s_u, s_rho, y_u, class_weight, w_u, mt, logs)
+        con = self._contrast_loss(out.decoder[:n_l + n_u], y_l, y_u, t, logs)
+        loss = sup + w * (config.unsup_weight * mt + config.alpha_perturbed * fdp + config.alpha_contrast * con)
+        logs.update(sup=sup.detach(), mt=mt.detach(), loss=loss.detach())
+        if self.flow is not None:                                                # 5. the flow
+            logs["flow_nll_per_dim"] = self._fit_flow(*self._flow_batch(teacher_out, out, x_l, y_l, pseudo), t)
+        stepped = self._backward_and_step(loss)                                  # 6. updates
+        if stepped:  # the teacher must not average in a student that GradScaler did not move
             self.teacher.update(self.student)
         logs["skipped"] = torch.tensor(0.0 if stepped else 1.0)
-        logs["loss"] = loss.detach()
         return logs
+
+    # -- the step's parts, in its order ----------------------------------------------
+
+    def _labelled_views(self, labelled: tuple[torch.Tensor, torch.Tensor],
+                        t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The labelled batch on the device; with ``augment_labelled``, its photometric strong view
+        (colour, stain, blur, noise: no pixel moves, so the labels still fit)."""
+        x_l = labelled[0].to(self.device, non_blocking=True)
+        y_l = labelled[1].to(self.device, non_blocking=True)
+        if self.config.augment_labelled:
+            x_l = augment.strong_from_weak(x_l, self._generator(t, Stream.LABELLED_VIEW))
+        return x_l, y_l
+
+    def _train_mode(self) -> None:
+        self.student.train()
+        if self.projector is not None:
+            self.projector.train()
+
+    def _teach(self, x_l: torch.Tensor, y_l: torch.Tensor, x_w: torch.Tensor,
+               logs: dict[str, torch.Tensor]) -> tuple[Any, Pseudo, torch.Tensor]:
+        """Step 1: the teacher's one pass (over ``[x_l; x_w]`` when the flow learns from the
+        teacher's labelled features, else ``x_w``), its pseudo labels on ``x_w`` by the config's
+        rule, and the labelled class shares (the ``class_share`` quotas and ``unsup_class_balance``'s
+        target: running with distribution alignment, else this batch's)."""
+        config = self.config
+        assert self.teacher is not None
+        on_labelled = self._teacher_on_labelled
+        with self._autocast():
+            teacher_out = self.teacher(torch.cat([x_l, x_w]) if on_labelled else x_w)
+        logits = teacher_out.logits[x_l.shape[0] if on_labelled else 0:].float()
+        if self.alignment is not None:  # boost the classes the teacher under-predicts
+            self.alignment.observe_labels(y_l)
+            logits = self.alignment(logits)
+        shares = self.alignment.target if self.alignment is not None else \
+            torch.bincount(y_l[y_l != _IGNORE].flatten(), minlength=self.num_classes).float()
+        pseudo = self.pseudo_labeler(logits, shares=shares)
+        logs["kept"] = pseudo.kept_fraction.detach()
+        logs.update(_class_keep_rates(logits, pseudo.mask, class_names(config)))
+        for c, name in enumerate(class_names(config)):  # what the kept pseudo labels teach, per class
+            logs[f"pseudo_{name}"] = (pseudo.labels == c).sum().float() / pseudo.mask.sum().clamp(min=1).float()
+        return teacher_out, pseudo, shares
+
+    @property
+    def _teacher_on_labelled(self) -> bool:
+        return self.flow is not None and self.config.flow_labelled_source == "teacher"
+
+    def _strong_views(self, x_w: torch.Tensor, pseudo: Pseudo,
+                      t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Step 2: strong views of the weak views (pixel-aligned), then CutMix of images, pseudo
+        labels and (the ``soft`` rule's) per-pixel weights alike."""
+        x_s = augment.strong_from_weak(x_w, self._generator(t, Stream.STRONG_VIEW))
+        y_u, w_u = pseudo.labels, pseudo.weight
+        if self.config.cutmix:
+            maps = augment.cutmix(x_s, y_u, *(() if w_u is None else (w_u,)),
+                                  generator=self._generator(t, Stream.CUTMIX))
+            x_s, y_u = maps[0], maps[1]
+            w_u = None if w_u is None else maps[2]
+        return x_s, y_u, w_u
+
+    def _perturbing(self, t: int) -> bool:
+        return self.config.uses_flow and t >= self.config.flow_warmup
+
+    def _student_forward(self, x_l: torch.Tensor, x_s: torch.Tensor, t: int) -> Any:
+        """Step 3: one student forward over ``[x_l; x_s]``. With FDP after the flow's warm-up the
+        unlabelled site maps are decoded a second time, perturbed (logits ``[x_l; x_s; x_s^rho]``):
+        only the network after the site runs twice, and the clean pass's BatchNorm batch is
+        ``[x_l; x_s]`` for every method."""
+        with self._autocast():
+            if not self._perturbing(t):
+                return self.student(torch.cat([x_l, x_s]))
+            if isinstance(self.perturbation, _RandomStep):
+                self.perturbation.generator = self._generator(t, Stream.RANDOM_STEP)
+            return self.student(torch.cat([x_l, x_s]), perturb=self.perturbation, perturb_last=x_s.shape[0])
+
+    def _class_weight(self, y_u: torch.Tensor, shares: torch.Tensor,
+                      logs: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """``unsup_class_balance``: per-class weights of the unlabelled CE that bring the kept pseudo
+        labels to the labelled class shares (``None`` without it, or with nothing to balance towards)."""
+        if not self.config.unsup_class_balance:
+            return None
+        weight = balancing_weights(y_u, shares, ignore_index=_IGNORE)
+        for name, w in zip(class_names(self.config), weight):
+            logs[f"weight_{name}"] = w.detach()
+        return weight if bool(weight.any()) else None
+
+    def _perturbed_loss(self, logits: torch.Tensor, s_u: torch.Tensor, s_rho: torch.Tensor, y_u: torch.Tensor,
+                        class_weight: torch.Tensor | None, w_u: torch.Tensor | None, mt: torch.Tensor,
+                        logs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """FDP's term: the perturbed branch's CE on the same pseudo labels (a zero with a graph during
+        the flow's warm-up, a plain zero without FDP). Logs ``fdp``, ``fdp_gain`` (its CE minus the
+        clean branch's) and ``flip`` (the share of unlabelled pixels whose argmax the step changed)."""
+        if not self.config.uses_flow:
+            return torch.zeros((), device=logits.device)
+        if s_rho.shape[0] == 0:  # the flow's warm-up: no perturbed branch yet
+            fdp = logits.sum() * 0.0
+            logs.update(fdp_gain=torch.zeros(()), flip=torch.zeros(()))
+        else:
+            fdp = masked_cross_entropy(s_rho, y_u, ignore_index=_IGNORE, weight=class_weight, pixel_weight=w_u)
+            logs["fdp_gain"] = fdp.detach() - mt.detach()
+            logs["flip"] = (s_u.detach().argmax(1) != s_rho.detach().argmax(1)).float().mean()
+        logs["fdp"] = fdp.detach()
+        return fdp
+
+    def _contrast_loss(self, decoder: torch.Tensor, y_l: torch.Tensor, y_u: torch.Tensor, t: int,
+                       logs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """FR's term: hard-anchor contrast of the projected *clean* decoder maps (in ``fr`` and ``dpfr``
+        alike, so the two ablation rows differ in the perturbation only); the labelled pixels (true
+        labels) join the pseudo-labelled ones, so there are two classes before the teacher is sure.
+        A plain zero without FR."""
+        if self.projector is None or self.contrast is None:
+            return torch.zeros((), device=decoder.device)
+        with self._autocast():
+            embeddings = self.projector(decoder)
+        size = embeddings.shape[-2:]
+        labels = torch.cat([downsample_labels(y, size, ignore_index=_IGNORE, mode="majority",
+                                              num_classes=self.num_classes) for y in (y_l, y_u)])
+        con = self.contrast(embeddings.float(), labels, generator=self._generator(t, Stream.CONTRAST))
+        logs["contrast"] = con.detach()
+        return con
+
+    def _flow_batch(self, teacher_out: Any, out: Any, x_l: torch.Tensor, y_l: torch.Tensor,
+                    pseudo: Pseudo) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step 5's data: detached features of the labelled images (the teacher's, or the clean
+        student pass's with ``flow_labelled_source="student"``) and of the unlabelled ones (the
+        teacher's), normalised as the density sees them; labels at the density's resolution, the
+        unlabelled ones ignored (the mixture) unless ``flow_pseudo_labels``."""
+        config = self.config
+        features = teacher_out.features.detach().float()
+        if not self._teacher_on_labelled:
+            features = torch.cat([out.features[:x_l.shape[0]].detach().float(), features])
+        if config.flow_normalize:
+            features = normalize_pixels(features)
+        size = features.shape[-2:]
+        unlabelled = pseudo.labels if config.flow_pseudo_labels else torch.full_like(pseudo.labels, _IGNORE)
+        labels = torch.cat([downsample_labels(y, size, ignore_index=_IGNORE, mode="majority",
+                                              num_classes=self.num_classes, min_fraction=config.flow_label_fraction)
+                            for y in (y_l, unlabelled)])
+        return features, labels
 
     def learning_rate(self, iteration: int) -> float:
         """The student's learning rate at ``iteration`` (``config.lr`` under ``lr_schedule``).
