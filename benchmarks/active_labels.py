@@ -165,9 +165,10 @@ def _pool(config: TrainConfig, labelled: list[int]) -> tuple[Any, list[int]]:
 def _pool_scores(run: Path, train_set: Any, pool: list[int], labelled: list[int]) -> dict[str, Any]:
     """:func:`~examples.dpfr_gland.suggest.score_images` of the pool by the run's checkpoint, the
     labelled images as the density reference."""
-    from examples.dpfr_gland.suggest import _trainer, score_images
+    from examples.dpfr_gland.checkpoint import load_run
+    from examples.dpfr_gland.suggest import score_images
 
-    return score_images(_trainer(run / "checkpoint.pt", "cpu"), [train_set[i][0] for i in pool],
+    return score_images(load_run(run / "checkpoint.pt", networks=("teacher", "flow")), [train_set[i][0] for i in pool],
                         [train_set[i][0] for i in labelled])
 
 

@@ -57,3 +57,42 @@ def test_projection_head_round_trip(tmp_path):
     loaded = _round_trip(head, densessl.ProjectionHead(8, hidden_channels=16, out_channels=4), tmp_path / "p.pt")
     loaded.eval()
     assert torch.equal(loaded(x), head(x))
+
+
+def test_load_run_rebuilds_student_teacher_and_flow_of_a_resume_checkpoint_and_of_the_export(tmp_path):
+    """One loader for both files a run writes: the networks equal the trainer's, the flow scores
+    features as the trainer's flow does, and asking a file for what it lacks is a named error."""
+    import dataclasses
+
+    import pytest
+
+    from examples.dpfr_gland.checkpoint import atomic_save, inference_export, load_run
+    from examples.dpfr_gland.config import TrainConfig
+    from examples.dpfr_gland.step import Trainer
+
+    torch.manual_seed(0)
+    config = TrainConfig(method="dpfr", crop_size=32, batch_labelled=2, batch_unlabelled=2, supervised_warmup=0,
+                         rampup=0, flow_warmup=1, num_anchors=8, num_negatives=16, perturb_at="decoder")
+    trainer = Trainer(config)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        trainer.step((torch.rand(2, 3, 32, 32, generator=g), torch.randint(0, 3, (2, 32, 32), generator=g)),
+                     torch.rand(2, 3, 32, 32, generator=g))
+    atomic_save({**trainer.state_dict(), "config": dataclasses.asdict(config)}, tmp_path / "checkpoint.pt")
+    run = load_run(tmp_path / "checkpoint.pt", networks=("student", "teacher", "flow"))
+    assert run.config == config and not run.student.training and not run.flow.training
+    for mine, theirs in ((run.student, trainer.student), (run.teacher, trainer.teacher.model)):
+        assert all(torch.equal(v, theirs.state_dict()[k]) for k, v in mine.state_dict().items())
+    features = torch.randn(1, trainer.flow.channels, 4, 4)
+    trainer.flow.eval()
+    torch.testing.assert_close(run.flow.log_prob(features), trainer.flow.log_prob(features))
+    atomic_save(inference_export(trainer.student.state_dict(), dataclasses.asdict(config)), tmp_path / "model.pt")
+    export = load_run(tmp_path / "model.pt")
+    x = torch.rand(1, 3, 32, 32)
+    torch.testing.assert_close(export.student(x).logits, run.student(x).logits, atol=2e-2, rtol=0)  # float16 copy
+    with pytest.raises(ValueError, match="inference export of the student only"):
+        load_run(tmp_path / "model.pt", networks=("teacher",))
+    with pytest.raises(ValueError, match="holds no flow"):
+        load_run(tmp_path / "model.pt", networks=("flow",))
+    with pytest.raises(ValueError, match="networks must be"):
+        load_run(tmp_path / "checkpoint.pt", networks=("ema",))

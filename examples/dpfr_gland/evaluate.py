@@ -53,7 +53,7 @@ from densessl.checks import FLOAT_DTYPES, check_finite, check_int_in_range, chec
 from densessl.metrics import glas_metrics, object_dice, object_f1, object_hausdorff
 
 from .augment import IMAGENET_MEAN, IMAGENET_STD, to_tensor
-from .checkpoint import atomic_write, atomic_write_text, load_checkpoint
+from .checkpoint import atomic_write, atomic_write_text, load_checkpoint_model
 from .synthetic import draw_outlines
 from .targets import classes_to_instances
 from .tiling import STRIDE, blend_tiles, check_tiling
@@ -638,89 +638,6 @@ def save_predictions(
 
 
 # ----------------------------------------------------------------------------- checkpoints and CLI
-
-
-def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Undo wrappers' key prefixes: DDP ``module.``, ``torch.compile`` ``_orig_mod.``, EMATeacher ``model.``."""
-    state = {k: v for k, v in state.items() if k != "num_updates"}  # EMATeacher's step counter
-    changed = True
-    while changed and state:
-        changed = False
-        for prefix in ("module.", "_orig_mod.", "model."):
-            if all(k.startswith(prefix) for k in state):
-                state = {k[len(prefix) :]: v for k, v in state.items()}
-                changed = True
-    return state
-
-
-def load_checkpoint_model(
-    path: str | Path, device: str | torch.device = "cpu", weights: str = "student"
-) -> tuple[nn.Module, dict]:
-    """Build a ``CENet`` from a training checkpoint (student weights by default) in eval mode.
-
-    The checkpoint is a dict saved by ``torch.save`` and read with ``weights_only=True``:
-    ``weights`` names the state dict to load — ``"student"`` (the paper infers with the
-    student) or ``"teacher"``; a checkpoint with only ``"model"`` (an inference checkpoint)
-    loads that. DDP, ``torch.compile`` and ``EMATeacher`` key prefixes are removed.
-    ``"config"`` is a dict with at least ``backbone`` (optionally ``task`` and
-    ``semantic_classes`` for the semantic task, else ``num_classes``, default 3,
-    and ``perturb_at``).
-
-    Args:
-        path: the checkpoint file.
-        device: where to put the model.
-        weights: ``"student"`` or ``"teacher"``.
-
-    Returns:
-        ``(model, config)``.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: the checkpoint lacks a state dict or a config, or the weights do not fit
-            the network (the missing / unexpected keys are named).
-
-    Example:
-        >>> load_checkpoint_model("no/such/file.pt")
-        Traceback (most recent call last):
-        ...
-        FileNotFoundError: checkpoint no/such/file.pt does not exist
-    """
-    path = Path(path)
-    checkpoint = load_checkpoint(path, map_location="cpu")
-    if weights not in ("student", "teacher"):
-        raise ValueError(f"weights must be 'student' or 'teacher', got {weights!r}")
-    exported = checkpoint.get("weights")
-    if isinstance(exported, str) and "model" in checkpoint and weights != exported:
-        raise ValueError(f"checkpoint {path} is an inference export of the {exported} only, got weights={weights!r}; "
-                         f"use the run's checkpoint.pt for the other network")
-    key = next((k for k in (weights, "model") if isinstance(checkpoint.get(k), dict)), weights)
-    state = checkpoint.get(key)
-    config = checkpoint.get("config")
-    if not isinstance(state, dict) or not isinstance(config, dict):
-        raise ValueError(
-            f"checkpoint {path} must hold a {weights!r} (or 'model') state dict and a 'config' dict, "
-            f"got keys {sorted(checkpoint)}"
-        )
-    if "backbone" not in config:
-        raise ValueError(f"checkpoint {path} config lacks 'backbone', got keys {sorted(config)}")
-    from .model import CENet  # imported here: the rest of this module does not need the model
-
-    num_classes = int(config.get("semantic_classes", 2)) if config.get("task") == "semantic" \
-        else int(config.get("num_classes", 3))
-    kwargs = dict(num_classes=num_classes, backbone=str(config["backbone"]))
-    if "perturb_at" in config:
-        kwargs["perturb_at"] = str(config["perturb_at"])
-    model = CENet(**kwargs)
-    result = model.load_state_dict(_strip_prefixes(state), strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
-            f"checkpoint {path} ({key!r}) does not fit CENet({kwargs}): missing keys "
-            f"{result.missing_keys[:8]}{'...' if len(result.missing_keys) > 8 else ''}, unexpected keys "
-            f"{result.unexpected_keys[:8]}{'...' if len(result.unexpected_keys) > 8 else ''}"
-        )
-    if torch.device(device) != torch.device("cpu"):  # built on the CPU already
-        model = model.to(device)
-    return model.eval(), config
 
 
 def _dataset(data: str, layout: str, split: str) -> object:

@@ -170,7 +170,7 @@ def predict_file(model: nn.Module, path: str | Path, out: str | Path, tile: int 
 
     Args:
         model: a 3-class (background, interior, contour) network, e.g. from
-            :func:`~examples.dpfr_gland.evaluate.load_checkpoint_model`.
+            :func:`~examples.dpfr_gland.checkpoint.load_checkpoint_model`.
         path: the image file.
         out: the output folder (created).
         tile: tile side (a multiple of 32) of :func:`~examples.dpfr_gland.large.predict_large`.

@@ -40,32 +40,18 @@ import torch
 from densessl.functional import diverse_top_k, image_entropy, low_density_fraction, normalize_pixels, rank_combined
 
 from .augment import to_tensor
-from .checkpoint import atomic_write, load_checkpoint
-from .config import config_from_dict
+from .checkpoint import Run, atomic_write, load_run
 from .data import _images_in, read_image
 from .scale import resize_image, scaled_size
 
 
-def _trainer(path: Path, device: str) -> Any:
-    """The run's networks and flow, from its resume checkpoint (the inference export has no flow)."""
-    from .step import Trainer
-
-    state = load_checkpoint(path, map_location=device)
-    if "flow" not in state or "teacher" not in state:
-        raise ValueError(f"{path} holds no flow (keys {sorted(state)}): suggest needs the checkpoint.pt of an "
-                         f"fdp or dpfr run (the model.pt inference export keeps the student only)")
-    config = config_from_dict({k: v for k, v in state["config"].items() if not k.startswith("_")})
-    trainer = Trainer(config, device)
-    trainer.load_state_dict(state)
-    return trainer
-
-
 @torch.no_grad()
-def _image_maps(trainer: Any, image: np.ndarray, pixels: int, seed: int) -> dict[str, torch.Tensor]:
+def _image_maps(run: Run, image: np.ndarray, pixels: int, seed: int) -> dict[str, torch.Tensor]:
     """Teacher logits, per-pixel log-density and pooled features of one image."""
-    model, flow, config = trainer.teacher.model.eval(), trainer.flow.eval(), trainer.config
+    model, flow, config = run.teacher, run.flow, run.config
+    assert model is not None and flow is not None
     image = resize_image(image, scaled_size(*image.shape[:2], config.scale, minimum=min(32, *image.shape[:2])))
-    x = to_tensor(image)[None].to(trainer.device)  # at the network's scale: ranking needs no native map
+    x = to_tensor(image)[None].to(run.device)  # at the network's scale: ranking needs no native map
     h, w = x.shape[-2:]
     x = torch.nn.functional.pad(x, (0, (-w) % 32, 0, (-h) % 32), mode="replicate")
     out = model(x)
@@ -86,12 +72,13 @@ def _image_maps(trainer: Any, image: np.ndarray, pixels: int, seed: int) -> dict
             "pooled": features[0][:, inside.to(features.device)].mean(1).cpu()}
 
 
-def score_images(trainer: Any, images: Sequence[np.ndarray], reference: Sequence[np.ndarray], quantile: float = 0.05,
+def score_images(run: Run, images: Sequence[np.ndarray], reference: Sequence[np.ndarray], quantile: float = 0.05,
                  pixels: int = 4096) -> dict[str, Any]:
     """The ranking scores of ``images`` against the labelled ``reference`` images.
 
     Args:
-        trainer: a :class:`~examples.dpfr_gland.step.Trainer` holding the run (teacher and flow).
+        run: the run's teacher and flow (:func:`~examples.dpfr_gland.checkpoint.load_run` of its
+            ``checkpoint.pt`` with ``networks=("teacher", "flow")``).
         images: the unlabelled images to rank.
         reference: labelled images (their pixels' log-densities set the threshold).
         quantile: see :func:`densessl.functional.low_density_fraction`.
@@ -106,11 +93,11 @@ def score_images(trainer: Any, images: Sequence[np.ndarray], reference: Sequence
     """
     if not reference:
         raise ValueError("reference: at least one labelled image is needed")
-    ref = torch.cat([_image_maps(trainer, image, pixels, n)["sample"] for n, image in enumerate(reference)])
+    ref = torch.cat([_image_maps(run, image, pixels, n)["sample"] for n, image in enumerate(reference)])
     threshold = torch.quantile(ref.double(), quantile).item()
     low, entropy, pooled, maps = [], [], [], []
     for image in images:
-        m = _image_maps(trainer, image, pixels, 0)
+        m = _image_maps(run, image, pixels, 0)
         low.append(low_density_fraction(m["log_prob"][None], ref, quantile, mask=m["inside"][None]))
         entropy.append(image_entropy(m["logits"][None], mask=m["inside"][None]))
         pooled.append(m["pooled"])
@@ -169,16 +156,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     try:
-        trainer = _trainer(Path(args.weights), args.device)
+        run = load_run(Path(args.weights), args.device, networks=("teacher", "flow"))
         files = _images_in(Path(args.images)) if Path(args.images).is_dir() else []
         if not files:
             raise ValueError(f"--images: no image files in {args.images}")
         reference = [read_image(p) for p in _images_in(Path(args.reference))] if args.reference \
-            else _reference_images(trainer.config)
+            else _reference_images(run.config)
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))
     images = [read_image(p) for p in files]
-    scores = score_images(trainer, images, reference, quantile=args.quantile)
+    scores = score_images(run, images, reference, quantile=args.quantile)
     picks = diverse_top_k(scores["combined"], scores["pooled"], args.k, diversity=args.diversity).tolist()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
