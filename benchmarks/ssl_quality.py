@@ -259,18 +259,32 @@ def _fingerprint(config: TrainConfig) -> str:
 
 @torch.no_grad()
 def class_shares(model: torch.nn.Module, dataset: Any, config: TrainConfig) -> dict[str, dict[str, float]]:
-    """Argmax class shares of the model on the test images beside the ground truth's (contour erosion)."""
+    """Argmax class shares of the model on the test images beside the ground truth's (contour erosion).
+
+    The prediction is scored on the native grid, the truth by the training targets' own rule at the
+    network's scale (:func:`truth_shares`): both contours are ``contour_width`` network pixels wide."""
     predicted = np.zeros(NUM_CLASSES)
-    truth = np.zeros(NUM_CLASSES)
     for i in range(len(dataset)):
-        image, instances = dataset[i]
-        probs = predict_probabilities(model, image, scale=config.scale, tile=config.eval_tile,
+        probs = predict_probabilities(model, dataset[i][0], scale=config.scale, tile=config.eval_tile,
                                       overlap=config.eval_overlap)
         predicted += np.bincount(probs.argmax(0).flatten().numpy(), minlength=NUM_CLASSES)
+    return {"predicted": dict(zip(CLASS_NAMES, (predicted / predicted.sum()).tolist())),
+            "truth": truth_shares(dataset, config), "truth_grid": "network"}
+
+
+def truth_shares(dataset: Any, config: TrainConfig) -> dict[str, float]:
+    """Class shares of the test images' 3-class targets, made as the training targets are: the
+    instance map brought to the network's scale (nearest), then a ``contour_width``-pixel contour."""
+    from examples.dpfr_gland.scale import resize_labels, scaled_size
+
+    truth = np.zeros(NUM_CLASSES)
+    for i in range(len(dataset)):
+        instances = np.asarray(dataset[i][1])
+        if config.scale != 1.0:
+            instances = resize_labels(instances, scaled_size(*instances.shape[:2], config.scale))
         truth += np.bincount(instances_to_classes(instances, contour_width=config.contour_width).flatten(),
                              minlength=NUM_CLASSES)
-    return {"predicted": dict(zip(CLASS_NAMES, (predicted / predicted.sum()).tolist())),
-            "truth": dict(zip(CLASS_NAMES, (truth / truth.sum()).tolist()))}
+    return dict(zip(CLASS_NAMES, (truth / truth.sum()).tolist()))
 
 
 def _object_counts(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int, int]:
@@ -853,6 +867,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--recount", action="store_true",
                         help="(re)compute the object counts (precision / recall) of every finished run from its "
                              "model.pt (float16 student), so all rows count alike, then report")
+    parser.add_argument("--retruth", action="store_true",
+                        help="(re)compute the truth's class shares of every finished run at the network's scale "
+                             "(rows from before that rule counted the contour on the native grid), then report")
     parser.add_argument("--seeds", default="", help="comma-separated subset of the scale's seeds")
     parser.add_argument("--ratios", default="", help="comma-separated subset of the label ratios (e.g. 1/8)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -929,6 +946,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
             row["objects"] = {**object_counts(student, build_datasets(config)[1], config), "source": "model.pt"}
             atomic_write_text(path, json.dumps(row) + "\n")
             print(f"{row['name']}: precision {row['objects']['precision']:.3f} recall {row['objects']['recall']:.3f}")
+    if args.retruth:
+        for path in sorted(results.glob("*.json")):
+            row = json.loads(path.read_text())
+            if "name" not in row or row["class_shares"].get("truth_grid") == "network":
+                continue
+            config = TrainConfig(**{**dataclasses.asdict(TrainConfig()), **row["config"]})
+            row["class_shares"] = {**row["class_shares"], "truth": truth_shares(build_datasets(config)[1], config),
+                                   "truth_grid": "network"}
+            atomic_write_text(path, json.dumps(row) + "\n")
+            print(f"{row['name']}: truth contour share {row['class_shares']['truth']['contour']:.4f}")
     rows = _load_rows(results)
     summary = summarise(rows) if rows else {"cells": []}
     summary.update(scale=args.scale, split=args.split, note=scale.note, runs=len(rows), sets=args.set,

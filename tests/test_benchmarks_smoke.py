@@ -377,3 +377,20 @@ def test_object_counts_follow_the_glas_rule_on_a_hand_made_case():
     n_pred, n_gt, tp = _object_counts(half_pred, half_gt)
     assert (n_pred, n_gt, tp) == (2, 2, 1)
     assert 2 * tp / (n_pred + n_gt) == object_f1(half_pred, half_gt)
+
+
+def test_truth_class_shares_are_counted_at_the_networks_scale():
+    """The truth's contour is ``contour_width`` network pixels wide, as in training: at scale 0.5 a
+    disc's contour band holds about twice the share it would at native resolution."""
+    from benchmarks.ssl_quality import truth_shares
+    from examples.dpfr_gland.config import TrainConfig
+    from examples.dpfr_gland.targets import instances_to_classes
+
+    yy, xx = np.mgrid[:200, :200]
+    instances = ((yy - 100) ** 2 + (xx - 100) ** 2 < 60 ** 2).astype(np.int32)
+    dataset = [(np.zeros((200, 200, 3), np.uint8), instances)]
+    native = np.bincount(instances_to_classes(instances, contour_width=2).ravel(), minlength=3) / instances.size
+    at_half = truth_shares(dataset, TrainConfig(scale=0.5, contour_width=2))
+    assert truth_shares(dataset, TrainConfig(scale=1.0, contour_width=2))["contour"] == pytest.approx(native[2])
+    assert 1.7 < at_half["contour"] / native[2] < 2.3
+    assert sum(at_half.values()) == pytest.approx(1.0)
