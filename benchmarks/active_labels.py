@@ -70,7 +70,9 @@ _COMMON = dict(method="dpfr", dataset="synthetic", synthetic_preset="medium", sy
 
 
 def _config(scale: dict, seed: int, labelled: list[int], sets: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    config = TrainConfig(**{**_COMMON, **scale["config"], "seed": seed, "labelled": ",".join(map(str, sorted(labelled)))})
+    config = TrainConfig(
+        **{**_COMMON, **scale["config"], "seed": seed, "labelled": ",".join(map(str, sorted(labelled)))}
+    )
     return apply_overrides(config, list(sets))
 
 
@@ -258,8 +260,9 @@ def main(argv: list[str] | None = None) -> dict:
     plan = [(seed, "start", 0) for seed in seeds]
     plan += [(seed, s, r) for seed in seeds for r in range(1, scale["rounds"] + 1) for s in strategies]
     if not (args.report or args.rescore):
-        from examples.dpfr_gland.batches import build_datasets
         from tqdm import tqdm
+
+        from examples.dpfr_gland.batches import build_datasets
 
         bar = tqdm(plan, desc=f"active_labels {tag}", unit="run")
         for seed, strategy, round_ in bar:
@@ -382,8 +385,11 @@ def summarise(rows: list[dict]) -> dict[str, Any]:
     ranking = summarise_ranking(rows)
     paired = summarise_paired(rows)
     labels = {m: label for m, _, label in MEASURES}
-    target_table = ["| measure | random, final | combined at <= 2/3 of its labels | random − combined | combined reaches it at "
-                    "| met |", "|---|---|---|---|---|---|"]
+    target_table = [
+        "| measure | random, final | combined at <= 2/3 of its labels | random − combined | combined reaches it at "
+        "| met |",
+        "|---|---|---|---|---|---|",
+    ]
     for m, t in targets.items():
         if t is None:
             continue
@@ -436,8 +442,8 @@ def paired_table(paired: list[dict[str, Any]]) -> list[str]:
 
 def summarise_ranking(rows: list[dict]) -> list[dict[str, Any]]:
     """Per round whose scores picked images (0: the shared start runs; later rounds: the entropy,
-    density and combined runs, pooled), mean AUROC of each score for the pool's minority images and minority images in its
-    top-k, beside what random picking expects (``k`` × the pool's minority share)."""
+    density and combined runs, pooled), mean AUROC of each score for the pool's minority images
+    and minority images in its top-k, beside what random picking expects (``k`` × the pool's minority share)."""
     by_round: dict[int, list[dict]] = {}
     for row in rows:  # a random run's scores pick nothing (see _scores_pick)
         if isinstance(row.get("ranking"), dict) and (row["round"] == 0 or row["strategy"] != "random"):

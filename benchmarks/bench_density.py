@@ -55,7 +55,9 @@ def _reset_peak() -> bool:
         return False
 
 
-def _measure_memory(mode: str, channels: int, size: int, batch: int, chunk: int | None, depth: int, hidden: int) -> dict:
+def _measure_memory(
+    mode: str, channels: int, size: int, batch: int, chunk: int | None, depth: int, hidden: int
+) -> dict:
     """Runs inside the child process."""
     from densessl.density import FlowDensityHead
 
@@ -87,7 +89,9 @@ def _measure_memory(mode: str, channels: int, size: int, batch: int, chunk: int 
 def _memory_in_subprocess(**config) -> dict:
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", MALLOC_MMAP_THRESHOLD_="65536")
     cmd = [sys.executable, "-m", "benchmarks.bench_density", "--child", json.dumps(config)]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+    out = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1]
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -298,7 +302,8 @@ def main(argv: list[str] | None = None) -> dict:
     print("\nbuilt-in flow vs nflows (same architecture), forward+backward, median ms")
     print(f"{'C':>5} {'rows':>6} {'densessl':>9} {'nflows':>9} {'nflows/densessl':>16}")
     for s in speed:
-        print(f"{s['channels']:>5} {s['rows']:>6} {s['densessl_ms']:>9.1f} {s['nflows_ms']:>9.1f} {s['nflows_over_densessl']:>16.2f}")
+        print(f"{s['channels']:>5} {s['rows']:>6} {s['densessl_ms']:>9.1f} {s['nflows_ms']:>9.1f} "
+              f"{s['nflows_over_densessl']:>16.2f}")
     print(f"\nFLOPs per pixel at C={channels}: " + ", ".join(f"{k}={v / 1e6:.1f}M" for k, v in flops.items()
                                                           if k not in ("channels", "depth", "hidden", "pixels")))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

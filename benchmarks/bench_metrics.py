@@ -74,9 +74,11 @@ def synthetic_pair(size: int = 1512, objects: int = 40, seed: int = 0) -> tuple[
         turned = angle + rng.normal(0, 0.1)
         if fate < 0.2:  # split in two along a random line through the centre
             t = rng.uniform(0, math.pi)
-            _ellipse(pred, next_label, shifted, scaled, turned, keep=lambda y, x: x * math.cos(t) + y * math.sin(t) < 0)
+            _ellipse(
+                pred, next_label, shifted, scaled, turned, keep=lambda y, x, t=t: x * math.cos(t) + y * math.sin(t) < 0
+            )
             _ellipse(pred, next_label + 1, shifted, scaled, turned,
-                     keep=lambda y, x: x * math.cos(t) + y * math.sin(t) >= 0)
+                     keep=lambda y, x, t=t: x * math.cos(t) + y * math.sin(t) >= 0)
             next_label += 2
             continue
         label = next_label
@@ -144,7 +146,11 @@ def _median_time(fn, repeats: int) -> tuple[float, object]:
 def main() -> dict:
     rows = []
     pred, gt = synthetic_pair(1512)
-    info = {"size": "1512x1512", "gt_objects": int(np.unique(gt).size - 1), "pred_objects": int(np.unique(pred).size - 1)}
+    info = {
+        "size": "1512x1512",
+        "gt_objects": int(np.unique(gt).size - 1),
+        "pred_objects": int(np.unique(pred).size - 1),
+    }
     for name, fn in (("object_f1", object_f1), ("object_dice", object_dice), ("object_hausdorff", object_hausdorff)):
         t, value = _median_time(lambda fn=fn: fn(pred, gt), repeats=5)
         rows.append({**info, "metric": name, "fast_s": t, "value": value})

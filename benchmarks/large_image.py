@@ -228,7 +228,7 @@ def _child(config: dict) -> dict:
         else:
             written = []  # one id per feature, counted while the features stream to the file
 
-            def counted():
+            def counted(written=written):
                 for feature in gland_features(instances, probability):
                     written.append(feature["properties"]["id"])
                     yield feature
@@ -309,7 +309,9 @@ def main(argv: list[str] | None = None) -> dict:
             text = ", ".join(f"{k} {v['seconds_per_mp']} s/MP, anon {v['anon_peak_growth_mib']} MiB "
                              f"(HWM {v['peak_growth_mib']})" for k, v in row["stages"].items())
         else:
-            text = f"{row['seconds_per_mp']} s/MP, anon {row['anon_peak_growth_mib']} MiB (HWM {row['peak_growth_mib']})"
+            text = (
+                f"{row['seconds_per_mp']} s/MP, anon {row['anon_peak_growth_mib']} MiB (HWM {row['peak_growth_mib']})"
+            )
         tqdm.write(f"{model} {side}² {mode}: {text}")
     # the rows of this plan, then any earlier row it did not include (another --models / --sides)
     kept = {key(r): r for r in rows}
@@ -329,9 +331,11 @@ def rst_table(result: dict) -> str:
         stages = row["stages"].items() if row["mode"] == "tiled" else \
             [("predict + instances" if row["mode"] == "untiled" else "predict_file (all outputs)", row)]
         for stage, v in stages:
-            lines.append(f'   "{row["model"]}", "{row["side"]}", "{row["mode"]}", "{stage}", "{row.get("threads", "")}", '
-                         f'"{v["seconds_per_mp"]}", '
-                         f'"{v["anon_peak_growth_mib"]}", "{v["peak_growth_mib"]}", "{row.get("glands", "")}"')
+            lines.append(
+                f'   "{row["model"]}", "{row["side"]}", "{row["mode"]}", "{stage}", "{row.get("threads", "")}", '
+                f'"{v["seconds_per_mp"]}", '
+                f'"{v["anon_peak_growth_mib"]}", "{v["peak_growth_mib"]}", "{row.get("glands", "")}"'
+            )
     return "\n".join(lines) + "\n"
 
 

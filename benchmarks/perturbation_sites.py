@@ -41,8 +41,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import densessl
-from densessl.functional import downsample_labels, flatten_pixels, normalize_pixels
 from benchmarks._io import write_result
+from densessl.functional import downsample_labels, flatten_pixels, normalize_pixels
 from examples.dpfr_gland.batches import ViewDataset, build_datasets
 from examples.dpfr_gland.checkpoint import load_checkpoint
 from examples.dpfr_gland.config import load_config
@@ -240,11 +240,20 @@ def main(argv: list[str] | None = None) -> dict:
         tqdm.write(f"{site:>17} {variant:>11}: CE clean {mean['clean']['ce']:.4f} density {mean['density']['ce']:.4f} "
                    f"random {mean['random']['ce']:.4f} opposite {mean['opposite']['ce']:.4f}; flips "
                    f"{100 * mean['density']['flips']:.2f}% / {100 * mean['random']['flips']:.2f}%")
-    result = {"torch": torch.__version__, "iterations": args.iterations, "flow_steps": args.flow_steps,
-              "xi": args.xi, "relative": args.relative, "flow_hidden": args.flow_hidden, "batches": args.batches, "batch_size": config.batch_unlabelled,
-              "seconds": round(time.perf_counter() - started), "rows": rows}
-    print(f"\nxi = {args.xi}{' x ||f||' if args.relative else ''} per pixel; student (mean_teacher, {args.iterations} it) vs the teacher's argmax on "
-          f"{args.batches} held-out unlabelled batches")
+    result = {
+        "torch": torch.__version__,
+        "iterations": args.iterations,
+        "flow_steps": args.flow_steps,
+        "xi": args.xi,
+        "relative": args.relative,
+        "flow_hidden": args.flow_hidden,
+        "batches": args.batches,
+        "batch_size": config.batch_unlabelled,
+        "seconds": round(time.perf_counter() - started),
+        "rows": rows,
+    }
+    print(f"\nxi = {args.xi}{' x ||f||' if args.relative else ''} per pixel; student (mean_teacher, "
+          f"{args.iterations} it) vs the teacher's argmax on {args.batches} held-out unlabelled batches")
     print(f"{'site':>17} {'variant':>11} {'|f|':>6} {'CE clean':>9} {'CE dens':>8} {'CE rand':>8} {'CE opp':>8} "
           f"{'margin c/d/r':>17} {'max|dl| d/r':>13} {'flips% d/r':>12}")
     for r in rows:

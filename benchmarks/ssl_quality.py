@@ -55,7 +55,6 @@ from examples.dpfr_gland.augment import to_tensor
 from examples.dpfr_gland.batches import build_datasets
 from examples.dpfr_gland.checkpoint import atomic_write_text
 from examples.dpfr_gland.config import METHODS, TrainConfig, apply_overrides
-from examples.dpfr_gland.config import load_config
 from examples.dpfr_gland.evaluate import predict_instances, predict_probabilities
 from examples.dpfr_gland.plots import smooth
 from examples.dpfr_gland.targets import NUM_CLASSES, instances_to_classes
@@ -214,9 +213,21 @@ def _config(spec: RunSpec, scale: Scale, split: str, sets: Sequence[str] = (),
 
 # Config fields that only some methods read: a finished run is reused when every field its method
 # reads is unchanged (a change of the pseudo labels does not re-run ``supervised``).
-_SEMI_ONLY = {"ema_decay", "threshold", "pseudo_labels", "min_class_keep", "distribution_alignment", "alignment_momentum",
-              "unsup_class_balance",
-              "unsup_weight", "teacher_buffers", "batch_unlabelled", "cutmix", "supervised_warmup", "rampup"}
+_SEMI_ONLY = {
+    "ema_decay",
+    "threshold",
+    "pseudo_labels",
+    "min_class_keep",
+    "distribution_alignment",
+    "alignment_momentum",
+    "unsup_class_balance",
+    "unsup_weight",
+    "teacher_buffers",
+    "batch_unlabelled",
+    "cutmix",
+    "supervised_warmup",
+    "rampup",
+}
 _FDP_ONLY = {"alpha_perturbed", "xi", "xi_relative", "perturb_at", "flow_warmup", "flow_depth", "flow_hidden",
              "flow_lr", "flow_grad_clip", "flow_pixels", "flow_noise", "flow_normalize", "flow_labelled_source",
              "flow_pseudo_labels", "flow_label_fraction", "perturb_direction"}
@@ -501,12 +512,24 @@ def real_tables(rows: Sequence[dict], summary: dict) -> list[tuple[str, list[str
         curve = sorted([c for c in cells if c["preset"] == preset and c["group"] == "curve"],
                        key=lambda c: _ratio(c["label_ratio"]))
         if curve:
-            out.append((f"{preset}: supervised learning curve (student, pooled, {part} part, mean ± std over seeds)",
-                        ["labels", "seeds", "O.F1", "O.Dice", "O.HD", "pixel Dice", "contour share (truth)"],
-                        [[c["label_ratio"], str(len(c["seeds"])), _fmt(c["student"]["pooled_f1"]),
-                          _fmt(c["student"]["pooled_dice"]), _fmt(c["student"]["pooled_hausdorff"], 1),
-                          _fmt(c["student"]["pixel_dice"]), f"{_fmt(c['contour_share'])} ({c['contour_share_truth']:.3f})"]
-                         for c in curve]))
+            out.append(
+                (
+                    f"{preset}: supervised learning curve (student, pooled, {part} part, mean ± std over seeds)",
+                    ["labels", "seeds", "O.F1", "O.Dice", "O.HD", "pixel Dice", "contour share (truth)"],
+                    [
+                        [
+                            c["label_ratio"],
+                            str(len(c["seeds"])),
+                            _fmt(c["student"]["pooled_f1"]),
+                            _fmt(c["student"]["pooled_dice"]),
+                            _fmt(c["student"]["pooled_hausdorff"], 1),
+                            _fmt(c["student"]["pixel_dice"]),
+                            f"{_fmt(c['contour_share'])} ({c['contour_share_truth']:.3f})",
+                        ]
+                        for c in curve
+                    ],
+                )
+            )
         ceiling = next((c for c in curve if _ratio(c["label_ratio"]) == 1), None)
         mine = [r for r in rows if r["preset"] == preset]
         for ratio in MAIN_RATIOS:
@@ -529,7 +552,7 @@ def real_tables(rows: Sequence[dict], summary: dict) -> list[tuple[str, list[str
                     top, low = ceiling["student"]["pooled_f1"]["mean"], base["student"]["pooled_f1"]["mean"]
                     gap = f"{(f1['mean'] - low) / (top - low):+.0%}"
 
-                def diff(against: Sequence[dict]) -> str:
+                def diff(against: Sequence[dict], members: list[dict] = members) -> str:
                     d = None if not against or members == list(against) else paired_difference(members, against)
                     if d is None:
                         return "-"
@@ -569,7 +592,7 @@ def _pseudo_table(preset: str, mine: Sequence[dict], cells: Sequence[dict],
     for c in sorted(rules, key=lambda c: (c["method"] != "supervised", order.get(c["extra"].get("pseudo_labels"), 0))):
         mine_c = members(c)
 
-        def diff(against: Sequence[dict]) -> str:
+        def diff(against: Sequence[dict], mine_c: list[dict] = mine_c) -> str:
             d = None if not against or mine_c == list(against) else paired_difference(mine_c, against)
             return "-" if d is None else f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] ({d['wins']}/{d['n']})"
 
@@ -671,9 +694,9 @@ def table_data(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
 def tables(summary: dict, rows: Sequence[dict] = ()) -> str:
     """The study's tables in Markdown (the real presets' too when the per-run ``rows`` are given)."""
     lines = []
-    for title, header, rows in table_data(summary) + real_tables(rows, summary):
+    for title, header, body in table_data(summary) + real_tables(rows, summary):
         lines += [f"\n**{title}**\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        lines += ["| " + " | ".join(row) + " |" for row in body]
     return "\n".join(lines) + "\n"
 
 
@@ -684,9 +707,9 @@ def rst_tables(summary: dict, rows: Sequence[dict] = (), real: bool = False) -> 
         return '"' + cell.replace('"', '""') + '"'
 
     parts = []
-    for title, header, rows in (real_tables(rows, summary) if real else table_data(summary)):
+    for title, header, body in (real_tables(rows, summary) if real else table_data(summary)):
         parts.append(f".. csv-table:: {title}\n   :header: {', '.join(quote(h) for h in header)}\n")
-        parts += [f"   {', '.join(quote(cell) for cell in row)}" for row in rows]
+        parts += [f"   {', '.join(quote(cell) for cell in row)}" for row in body]
         parts.append("")
     return "\n".join(parts) + "\n"
 
@@ -786,7 +809,9 @@ def figures(rows: Sequence[dict], summary: dict, folder: Path, title: str) -> li
     if any(c["group"] == "ratio" for c in ratio):
         fig, ax = plt.subplots(figsize=(5, 3.5), layout="constrained")
         for method in ("mean_teacher", "dpfr"):
-            pts = sorted(((_ratio(c["label_ratio"]), c["student"]["pooled_f1"]) for c in ratio if c["method"] == method))
+            pts = sorted(
+                ((_ratio(c["label_ratio"]), c["student"]["pooled_f1"]) for c in ratio if c["method"] == method)
+            )
             ax.errorbar([p for p, _ in pts], [s["mean"] for _, s in pts], yerr=[s["std"] for _, s in pts],
                         marker="o", capsize=3, label=method, color=_colour(method))
         ax.set_xscale("log", base=2)
@@ -834,8 +859,11 @@ def figures(rows: Sequence[dict], summary: dict, folder: Path, title: str) -> li
             xy, y = np.asarray(r["features"]["xy"]), np.asarray(r["features"]["labels"])
             for c, name in enumerate(CLASS_NAMES):
                 ax.scatter(xy[y == c, 0], xy[y == c, 1], s=4, alpha=0.6, label=name)
-            ax.set_title(f"{r['method']}: PCA of decoder features\n(nearest class mean "
-                         f"{r['features']['separation']:.2f}, 2-D explains {r['features']['explained']:.0%})", fontsize=9)
+            ax.set_title(
+                f"{r['method']}: PCA of decoder features\n(nearest class mean "
+                f"{r['features']['separation']:.2f}, 2-D explains {r['features']['explained']:.0%})",
+                fontsize=9,
+            )
             ax.set_xticks([])
             ax.set_yticks([])
         axes[0, 0].legend(fontsize=7, markerscale=3)
@@ -855,9 +883,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--scale", choices=sorted(SCALES), default="cpu")
     parser.add_argument("--split", choices=sorted(DATA_SEEDS), default="test",
                         help="which generator seeds to train and score on (validation: for tuning)")
-    parser.add_argument("--groups", default="main,control,ratio,sweep,curve",
-                        help="comma-separated subset of main,control,ratio,sweep,curve,pseudo (pseudo: the pseudo-label "
-                             "rules, for --split validation)")
+    parser.add_argument(
+        "--groups",
+        default="main,control,ratio,sweep,curve",
+        help="comma-separated subset of main,control,ratio,sweep,curve,pseudo (pseudo: the pseudo-label "
+        "rules, for --split validation)",
+    )
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the methods")
     parser.add_argument("--presets", default="", help="comma-separated subset of the scale's presets, real ones "
                                                        f"({', '.join(REAL_CONFIGS)}) included")

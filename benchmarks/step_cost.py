@@ -147,7 +147,9 @@ def _wall_times(reps: int) -> dict:
             if rep:  # the first round warms up (and switches the perturbation on)
                 times[method].append(time.perf_counter() - start)
     med = {m: statistics.median(t) for m, t in times.items()}
-    return {m: {"ms": round(1e3 * v, 1), "over_mean_teacher": round(v / med["mean_teacher"], 3)} for m, v in med.items()}
+    return {
+        m: {"ms": round(1e3 * v, 1), "over_mean_teacher": round(v / med["mean_teacher"], 3)} for m, v in med.items()
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -181,10 +183,15 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'method':>17} {'TFLOP':>8} {'x MT':>6} {'demo ms':>8} {'x MT':>6} {'peak MiB':>9}")
     for m in flops:
         wall = walls.get(m, {"ms": float("nan"), "over_mean_teacher": float("nan")})
-        print(f"{m:>17} {flops[m]['extrapolated'] / 1e12:>8.2f} {flops[m]['over_mean_teacher']:>6.3f} "
-              f"{wall['ms']:>8.1f} {wall['over_mean_teacher']:>6.3f} {str(memory.get(m, {}).get('peak_growth_mib')):>9}")
-    print("\ndpfr's extra parts (TFLOP at the same batch): " + ", ".join(f"{k} {v / 1e12:.3f}" for k, v in parts.items()))
-    print(f"inference: student {inference['eval_model'] / 1e9:.1f} GFLOP, plain CE-Net {inference['plain_cenet'] / 1e9:.1f}")
+        print(
+            f"{m:>17} {flops[m]['extrapolated'] / 1e12:>8.2f} {flops[m]['over_mean_teacher']:>6.3f} "
+            f"{wall['ms']:>8.1f} {wall['over_mean_teacher']:>6.3f} {str(memory.get(m, {}).get('peak_growth_mib')):>9}"
+        )
+    print(
+        "\ndpfr's extra parts (TFLOP at the same batch): " + ", ".join(f"{k} {v / 1e12:.3f}" for k, v in parts.items())
+    )
+    print(f"inference: student {inference['eval_model'] / 1e9:.1f} GFLOP, "
+          f"plain CE-Net {inference['plain_cenet'] / 1e9:.1f}")
     if not args.quick:
         write_result(RESULTS, result)
     return result

@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> dict:
                               min_size=config["min_size"], dilation=config["contour_width"],
                               scale=float(config.get("scale", 1.0)))
             row[weights] = {k: scores[k] for k in KEYS}
-        row["config"] = {k: config.get(k) for k in ("xi", "xi_relative", "perturb_at", "teacher_buffers", "flow_hidden")}
+        row["config"] = {
+            k: config.get(k) for k in ("xi", "xi_relative", "perturb_at", "teacher_buffers", "flow_hidden")
+        }
         rows.append(row)
         print(f"{run}: student " + " / ".join(f"{row['student'][k]:.3f}" for k in KEYS)
               + "  teacher " + " / ".join(f"{row['teacher'][k]:.3f}" for k in KEYS), flush=True)

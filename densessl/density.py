@@ -9,6 +9,7 @@ pixels and the log-det is exact per pixel) whose base distribution is a
 from __future__ import annotations
 
 import contextlib
+import typing
 from collections.abc import Iterator
 
 import torch
@@ -24,10 +25,10 @@ from ._checks import (
     check_same_spatial,
     check_tensor,
 )
-from .utils import eval_mode
 from .flows import ActNorm, InvertibleLinear, ZukoTransform, _is_zuko_lazy_transform, fixed_lu_weights, glow_flow
 from .functional._density import _mixture_log_prob, diagonal_normal_log_prob, mixture_log_prob, mixture_posterior
 from .functional._pixels import flatten_pixels, unflatten_pixels
+from .utils import eval_mode
 
 __all__ = ["FlowDensityHead", "GaussianMixturePrior"]
 
@@ -296,7 +297,7 @@ class FlowDensityHead(nn.Module):
                     f"(the nflows Transform interface), got {type(transform).__name__}"
                 )
             _check_transform(transform, self.channels)
-        self.transform = transform
+        self.transform: typing.Any = transform  # an nn.Module with forward and inverse (checked above)
         self.prior = GaussianMixturePrior(self.num_classes, self.channels, learn_scales, learn_weights)
 
     # -- plumbing -------------------------------------------------------------------
@@ -351,7 +352,9 @@ class FlowDensityHead(nn.Module):
         with torch.no_grad():
             self.transform(rows[::stride], None)
 
-    def _transform_rows(self, rows: torch.Tensor, used: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _transform_rows(
+        self, rows: torch.Tensor, used: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         n = rows.shape[0]
         actnorms = [m for m in self.transform.modules() if isinstance(m, ActNorm)]
         if self.training and _uninitialized(self.transform):

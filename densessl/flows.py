@@ -17,6 +17,7 @@ References:
 from __future__ import annotations
 
 import contextlib
+import typing
 from collections.abc import Iterable, Iterator, Sequence
 
 import torch
@@ -136,7 +137,7 @@ class ActNorm(nn.Module):
         self._init_allowed = True
 
     def _load_from_state_dict(self, *args: object, **kwargs: object) -> None:
-        super()._load_from_state_dict(*args, **kwargs)  # type: ignore[arg-type]
+        super()._load_from_state_dict(*args, **kwargs)
         self._known_initialized = False
 
     def is_initialized(self) -> bool:
@@ -425,9 +426,13 @@ class AffineCoupling(nn.Module):
             nn.ReLU(),
             nn.Linear(self.hidden, 2 * out),
         )
-        last = self.conditioner[-1]
+        last = typing.cast(nn.Linear, self.conditioner[-1])
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        return typing.cast(nn.Linear, self.conditioner[0]).weight.dtype
 
     def _scale_shift(self, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raw_scale, shift = self.conditioner(x1).chunk(2, dim=1)
@@ -435,7 +440,7 @@ class AffineCoupling(nn.Module):
 
     def forward(self, inputs: torch.Tensor, context: object = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``y2 = x2 * exp(s(x1)) + t(x1)``; ``y1 = x1``."""
-        rows = _check_rows(inputs, self.features, self.conditioner[0].weight.dtype)
+        rows = _check_rows(inputs, self.features, self._dtype)
         x1, x2 = rows[:, : self.split], rows[:, self.split :]
         log_scale, shift = self._scale_shift(x1)
         outputs = torch.cat([x1, x2 * torch.exp(log_scale) + shift], dim=1)
@@ -443,7 +448,7 @@ class AffineCoupling(nn.Module):
 
     def inverse(self, inputs: torch.Tensor, context: object = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``x2 = (y2 - t(y1)) * exp(-s(y1))``; ``x1 = y1``."""
-        rows = _check_rows(inputs, self.features, self.conditioner[0].weight.dtype)
+        rows = _check_rows(inputs, self.features, self._dtype)
         y1, y2 = rows[:, : self.split], rows[:, self.split :]
         log_scale, shift = self._scale_shift(y1)
         outputs = torch.cat([y1, (y2 - shift) * torch.exp(-log_scale)], dim=1)
@@ -503,7 +508,7 @@ class FlowSequence(nn.Module):
         rows = check_tensor("inputs", inputs, ndim=2, dims="[N, C]", dtypes=FLOAT_DTYPES)
         total = rows.new_zeros(rows.shape[0])
         for transform in reversed(self.transforms):
-            rows, logabsdet = transform.inverse(rows, context)
+            rows, logabsdet = typing.cast(typing.Any, transform).inverse(rows, context)
             total = total + logabsdet
         return rows, total
 
@@ -550,8 +555,8 @@ def fixed_lu_weights(layers: Sequence[InvertibleLinear], weights: Sequence[torch
             layer._fixed_weight = w
         yield
     finally:
-        for layer, w in zip(layers, saved):
-            layer._fixed_weight = w
+        for layer, old in zip(layers, saved):
+            layer._fixed_weight = old
 
 
 class ZukoTransform(nn.Module):
@@ -592,11 +597,11 @@ class ZukoTransform(nn.Module):
             raise TypeError(f"transform must be an nn.Module (a zuko LazyTransform), got {type(transform).__name__}")
         self.lazy = transform
 
-    def _built(self, context: object) -> object:
+    def _built(self, context: object) -> typing.Any:
         return self.lazy() if context is None else self.lazy(context)
 
     @staticmethod
-    def _call(t: object, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _call(t: typing.Any, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if hasattr(t, "call_and_ladj"):
             return t.call_and_ladj(rows)
         y = t(rows)  # a plain torch.distributions.Transform

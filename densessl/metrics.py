@@ -149,8 +149,8 @@ def _relabel(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         present[0] = True
         lut = (np.cumsum(present) - 1).astype(np.int32)
         return lut[x], counts[present]
-    values, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
-    inverse = inverse.astype(np.int32).reshape(x.shape)
+    values, unique_inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
+    inverse: np.ndarray = unique_inverse.astype(np.int32).reshape(x.shape)
     if values[0] != 0:
         inverse += 1
         counts = np.concatenate([[0], counts])

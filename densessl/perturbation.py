@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from ._checks import check_features, check_labels, check_number, check_same_spatial
-from .utils import eval_mode
 from .functional._perturbation import density_perturbation
+from .utils import eval_mode
 
 __all__ = ["DensityPerturbation"]
 
@@ -192,7 +192,8 @@ class DensityPerturbation(nn.Module):
         check_features("features", features)
         if labels is not None:
             labels = check_labels("labels", labels, ignore_index=None)
-        density, head = self.density, self.head
+        density: Any = self.density  # any object with log_prob (duck-typed, see the class docstring)
+        head = self.head
         if density is None:
             raise RuntimeError("DensityPerturbation has no density (it is not pickled with the module): "
                                "set it again with perturb.density = model")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -126,7 +127,7 @@ class EMATeacher(nn.Module):
 
     @staticmethod
     def _paired(
-        kind: str, teacher: list[tuple[str, torch.Tensor]], student: list[tuple[str, torch.Tensor]]
+        kind: str, teacher: Sequence[tuple[str, torch.Tensor]], student: Sequence[tuple[str, torch.Tensor]]
     ) -> None:
         """Raise a ``ValueError`` naming the first mismatch between two (name, tensor) lists."""
         t_names, s_names = [n for n, _ in teacher], [n for n, _ in student]

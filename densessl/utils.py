@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import typing
 from collections.abc import Iterator
 
 from torch import nn
@@ -69,6 +70,6 @@ def unwrap_model(model: nn.Module) -> nn.Module:
         if isinstance(model, wrappers):
             model = model.module
         elif isinstance(model, nn.Module) and isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
+            model = typing.cast(nn.Module, model._orig_mod)
         else:
             return model

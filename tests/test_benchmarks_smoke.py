@@ -171,8 +171,10 @@ def test_paired_difference_is_paired_by_seed_and_its_interval_holds_the_estimate
     for row in base:
         for counts in row["objects"]["per_image"]:
             counts[2] = min(counts[2], counts[0], counts[1])
-    better = [{"seed": r["seed"], "objects": {"per_image": [[p, g, min(p, g)] for p, g, _ in r["objects"]["per_image"]]}}
-              for r in base]
+    better = [
+        {"seed": r["seed"], "objects": {"per_image": [[p, g, min(p, g)] for p, g, _ in r["objects"]["per_image"]]}}
+        for r in base
+    ]
     d = paired_difference(better, base)
     assert d["n"] == 3 and d["wins"] == 3 and d["low"] <= d["mean"] <= d["high"] and d["low"] > 0
     assert paired_difference(base, base)["mean"] == 0.0

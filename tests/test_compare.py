@@ -56,9 +56,9 @@ def test_every_run_writes_a_small_inference_export_that_predicts_like_the_studen
     import numpy as np
     import torch
 
+    from examples.dpfr_gland.augment import to_tensor
     from examples.dpfr_gland.batches import build_datasets
     from examples.dpfr_gland.evaluate import load_checkpoint_model, predict
-    from examples.dpfr_gland.augment import to_tensor
     from examples.dpfr_gland.loop import train
 
     config = TrainConfig(**{**TINY, "method": "dpfr"})

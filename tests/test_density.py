@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from flow_helpers import perturb_parameters
 from scipy import stats
 from scipy.special import logsumexp
 
@@ -16,7 +17,6 @@ import densessl
 from densessl.density import FlowDensityHead, GaussianMixturePrior
 from densessl.flows import ActNorm, FlowSequence, Permutation, glow_flow
 from densessl.functional import diagonal_normal_log_prob, flatten_pixels, mixture_log_prob, mixture_posterior
-from flow_helpers import perturb_parameters
 
 
 def _identity_head(c: int, k: int, **kwargs) -> FlowDensityHead:
@@ -37,7 +37,9 @@ def test_diagonal_normal_log_prob_matches_torch_distributions() -> None:
     # float32 at D = 512 stays accurate despite the expanded quadratic form
     z32, m32 = torch.randn(4, 512), torch.randn(2, 512)
     ref32 = torch.distributions.Normal(m32.double()[None], 1.0).log_prob(z32.double()[:, None]).sum(-1)
-    torch.testing.assert_close(diagonal_normal_log_prob(z32, m32, torch.zeros(2, 512)).double(), ref32, rtol=1e-5, atol=1e-2)
+    torch.testing.assert_close(
+        diagonal_normal_log_prob(z32, m32, torch.zeros(2, 512)).double(), ref32, rtol=1e-5, atol=1e-2
+    )
 
 
 def test_mixture_functions_bad_shapes() -> None:
@@ -75,7 +77,9 @@ def test_class_conditional_marginal_and_ignore_semantics() -> None:
     x = torch.tensor([[0.5, -0.3], [2.0, 0.0], [-1.0, 3.0], [1.0, 1.0]], dtype=torch.float64)
     features = x.T.reshape(1, 2, 2, 2)  # [B=1, C=2, H=2, W=2], pixels in row-major order
     labels = torch.tensor([[[0, 1], [255, 2]]])
-    comp = np.stack([stats.multivariate_normal(means[k], np.diag(scales[k] ** 2)).logpdf(x.numpy()) for k in range(3)], 1)
+    comp = np.stack(
+        [stats.multivariate_normal(means[k], np.diag(scales[k] ** 2)).logpdf(x.numpy()) for k in range(3)], 1
+    )
     marginal = logsumexp(comp + np.log(weights), axis=1)
     expected = np.array([comp[0, 0], comp[1, 1], marginal[2], comp[3, 2]])
     got = head.log_prob(features, labels).reshape(-1).detach().numpy()
@@ -142,10 +146,14 @@ def test_log_prob_is_the_change_of_variables_by_autograd_jacobian_and_scipy() ->
     features = torch.randn(2, c, 3, 3, dtype=torch.float64) * 2
     rows = flatten_pixels(features)
     z = head.transform(rows)[0].detach().numpy()
-    jac_logdet = np.array([
-        torch.linalg.slogdet(torch.autograd.functional.jacobian(lambda v: head.transform(v[None])[0][0], r)).logabsdet.item()
-        for r in rows
-    ])
+    jac_logdet = np.array(
+        [
+            torch.linalg.slogdet(
+                torch.autograd.functional.jacobian(lambda v: head.transform(v[None])[0][0], r)
+            ).logabsdet.item()
+            for r in rows
+        ]
+    )
     means = head.prior.means.detach().numpy()
     scales = head.prior.log_scales.detach().exp().numpy()
     log_pi = torch.log_softmax(head.prior.mixture_logits.detach(), 0).numpy()
@@ -156,7 +164,9 @@ def test_log_prob_is_the_change_of_variables_by_autograd_jacobian_and_scipy() ->
     labels = torch.randint(0, k, (2, 3, 3))
     labels[0, 0, 0] = 255
     flat = labels.reshape(-1).numpy()
-    cond = np.where(flat == 255, expected_marginal, per_class[np.arange(flat.size), np.minimum(flat, k - 1)] + jac_logdet)
+    cond = np.where(
+        flat == 255, expected_marginal, per_class[np.arange(flat.size), np.minimum(flat, k - 1)] + jac_logdet
+    )
     np.testing.assert_allclose(head.log_prob(features, labels).reshape(-1).detach().numpy(), cond,
                                rtol=1e-9, atol=1e-9)
 
@@ -483,7 +493,9 @@ def test_mixture_weights_learn_from_labelled_pixels_and_posterior_is_bayes() -> 
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
     # log_prob(x, y) stays the class-conditional density: no log pi_y in it
     cond = head.log_prob(probe, torch.ones(1, 3, 4, dtype=torch.long))
-    expected_cond = scipy_stats.norm(means[1], scales[1]).logpdf(z).sum(1) + head(probe)[1].reshape(-1).double().detach().numpy()
+    expected_cond = (
+        scipy_stats.norm(means[1], scales[1]).logpdf(z).sum(1) + head(probe)[1].reshape(-1).double().detach().numpy()
+    )
     np.testing.assert_allclose(cond.reshape(-1).double().detach().numpy(), expected_cond, rtol=1e-5, atol=1e-4)
 
 

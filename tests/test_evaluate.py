@@ -30,7 +30,6 @@ from examples.dpfr_gland.evaluate import (
     predict_instances,
     save_predictions,
 )
-from examples.dpfr_gland.synthetic import draw_outlines
 from examples.dpfr_gland.targets import classes_to_instances, instances_to_classes
 
 
@@ -234,7 +233,7 @@ def _disc_dataset() -> list[tuple[np.ndarray, np.ndarray]]:
 
 def test_evaluate_a_perfect_model_scores_one_one_zero():
     data = _disc_dataset()
-    for image, gt in data:  # precondition: the targets round trip is exact for discs
+    for _image, gt in data:  # precondition: the targets round trip is exact for discs
         assert np.array_equal(classes_to_instances(instances_to_classes(gt), min_size=16, dilation=2) > 0, gt > 0)
     scores = evaluate(_Perfect(), data, tile=32, overlap=8, min_size=16, dilation=2)
     assert scores["num_images"] == 3

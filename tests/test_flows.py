@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from flow_helpers import perturb_parameters
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,7 +22,6 @@ from densessl.flows import (
     glow_flow,
 )
 from densessl.functional import soft_clamp
-from flow_helpers import perturb_parameters
 
 
 def _jacobian_logdets(transform, x: torch.Tensor) -> torch.Tensor:

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from examples.dpfr_gland.augment import to_tensor
-from examples.dpfr_gland.tiling import tile_starts as _starts
 from examples.dpfr_gland.large import ArrayRegions, predict_large, window_weights
+from examples.dpfr_gland.tiling import tile_starts as _starts
 
 
 def _image(h, w, seed=0):
@@ -21,7 +21,12 @@ def _image(h, w, seed=0):
 
 
 @settings(max_examples=12, deadline=None)
-@given(st.integers(20, 150), st.integers(20, 150), st.sampled_from([32, 64]), st.sampled_from(["gaussian", "cosine", "uniform"]))
+@given(
+    st.integers(20, 150),
+    st.integers(20, 150),
+    st.sampled_from([32, 64]),
+    st.sampled_from(["gaussian", "cosine", "uniform"]),
+)
 def test_a_per_pixel_model_gives_the_untiled_result_exactly(h, w, tile, window):
     torch.manual_seed(0)
     model = torch.nn.Conv2d(3, 3, kernel_size=1)
@@ -54,7 +59,9 @@ def _naive(model, image, tile, overlap, window):
 @pytest.mark.parametrize("window", ["gaussian", "cosine", "uniform"])
 def test_streamed_bands_equal_a_full_image_accumulator(window):
     torch.manual_seed(1)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 5, padding=2), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 5, padding=2))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 5, padding=2), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 5, padding=2)
+    )
     image = _image(150, 210, seed=2)
     probability = np.zeros((150, 210), np.float32)
     classes = predict_large(model, image, tile=64, overlap=24, window=window, batch_size=3, probability_out=probability)
@@ -89,7 +96,9 @@ def test_gaussian_blending_has_no_seam_where_a_uniform_average_has_one():
     class Positional(torch.nn.Module):
         def forward(self, x):
             ramp = torch.linspace(-2, 2, x.shape[-1])
-            return torch.stack([ramp.expand(x.shape[-2], -1), torch.zeros(x.shape[-2:]), -ramp.expand(x.shape[-2], -1)])[None].repeat(x.shape[0], 1, 1, 1)
+            return torch.stack(
+                [ramp.expand(x.shape[-2], -1), torch.zeros(x.shape[-2:]), -ramp.expand(x.shape[-2], -1)]
+            )[None].repeat(x.shape[0], 1, 1, 1)
 
     image = _image(64, 256)
     jumps = {}

@@ -12,9 +12,9 @@ from examples.dpfr_gland.config import TrainConfig
 from examples.dpfr_gland.data import read_instances, write_image
 from examples.dpfr_gland.evaluate import load_checkpoint_model, predict_instances
 from examples.dpfr_gland.large import predict_large
-from examples.dpfr_gland.targets import classes_to_instances
 from examples.dpfr_gland.loop import train
 from examples.dpfr_gland.synthetic import SyntheticGlands
+from examples.dpfr_gland.targets import classes_to_instances
 
 
 @pytest.fixture(scope="module")

@@ -112,7 +112,9 @@ def test_pixel_weights_scale_each_pixels_loss_and_keep_the_mean_over_used_pixels
                                masked_cross_entropy(logits, labels))
     got.backward()
     assert logits.grad is not None and torch.isfinite(logits.grad).all()
-    with pytest.raises(ValueError, match=r"pixel_weight must have the labels' shape \(2, 4, 5\), got shape \(2, 4, 6\)"):
+    with pytest.raises(
+        ValueError, match=r"pixel_weight must have the labels' shape \(2, 4, 5\), got shape \(2, 4, 6\)"
+    ):
         masked_cross_entropy(logits, labels, pixel_weight=torch.ones(2, 4, 6))
     with pytest.raises(ValueError, match=r"pixel_weight must lie in \[0, 1\]"):
         masked_cross_entropy(logits, labels, pixel_weight=torch.full((2, 4, 5), 1.5))

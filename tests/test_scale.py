@@ -116,7 +116,9 @@ def test_instances_at_half_scale_score_on_the_native_grid_against_the_native_lab
     pred = predict_instances(model, image, tile=64, scale=0.5, min_size=4, dilation=2)
     assert pred.shape == instances.shape
     scores = evaluate(model, [(image, instances)], tile=64, scale=0.5, min_size=4, dilation=2)
-    assert scores["pooled_f1"] == 1.0 and scores["pooled_dice"] > 0.97 and scores["pooled_hausdorff"] <= 3.0  # about a network pixel (2 native)
+    assert (
+        scores["pooled_f1"] == 1.0 and scores["pooled_dice"] > 0.97 and scores["pooled_hausdorff"] <= 3.0
+    )  # about a network pixel (2 native)
     # the same glands scored at the scale (not mapped back) would be a different, smaller grid
     assert len(np.unique(pred)) == len(np.unique(instances))
 
@@ -211,7 +213,7 @@ def test_the_generator_writes_glands_of_glas_size_at_glas_image_size(tmp_path):
 
     def median_area(root):
         areas = []
-        for image, instances in GlaSDataset(root, "train"):
+        for image, instances in GlaSDataset(root, "train"):  # noqa: B007 (the last image's shape is returned)
             counts = np.bincount(instances.ravel())[1:]
             areas += counts[counts > 0].tolist()
         return float(np.median(areas)), image.shape

@@ -11,8 +11,8 @@ from PIL import Image
 
 from densessl.metrics import mean_iou, pixel_dice, pixel_f1
 from examples.dpfr_gland import train as T
-from examples.dpfr_gland.evaluate import evaluate_semantic, load_checkpoint_model, predict
 from examples.dpfr_gland.augment import to_tensor
+from examples.dpfr_gland.evaluate import evaluate_semantic, load_checkpoint_model, predict
 from examples.dpfr_gland.targets import semantic_targets
 
 TINY = dict(task="semantic", synthetic_size=64, synthetic_train=6, synthetic_test=2, crop_size=64, iterations=3,
@@ -80,11 +80,29 @@ def test_pgland_style_folder_with_0_255_masks_trains_and_predicts(tmp_path):
             Image.fromarray(image).save(tmp_path / split / "images" / f"g{i}.png")
             Image.fromarray(((instances > 0) * 255).astype(np.uint8)).save(tmp_path / split / "masks" / f"g{i}.png")
     config = T.load_config(T.__file__.replace("train.py", "configs/pgland_full.json"))
-    config = T.apply_overrides(config, [f"data={tmp_path / 'train'}", f"test_data={tmp_path / 'test'}",
-                                        "pretrained=none", "backbone=resnet34", "crop_size=64", "batch_labelled=2",
-                                        "batch_unlabelled=2", "iterations=2", "label_ratio=1/3", "device=cpu",
-                                        "num_workers=0", "eval_tile=64", "eval_overlap=16", "eval_pictures=0", "amp=false",
-                                        "flow_warmup=1", "supervised_warmup=0", "rampup=0"])
+    config = T.apply_overrides(
+        config,
+        [
+            f"data={tmp_path / 'train'}",
+            f"test_data={tmp_path / 'test'}",
+            "pretrained=none",
+            "backbone=resnet34",
+            "crop_size=64",
+            "batch_labelled=2",
+            "batch_unlabelled=2",
+            "iterations=2",
+            "label_ratio=1/3",
+            "device=cpu",
+            "num_workers=0",
+            "eval_tile=64",
+            "eval_overlap=16",
+            "eval_pictures=0",
+            "amp=false",
+            "flow_warmup=1",
+            "supervised_warmup=0",
+            "rampup=0",
+        ],
+    )
     metrics = T.train(config, tmp_path / "run", progress=False)["metrics"]
     assert metrics["num_images"] == 2 and 0.0 <= metrics["miou"] <= 1.0
     assert P.main(["--weights", str(tmp_path / "run" / "model.pt"), "--images", str(tmp_path / "test" / "images"),

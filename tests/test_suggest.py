@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -38,7 +37,9 @@ def test_suggest_ranks_an_unseen_appearance_and_skips_duplicates(tmp_path, capsy
         assert 0.0 <= float(r["low_density"]) <= 1.0 and 0.0 <= float(r["entropy"]) <= 1.0
     # the inverted stain is the most uncertain image, and identical images score identically
     assert float(by_name["odd.png"]["entropy"]) > max(float(by_name[f"normal_{i}.png"]["entropy"]) for i in range(5))
-    assert by_name["odd.png"]["combined"] == by_name["odd_copy1.png"]["combined"] == by_name["odd_copy2.png"]["combined"]
+    assert (
+        by_name["odd.png"]["combined"] == by_name["odd_copy1.png"]["combined"] == by_name["odd_copy2.png"]["combined"]
+    )
     # duplicates do not fill the list: at most one of the three identical images is picked
     assert sum(by_name[n]["picked"] == "1" for n in ("odd.png", "odd_copy1.png", "odd_copy2.png")) <= 1
     assert (tmp_path / "out" / "suggestions.png").is_file()

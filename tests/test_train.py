@@ -329,7 +329,7 @@ def test_class_balanced_unlabelled_loss_weights_the_kept_labels_to_the_labelled_
         import examples.dpfr_gland.step as S
 
         original = S.masked_cross_entropy
-        S.masked_cross_entropy = lambda *a, **k: seen.append((a, k)) or original(*a, **k)
+        S.masked_cross_entropy = lambda *a, seen=seen, original=original, **k: seen.append((a, k)) or original(*a, **k)
         try:
             logs = trainer.step(*batches(0))
         finally:
@@ -351,8 +351,8 @@ def test_fr_and_dpfr_contrast_the_clean_decoder_maps():
         torch.manual_seed(0)
         trainer = T.Trainer(tiny_config(method=method))
         decoders, projected = [], []
-        trainer.student.register_forward_hook(lambda m, i, out: decoders.append(out.decoder.detach()))
-        trainer.projector.register_forward_hook(lambda m, i, out: projected.append(i[0].detach()))
+        trainer.student.register_forward_hook(lambda m, i, out, d=decoders: d.append(out.decoder.detach()))
+        trainer.projector.register_forward_hook(lambda m, i, out, p=projected: p.append(i[0].detach()))
         for step in range(2):
             trainer.step(*batches(step))
         torch.testing.assert_close(projected[-1], decoders[-1][:4])  # labelled + clean unlabelled rows
@@ -534,8 +534,13 @@ def test_every_method_runs_and_writes_files(method, tmp_path):
     result = T.train(tiny_config(method=method, iterations=3, eval_pictures=pictures), tmp_path, progress=False)
     assert [row["iteration"] for row in result["history"]] == [0, 1, 2]
     assert _finite_history(result["history"])
-    expected = {"supervised": set(), "mean_teacher": {"mt", "kept"}, "fdp": {"mt", "kept", "fdp", "fdp_gain", "flip", "flow_nll_per_dim"},
-                "fr": {"mt", "kept", "contrast"}, "dpfr": {"mt", "kept", "fdp", "fdp_gain", "flip", "contrast", "flow_nll_per_dim"}}
+    expected = {
+        "supervised": set(),
+        "mean_teacher": {"mt", "kept"},
+        "fdp": {"mt", "kept", "fdp", "fdp_gain", "flip", "flow_nll_per_dim"},
+        "fr": {"mt", "kept", "contrast"},
+        "dpfr": {"mt", "kept", "fdp", "fdp_gain", "flip", "contrast", "flow_nll_per_dim"},
+    }
     semi = set() if method == "supervised" else {"skipped"} | {
         f"{kind}_{c}" for kind in ("kept", "share", "pseudo") for c in ("background", "interior", "contour")}
     assert set(result["history"][-1]) == {"iteration", "loss", "sup", "weight"} | expected[method] | semi

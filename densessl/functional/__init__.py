@@ -24,5 +24,15 @@ from ._ranking import *  # noqa: F401,F403
 from ._ranking import __all__ as _ranking_all
 
 __all__ = sorted(
-    [*_alignment_all, *_contrast_all, *_density_all, *_ema_all, *_entropy_all, *_labels_all, *_perturbation_all, *_pixels_all, *_ranking_all]
+    [
+        *_alignment_all,
+        *_contrast_all,
+        *_density_all,
+        *_ema_all,
+        *_entropy_all,
+        *_labels_all,
+        *_perturbation_all,
+        *_pixels_all,
+        *_ranking_all,
+    ]
 )

@@ -52,7 +52,9 @@ def align_distribution(logits: torch.Tensor, source: torch.Tensor, target: torch
     check_logits("logits", logits)
     k = logits.shape[1]
     for name, dist in (("source", source), ("target", target)):
-        check_tensor(name, dist, ndim=1, dims="[K]", dtypes=(torch.float16, torch.bfloat16, torch.float32, torch.float64))
+        check_tensor(
+            name, dist, ndim=1, dims="[K]", dtypes=(torch.float16, torch.bfloat16, torch.float32, torch.float64)
+        )
         if dist.shape[0] != k:
             raise ValueError(f"{name} must have K={k} entries (the classes of logits), got shape {tuple(dist.shape)}")
         check_finite(name, dist)

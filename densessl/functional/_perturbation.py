@@ -54,8 +54,8 @@ def density_perturbation(
             densities; it may first apply a block of the network (then its output
             may have another spatial size). It must be differentiable in its input.
         xi: step length per pixel (``>= 0``).
-        mask: pixels to perturb (True); keyword only, like ``relative`` and ``eps``. Where ``log_prob_fn``'s output has the
-            features' ``[B, H, W]`` size, masked-out pixels also leave the objective,
+        mask: pixels to perturb (True); keyword only, like ``relative`` and ``eps``. Where
+            ``log_prob_fn``'s output has the features' ``[B, H, W]`` size, masked-out pixels also leave the objective,
             so e.g. padding does not steer its neighbours through a spatial block.
         relative: if True the step is ``xi * ||features||`` per pixel (so ``xi`` is a
             fraction of each pixel's norm).
@@ -123,9 +123,8 @@ def density_perturbation(
         return torch.zeros_like(features)
     check_finite("gradient of -log_prob_fn(features)", grad)
 
-    step = x.detach()
-    step = xi * torch.linalg.vector_norm(step, dim=1, keepdim=True) if relative else xi
-    rho = step * _unit_directions(grad, eps)
+    length = xi * torch.linalg.vector_norm(x.detach(), dim=1, keepdim=True) if relative else xi
+    rho = length * _unit_directions(grad, eps)
     if mask is not None:
         rho = torch.where(mask[:, None], rho, torch.zeros_like(rho))
     return rho.to(features.dtype)

@@ -314,7 +314,9 @@ class TrainConfig:
             except ValueError:
                 indices = [-1]
             if min(indices) < 0 or len(set(indices)) != len(indices):
-                raise ValueError(f"labelled must list distinct image indices >= 0, comma-separated, got {self.labelled!r}")
+                raise ValueError(
+                    f"labelled must list distinct image indices >= 0, comma-separated, got {self.labelled!r}"
+                )
         if self.synthetic_seed < -1:
             raise ValueError(f"synthetic_seed must be >= 0 (or -1: the run's seed), got {self.synthetic_seed}")
         if not 0 <= self.flow_label_fraction <= 1:
@@ -340,8 +342,16 @@ class TrainConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value}")
-        for name in ("target_mpp", "weight_decay", "unsup_weight", "alpha_perturbed", "alpha_contrast", "xi", "flow_noise",
-                     "flow_grad_clip"):
+        for name in (
+            "target_mpp",
+            "weight_decay",
+            "unsup_weight",
+            "alpha_perturbed",
+            "alpha_contrast",
+            "xi",
+            "flow_noise",
+            "flow_grad_clip",
+        ):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")

@@ -726,8 +726,8 @@ def write_synthetic(
         overwrite: delete the layout's files in ``out`` that this run does not rewrite.
         zoom: draw at ``size / zoom`` and enlarge by ``zoom`` (images bilinear, label maps by
             nearest neighbour), so glands are ``zoom`` times the generator's size: about 43 px
-            across at 1; at 1.9 the median gland area is about real GlaS's at 20x (10 400 px^2). The scale path of the recipe is
-            exercised the way real data will exercise it.
+            across at 1; at 1.9 the median gland area is about real GlaS's at 20x (10 400 px^2).
+            The scale path of the recipe is exercised the way real data will exercise it.
 
     Returns:
         ``out`` as a path.
@@ -775,7 +775,10 @@ def write_synthetic(
             if layout == "glas":
                 planned |= {out / f"{split}_{n}.bmp", out / f"{split}_{n}_anno.bmp"}
             elif layout == "crag":
-                planned |= {out / split / "Images" / f"{split}_{n}.png", out / split / "Annotation" / f"{split}_{n}.png"}
+                planned |= {
+                    out / split / "Images" / f"{split}_{n}.png",
+                    out / split / "Annotation" / f"{split}_{n}.png",
+                }
             else:
                 planned |= {out / "images" / f"synth_{n}.png", out / "masks" / f"synth_{n}.png"}
     stale = sorted(_layout_files(out, layout) - planned, key=lambda p: _natural_key(str(p)))
@@ -840,8 +843,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     synth.add_argument("--sheet", help="also write a contact sheet PNG of the first samples here")
     synth.add_argument("--overwrite", action="store_true",
                        help="delete files of the layout in --out left by an earlier, larger run")
-    synth.add_argument("--zoom", type=float, default=1.0,
-                       help="glands this many times the generator's size (1.9: median gland area about GlaS's 10 400 px^2 at 20x)")
+    synth.add_argument(
+        "--zoom",
+        type=float,
+        default=1.0,
+        help="glands this many times the generator's size (1.9: median gland area about GlaS's 10 400 px^2 at 20x)",
+    )
     synth.add_argument("--shape", default="", metavar="HxW",
                        help="image size as HEIGHTxWIDTH instead of a square --size (GlaS: 522x775)")
     sheet = commands.add_parser("sheet", help="write a contact sheet PNG of synthetic samples with outlines")

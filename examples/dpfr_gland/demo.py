@@ -109,7 +109,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"))
-    parser.add_argument("--num", type=int, default=16, help="synthetic images, split over train/testA/testB as GlaS's 85:60:20")
+    parser.add_argument(
+        "--num", type=int, default=16, help="synthetic images, split over train/testA/testB as GlaS's 85:60:20"
+    )
     parser.add_argument("--preset", default="medium", choices=["easy", "medium", "hard"])
     parser.add_argument("--size", type=int, default=192)
     parser.add_argument("--ratio", default="1/4", help="labelled fraction of the training images")

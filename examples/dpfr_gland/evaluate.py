@@ -58,8 +58,6 @@ from .synthetic import draw_outlines
 from .targets import classes_to_instances
 from .tiling import STRIDE, blend_tiles, check_tiling
 
-
-
 # ----------------------------------------------------------------------------- prediction
 
 
@@ -127,9 +125,20 @@ def predict(
     h, w = images.shape[-2:]
     results = []
     for x in images:
-        bands = [probs for _, probs in blend_tiles(model, h, w, lambda y0, x0, th, tw: x[:, y0 : y0 + th, x0 : x0 + tw],
-                                                   tile=tile, overlap=overlap, batch_size=batch_size, window=window,
-                                                   amp=amp)]
+        bands = [
+            probs
+            for _, probs in blend_tiles(
+                model,
+                h,
+                w,
+                lambda y0, x0, th, tw, x=x: x[:, y0 : y0 + th, x0 : x0 + tw],
+                tile=tile,
+                overlap=overlap,
+                batch_size=batch_size,
+                window=window,
+                amp=amp,
+            )
+        ]
         results.append(torch.cat(bands, dim=1))
     out = torch.stack(results).to(image.device)
     return out[0] if single else out
@@ -396,7 +405,9 @@ def semantic_table(rows: dict[str, dict[str, Any]], first: str = "run") -> str:
     return "\n".join(lines)
 
 
-def prediction_picture(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, name: str) -> tuple[bytes, dict[str, float]]:
+def prediction_picture(
+    image: np.ndarray, gt: np.ndarray, pred: np.ndarray, name: str
+) -> tuple[bytes, dict[str, float]]:
     """A PNG to judge one prediction by: image | ground truth | prediction, outlines per instance.
 
     Three panels of at least 3.5 inches (110 dpi: a 128-pixel image is drawn about 3x), each
@@ -530,7 +541,8 @@ def evaluate(
         >>> model = torch.nn.Conv2d(3, 3, kernel_size=1)
         >>> scores = evaluate(model, [(np.zeros((32, 32, 3), np.uint8), gt)], tile=32)
         >>> sorted(scores)
-        ['num_images', 'per_image_dice', 'per_image_f1', 'per_image_hausdorff', 'pixel_dice', 'pooled_dice', 'pooled_f1', 'pooled_hausdorff']
+        ['num_images', 'per_image_dice', 'per_image_f1', 'per_image_hausdorff', 'pixel_dice',
+         'pooled_dice', 'pooled_f1', 'pooled_hausdorff']
 
     References:
         Sirinukunwattana et al., "Gland segmentation in colon histology images: The GlaS
@@ -705,7 +717,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser.add_argument("--tile", type=int, default=None, help="tile side, a multiple of 32 (default: config or 256)")
     parser.add_argument("--overlap", type=int, default=None, help="tile overlap in pixels (default: config or tile/4)")
     parser.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
-    parser.add_argument("--min-size", type=int, default=None, help="smallest gland interior kept (default: config or 16)")
+    parser.add_argument(
+        "--min-size", type=int, default=None, help="smallest gland interior kept (default: config or 16)"
+    )
     parser.add_argument("--dilation", type=int, default=None,
                         help="interior growth (default: config contour_width or 2)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
@@ -730,9 +744,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     scores = evaluate(model, dataset, tile=tile, overlap=overlap, batch_size=args.batch_size,
                       min_size=min_size, dilation=dilation, limit=args.limit,
                       out=None if args.no_pictures else out / "pictures", progress=True, scale=scale)
-    record = {"checkpoint": str(args.checkpoint), "weights": args.weights, "data": str(args.data), "layout": args.layout,
-              "split": args.split, "tile": tile, "overlap": overlap, "min_size": min_size,
-              "dilation": dilation, "scale": scale, "scores": scores}
+    record = {
+        "checkpoint": str(args.checkpoint),
+        "weights": args.weights,
+        "data": str(args.data),
+        "layout": args.layout,
+        "split": args.split,
+        "tile": tile,
+        "overlap": overlap,
+        "min_size": min_size,
+        "dilation": dilation,
+        "scale": scale,
+        "scores": scores,
+    }
     atomic_write_text(out / "metrics.json", json.dumps(record, indent=2))
     print("\n" + score_table({f"{args.weights} ({args.split})": scores}) + "\n")
     print(f"wrote {out / 'metrics.json'}" + ("" if args.no_pictures else f" and pictures in {out / 'pictures'}"))

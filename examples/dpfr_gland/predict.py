@@ -59,7 +59,6 @@ from .large import WINDOWS, instances_by_strips, predict_large, tiff_regions
 from .scale import image_mpp, scale_for
 from .synthetic import draw_outlines
 
-
 #: a memory-mapped image (``.npy``, uncompressed TIFF) with more pixels than this is predicted out of
 #: core: its maps go through memory-mapped work files beside the outputs, and are written as tiled
 #: TIFFs; only a band of tiles and a strip of rows are in memory at once.

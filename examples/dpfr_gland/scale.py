@@ -57,7 +57,8 @@ def scaled_size(height: int, width: int, scale: float, minimum: int = 1, what: s
         >>> scaled_size(60, 80, 0.25, minimum=32)
         Traceback (most recent call last):
         ...
-        ValueError: scale=0.25 leaves image of 60x80 px at 15x20 px, smaller than 32 px (the network's stride); use a larger scale
+        ValueError: scale=0.25 leaves image of 60x80 px at 15x20 px, smaller than 32 px (the network's stride);
+        use a larger scale
     """
     scale = _check_scale(scale)
     size = (max(1, int(round(height * scale))), max(1, int(round(width * scale))))

@@ -88,8 +88,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import densessl
-from densessl.functional import (balancing_weights, downsample_labels, flatten_pixels, masked_cross_entropy,
-                                 normalize_pixels)
+from densessl.functional import (
+    balancing_weights,
+    downsample_labels,
+    flatten_pixels,
+    masked_cross_entropy,
+    normalize_pixels,
+)
 from densessl.utils import unwrap_model
 
 from . import augment
@@ -288,8 +293,14 @@ class Trainer:
             params += list(self.projector.parameters())
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.pseudo_labeler = PseudoLabelRule(config.pseudo_labels, config.threshold, config.min_class_keep,
-                                              config.min_size, config.contour_width, ignore_index=_IGNORE).to(self.device)
+        self.pseudo_labeler = PseudoLabelRule(
+            config.pseudo_labels,
+            config.threshold,
+            config.min_class_keep,
+            config.min_size,
+            config.contour_width,
+            ignore_index=_IGNORE,
+        ).to(self.device)
         self.alignment = densessl.DistributionAlignment(self.num_classes, config.alignment_momentum,
                                                         ignore_index=_IGNORE).to(self.device) \
             if config.distribution_alignment and config.semi else None

@@ -151,7 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=8, help="how many images to suggest")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--reference", default=None, help="folder of labelled images (default: the run's own)")
-    parser.add_argument("--quantile", type=float, default=0.05, help="low density: below this quantile of labelled pixels")
+    parser.add_argument(
+        "--quantile", type=float, default=0.05, help="low density: below this quantile of labelled pixels"
+    )
     parser.add_argument("--diversity", type=float, default=0.5, help="0: plain top-k; 1: spread only")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)

@@ -19,7 +19,16 @@ TIAToolbox's semantic segmentor (tile-by-tile reading with margins).
 
 from __future__ import annotations
 
-__all__ = ["STRIDE", "WINDOWS", "blend_tiles", "check_tiling", "logits_of", "model_device", "tile_starts", "window_weights"]
+__all__ = [
+    "STRIDE",
+    "WINDOWS",
+    "blend_tiles",
+    "check_tiling",
+    "logits_of",
+    "model_device",
+    "tile_starts",
+    "window_weights",
+]
 
 import math
 from collections.abc import Callable, Iterator
