@@ -110,3 +110,11 @@ def test_pgland_style_folder_with_0_255_masks_trains_and_predicts(tmp_path):
     classes = np.asarray(Image.open(tmp_path / "pred" / "g0_classes.png"))
     assert set(np.unique(classes)) <= {0, 1} and not list((tmp_path / "pred").glob("*_instances.png"))
     assert json.loads((tmp_path / "run" / "config.json").read_text())["task"] == "semantic"
+    # the evaluate command scores the run by its own task: pixel metrics, the training's numbers
+    from examples.dpfr_gland import evaluate as E
+
+    scores = E.main(["--checkpoint", str(tmp_path / "run" / "model.pt"), "--data", str(tmp_path / "test"),
+                     "--layout", "folder", "--out", str(tmp_path / "eval"), "--device", "cpu"])
+    assert {"pixel_f1", "miou"} <= set(scores) and "pooled_f1" not in scores
+    assert scores["miou"] == pytest.approx(metrics["miou"], abs=2e-3)  # float16 export against float32
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["task"] == "semantic"

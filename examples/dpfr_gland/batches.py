@@ -23,7 +23,7 @@ from .config import TrainConfig
 from .data import CRAGDataset, FolderDataset, GlaSDataset, PairedDataset
 from .scale import ScaledDataset
 from .synthetic import SyntheticGlands
-from .targets import instances_to_classes, semantic_targets
+from .tasks import TASKS, Task
 from .tiling import STRIDE
 
 
@@ -221,8 +221,9 @@ class ViewDataset:
         rank: the process rank.
         labelled: also return the 3-class targets.
         contour_width: contour width of the targets.
-        task: ``"instance"`` (targets: 3 classes from the instance map) or ``"semantic"``
-            (targets: :func:`~examples.dpfr_gland.targets.semantic_targets` of the mask).
+        task: the :class:`~examples.dpfr_gland.tasks.Task` (or its name) whose targets the labelled
+            views get: ``"instance"`` (3 classes from the instance map) or ``"semantic"``
+            (:func:`~examples.dpfr_gland.targets.semantic_targets` of the mask).
         num_classes: ``K`` of the semantic task.
 
     Shapes:
@@ -237,9 +238,9 @@ class ViewDataset:
     """
 
     def __init__(self, base: Any, indices: Sequence[int], crop_size: int, seed: int = 0, stream: int = 0,
-                 rank: int = 0, labelled: bool = True, contour_width: int = 2, task: str = "instance",
+                 rank: int = 0, labelled: bool = True, contour_width: int = 2, task: Task | str = "instance",
                  num_classes: int = 2) -> None:
-        self.task, self.num_classes = task, num_classes
+        self.task, self.num_classes = TASKS[task] if isinstance(task, str) else task, num_classes
         self.base, self.indices = base, [int(i) for i in indices]
         self.crop_size, self.seed, self.stream, self.rank = crop_size, seed, stream, rank
         self.labelled, self.contour_width = labelled, contour_width
@@ -255,10 +256,8 @@ class ViewDataset:
         tensor = augment.to_tensor(image)
         if not self.labelled:
             return tensor
-        if self.task == "semantic":
-            classes = semantic_targets(instances, self.num_classes, name=f"mask of image {self.indices[k]}")
-        else:
-            classes = instances_to_classes(np.ascontiguousarray(instances), contour_width=self.contour_width)
+        classes = self.task.targets(instances, self.contour_width, self.num_classes,
+                                    name=f"mask of image {self.indices[k]}")
         return tensor, torch.from_numpy(classes.astype(np.int64))
 
 

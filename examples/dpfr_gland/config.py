@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import parse_ratio
+from .tasks import TASKS, task_of
 
 #: The ablation switches, from the plainest to the full recipe.
 METHODS = ("supervised", "mean_teacher", "fdp", "fr", "dpfr")
@@ -282,7 +283,7 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             setattr(self, f.name, _check_type(f.name, getattr(self, f.name), _field_types()[f.name]))
         _one_of("method", self.method, METHODS)
-        _one_of("task", self.task, ("instance", "semantic"))
+        _one_of("task", self.task, tuple(TASKS))
         if self.semantic_classes < 2:
             raise ValueError(f"semantic_classes must be >= 2, got {self.semantic_classes}")
         _one_of("dataset", self.dataset, _DATASETS)
@@ -378,7 +379,7 @@ class TrainConfig:
     @property
     def num_classes(self) -> int:
         """The network's number of classes: 3 for the instance task, ``semantic_classes`` otherwise."""
-        return 3 if self.task == "instance" else self.semantic_classes
+        return task_of(self).num_classes(self.semantic_classes)
 
     @property
     def semi(self) -> bool:

@@ -741,9 +741,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     scale = args.scale if args.scale is not None else float(config.get("scale", 1.0))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    scores = evaluate(model, dataset, tile=tile, overlap=overlap, batch_size=args.batch_size,
-                      min_size=min_size, dilation=dilation, limit=args.limit,
-                      out=None if args.no_pictures else out / "pictures", progress=True, scale=scale)
+    from .tasks import task_of  # the run's task: a semantic (PGland) run is scored with pixel metrics
+
+    task = task_of(config)
+    num_classes = task.num_classes(int(config.get("semantic_classes", 2)))
+    scores = task.score(model, dataset, num_classes=num_classes, tile=tile, overlap=overlap,
+                        batch_size=args.batch_size, min_size=min_size, dilation=dilation, amp=True, limit=args.limit,
+                        pictures=None if args.no_pictures else out / "pictures", progress=True, scale=scale)
     record = {
         "checkpoint": str(args.checkpoint),
         "weights": args.weights,
@@ -755,11 +759,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         "min_size": min_size,
         "dilation": dilation,
         "scale": scale,
+        "task": task.name,
         "scores": scores,
     }
     atomic_write_text(out / "metrics.json", json.dumps(record, indent=2))
-    print("\n" + score_table({f"{args.weights} ({args.split})": scores}) + "\n")
-    print(f"wrote {out / 'metrics.json'}" + ("" if args.no_pictures else f" and pictures in {out / 'pictures'}"))
+    print("\n" + task.table({f"{args.weights} ({args.split})": scores}) + "\n")
+    pictures = f" and pictures in {out / 'pictures'}" if task.has_instances and not args.no_pictures else ""
+    print(f"wrote {out / 'metrics.json'}{pictures}")
     return scores
 
 

@@ -26,18 +26,16 @@ from .config import TrainConfig
 from .data import label_split
 from .plots import draw_loss_curves
 from .step import Trainer
+from .tasks import task_of
 
 
 def _evaluate(model: nn.Module, dataset: Any, config: TrainConfig, out: Path) -> dict[str, Any]:
     """Test metrics by :func:`examples.dpfr_gland.evaluate.evaluate`, pictures by ``save_predictions``."""
     options = dict(tile=config.eval_tile, overlap=config.eval_overlap, min_size=config.min_size,
                    dilation=config.contour_width, amp=config.amp, scale=config.scale)
-    if config.task == "semantic":
-        return dict(evaluate.evaluate_semantic(model, dataset, config.num_classes, tile=config.eval_tile,
-                                               overlap=config.eval_overlap, amp=config.amp,
-                                               limit=config.eval_limit or None, scale=config.scale))
-    metrics = evaluate.evaluate(model, dataset, limit=config.eval_limit or None, **options)
-    if config.eval_pictures:
+    task = task_of(config)
+    metrics = task.score(model, dataset, num_classes=config.num_classes, limit=config.eval_limit or None, **options)
+    if config.eval_pictures and task.has_instances:
         evaluate.save_predictions(model, dataset, out / "predictions", limit=config.eval_pictures,
                                   progress=False, **options)
     return dict(metrics)
@@ -138,7 +136,7 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
     start = trainer.iteration
     pin = device.type == "cuda"
     views = dict(crop_size=config.crop_size, seed=config.seed, rank=rank, contour_width=config.contour_width,
-                 task=config.task, num_classes=config.num_classes)
+                 task=task_of(config), num_classes=config.num_classes)
     labelled_loader = _loader(
         ViewDataset(train_set, labelled_idx, stream=0, labelled=True, **views),
         BatchStream(len(labelled_idx), config.batch_labelled, config.seed, rank, world_size, start),
@@ -250,8 +248,7 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
                 rows[name.format("student")] = scores
                 if "teacher" in scores:
                     rows[name.format("teacher")] = scores["teacher"]
-            table = evaluate.semantic_table if config.task == "semantic" else evaluate.score_table
-            print("\n" + table(rows, first="weights") + "\n", flush=True)
+            print("\n" + task_of(config).table(rows, first="weights") + "\n", flush=True)
         pictures = f", {out / 'predictions'}/" if by_split and config.eval_pictures else ""
         print(f"[train] wrote {out / 'model.pt'} (for inference), {out / 'checkpoint.pt'} (to resume), "
               f"{out / 'metrics.json'}, {out / 'losses.png'}{pictures}",

@@ -58,6 +58,7 @@ from .geojson import gland_features, write_geojson
 from .large import WINDOWS, instances_by_strips, predict_large, tiff_regions
 from .scale import image_mpp, scale_for
 from .synthetic import draw_outlines
+from .tasks import TASKS, Task, task_of
 
 #: a memory-mapped image (``.npy``, uncompressed TIFF) with more pixels than this is predicted out of
 #: core: its maps go through memory-mapped work files beside the outputs, and are written as tiled
@@ -159,7 +160,7 @@ def _predict_out_of_core(model: nn.Module, image: np.ndarray, out: Path, stem: s
 
 def predict_file(model: nn.Module, path: str | Path, out: str | Path, tile: int = 256, overlap: int | None = None,
                  batch_size: int = 4, min_size: int = 16, dilation: int = 2, amp: bool = True,
-                 task: str = "instance", geojson: bool = False, window: str = "gaussian",
+                 task: Task | str = "instance", geojson: bool = False, window: str = "gaussian",
                  tile_progress: bool = False, in_memory_pixels: int = IN_MEMORY_PIXELS,
                  overlay_side: int = 4096, scale: float = 1.0, target_mpp: float = 0.0) -> dict[str, Any]:
     """Predict one image file and write its instance map, class map and overlay into ``out``.
@@ -178,7 +179,7 @@ def predict_file(model: nn.Module, path: str | Path, out: str | Path, tile: int 
         min_size: smallest gland interior kept, in pixels.
         dilation: growth of the interiors back to glands (the training's contour width).
         amp: mixed precision on CUDA.
-        task: ``"instance"`` or ``"semantic"``.
+        task: the run's :class:`~examples.dpfr_gland.tasks.Task` or its name (``"instance"``, ``"semantic"``).
         geojson: also write ``NAME.geojson`` (:func:`~examples.dpfr_gland.geojson.instances_to_geojson`,
             with each gland's mean probability; instance task only).
         window: the tiles' blending window (see :func:`~examples.dpfr_gland.large.window_weights`).
@@ -238,7 +239,8 @@ def predict_file(model: nn.Module, path: str | Path, out: str | Path, tile: int 
     mpp = image_mpp(path) if target_mpp > 0 and path.suffix.lower() != ".npy" else None
     scale = scale_for(scale, target_mpp, mpp)
     min_size, dilation = native_postprocess(min_size, dilation, scale)
-    if isinstance(image, np.memmap) and task != "semantic" and image.shape[0] * image.shape[1] > in_memory_pixels:
+    instance_task = (TASKS[task] if isinstance(task, str) else task).has_instances
+    if isinstance(image, np.memmap) and instance_task and image.shape[0] * image.shape[1] > in_memory_pixels:
         result = _predict_out_of_core(model, image, out, path.stem, tile, overlap, batch_size, min_size, dilation,
                                       amp, geojson, window, tile_progress, overlay_side, scale)
         return {**result, "image": str(path), "scale": scale}
@@ -246,10 +248,10 @@ def predict_file(model: nn.Module, path: str | Path, out: str | Path, tile: int 
                                   batch_size=batch_size, amp=amp, window=window)
     best, winner = probs.max(dim=0)
     classes = winner.to(torch.uint8).numpy()
-    probability = best.numpy() if geojson and task != "semantic" else None
+    probability = best.numpy() if geojson and instance_task else None
     out.mkdir(parents=True, exist_ok=True)
     stem = path.stem
-    if task == "semantic":
+    if not instance_task:  # the semantic task: a class map, no instances
         regions, glands = ndimage.label(classes > 0)
         class_path = _save(out / f"{stem}_classes.png", Image.fromarray(classes, mode="L"), "PNG")
         overlay_path = _save(out / f"{stem}_overlay.png", Image.fromarray(draw_outlines(image, regions)), "PNG")
@@ -352,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    batch_size=args.batch_size,
                    min_size=args.min_size if args.min_size is not None else int(config.get("min_size", 16)),
                    dilation=args.dilation if args.dilation is not None else int(config.get("contour_width", 2)),
-                   task=str(config.get("task", "instance")), geojson=args.geojson, window=args.window,
+                   task=task_of(config), geojson=args.geojson, window=args.window,
                    tile_progress=args.tile_progress,
                    scale=args.scale if args.scale is not None else float(config.get("scale", 1.0)),
                    target_mpp=args.target_mpp if args.target_mpp is not None else float(config.get("target_mpp", 0.0)))

@@ -101,6 +101,7 @@ from . import augment
 from .config import TrainConfig
 from .model import CENet
 from .pseudo import Pseudo, PseudoLabelRule
+from .tasks import task_of
 
 _IGNORE = 255
 
@@ -159,11 +160,7 @@ def class_names(config: TrainConfig) -> tuple[str, ...]:
         >>> class_names(TrainConfig(task="semantic"))
         ('background', 'gland')
     """
-    if config.task == "instance":
-        return ("background", "interior", "contour")
-    if config.semantic_classes == 2:
-        return ("background", "gland")
-    return tuple(f"class{c}" for c in range(config.semantic_classes))
+    return task_of(config).class_names(config.num_classes)
 
 
 def _class_keep_rates(logits: torch.Tensor, kept: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
