@@ -838,3 +838,27 @@ def test_labelled_indices_and_a_minority_appearance():
         same = np.array_equal(plain[i][0], mixed[i][0])
         assert same == (i not in mixed.minority)
         assert mixed.names[i].endswith("_minority") == (i in mixed.minority)
+
+
+def test_contour_weight_weighs_the_contour_class_in_every_cross_entropy(monkeypatch):
+    """sup and the unlabelled CEs are torch's class-weighted mean with weight [1, 1, w]; the
+    semantic task, which has no contour class, refuses the option."""
+    import torch.nn.functional as F
+
+    from examples.dpfr_gland import step as S
+
+    torch.manual_seed(0)
+    trainer = T.Trainer(tiny_config(method="mean_teacher", contour_weight=3.0, supervised_warmup=0, rampup=0))
+    calls = []
+    real = S.masked_cross_entropy
+    monkeypatch.setattr(S, "masked_cross_entropy", lambda logits, labels, **k: calls.append((logits, labels, k))
+                        or real(logits, labels, **k))
+    logs = trainer.step(*batches(0))
+    (s_l, y_l, k_sup), (_, _, k_mt) = calls[:2]
+    expected = F.cross_entropy(s_l.float(), y_l, weight=torch.tensor([1.0, 1.0, 3.0]), ignore_index=255)
+    assert float(logs["sup"]) == pytest.approx(float(expected.detach()), rel=1e-5)
+    assert k_mt["weight"].tolist() == [1.0, 1.0, 3.0]
+    with pytest.raises(ValueError, match="contour_weight applies to the instance task"):
+        T.TrainConfig(task="semantic", contour_weight=2.0)
+    with pytest.raises(ValueError, match="contour_weight must be"):
+        T.TrainConfig(contour_weight=0.0)

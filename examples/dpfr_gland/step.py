@@ -290,6 +290,11 @@ class Trainer:
             params += list(self.projector.parameters())
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        # the classes' weights in every cross-entropy (None: all 1, torch's plain mean)
+        self.class_weight: torch.Tensor | None = None
+        if config.contour_weight != 1.0:
+            self.class_weight = torch.ones(self.num_classes, device=self.device)
+            self.class_weight[2] = config.contour_weight
         self.pseudo_labeler = PseudoLabelRule(
             config.pseudo_labels,
             config.threshold,
@@ -439,7 +444,7 @@ class Trainer:
         if not config.semi:
             with self._autocast():
                 s_l = self.student(x_l).logits
-            sup = masked_cross_entropy(s_l, y_l, ignore_index=_IGNORE)
+            sup = masked_cross_entropy(s_l, y_l, ignore_index=_IGNORE, weight=self.class_weight)
             self._backward_and_step(sup)
             return {"weight": torch.tensor(w), "sup": sup.detach(), "loss": sup.detach()}
         if unlabelled is None:
@@ -452,7 +457,7 @@ class Trainer:
         n_l, n_u = x_l.shape[0], x_w.shape[0]
         s_l, s_u, s_rho = out.logits[:n_l], out.logits[n_l:n_l + n_u], out.logits[n_l + n_u:]
         class_weight = self._class_weight(y_u, shares, logs)                     # 4. losses
-        sup = masked_cross_entropy(s_l, y_l, ignore_index=_IGNORE)
+        sup = masked_cross_entropy(s_l, y_l, ignore_index=_IGNORE, weight=self.class_weight)
         mt = masked_cross_entropy(s_u, y_u, ignore_index=_IGNORE, weight=class_weight, pixel_weight=w_u)
         fdp = self._perturbed_loss(out.logits, s_u, s_rho, y_u, class_weight, w_u, mt, logs)
         con = self._contrast_loss(out.decoder[:n_l + n_u], y_l, y_u, t, logs)
@@ -541,14 +546,16 @@ class Trainer:
 
     def _class_weight(self, y_u: torch.Tensor, shares: torch.Tensor,
                       logs: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        """``unsup_class_balance``: per-class weights of the unlabelled CE that bring the kept pseudo
-        labels to the labelled class shares (``None`` without it, or with nothing to balance towards)."""
+        """The per-class weights of the unlabelled CE: ``unsup_class_balance``'s, which bring the kept
+        pseudo labels to the labelled class shares, times ``contour_weight``'s (``None``: all 1)."""
         if not self.config.unsup_class_balance:
-            return None
+            return self.class_weight
         weight = balancing_weights(y_u, shares, ignore_index=_IGNORE)
         for name, w in zip(class_names(self.config), weight):
             logs[f"weight_{name}"] = w.detach()
-        return weight if bool(weight.any()) else None
+        if not bool(weight.any()):  # nothing to balance towards (e.g. no labelled pixel yet)
+            return self.class_weight
+        return weight if self.class_weight is None else weight * self.class_weight
 
     def _perturbed_loss(self, logits: torch.Tensor, s_u: torch.Tensor, s_rho: torch.Tensor, y_u: torch.Tensor,
                         class_weight: torch.Tensor | None, w_u: torch.Tensor | None, mt: torch.Tensor,
