@@ -13,7 +13,12 @@ config's values as of the study's design):
   random direction; ``medium``, every seed): whether the density's direction matters;
 - **ratio**: ``mean_teacher`` and ``dpfr`` at 1/4 and 1/2 labels (``medium``, every seed);
 - **sweep**: ``dpfr`` with the paper's absolute ``xi`` in {1, 3, 5} and ``num_anchors`` T in
-  {64, 256} (``medium``, seed 0).
+  {64, 256} (``medium``, seed 0);
+- on real glands (the ``glas`` preset, when ``../shared/data/glas-train`` or ``--data glas=DIR``
+  is there; :func:`real_plan`): **curve** (supervised at 1/16 ... all labels), **main** (the four
+  semi-supervised methods at 1/8 and 1/4), **control** (FDP's random direction at 1/8) and, only
+  when ``--groups`` names it and meant for ``--split validation``, **pseudo** (the pseudo-label
+  rules under ``mean_teacher`` at 1/8, against the default rule and supervised, paired by seed).
 
 Every run of one preset trains on the same synthetic images and is scored on the same test
 images: both come from a generator seed (``DATA_SEEDS``) that no tuning of the recipe used (the
@@ -27,8 +32,10 @@ skipped when the study is started again, so the study can stop and resume across
 The summary (mean +- std over seeds) goes to ``benchmarks/results/ssl_quality_<scale>.json``
 and to the figures in ``docs/_static/ssl_quality/`` (matplotlib, the ``bench`` extra).
 
-CPU budget of the ``cpu`` scale (2 shared cores): about 3.7 hours for the 49 distinct runs (a
-``dpfr`` run of 600 iterations takes about 5 minutes, ``supervised`` about 2.5).
+CPU budget of the ``cpu`` scale (2 shared cores): about 3.7 hours for the 49 distinct synthetic
+runs (a ``dpfr`` run of 600 iterations takes about 5 minutes, ``supervised`` about 2.5); the GlaS
+preset's 42 runs about 13 hours (``configs/glas_cpu.json``: supervised about 10 minutes,
+``mean_teacher`` about 16-20, ``dpfr`` about 35).
 """
 
 from __future__ import annotations
