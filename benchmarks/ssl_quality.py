@@ -61,7 +61,7 @@ from benchmarks._io import write_result
 from examples.dpfr_gland.augment import to_tensor
 from examples.dpfr_gland.batches import build_datasets
 from examples.dpfr_gland.checkpoint import atomic_write_text
-from examples.dpfr_gland.config import METHODS, TrainConfig, apply_overrides
+from examples.dpfr_gland.config import METHODS, TrainConfig, apply_overrides, fields_read
 from examples.dpfr_gland.evaluate import predict_instances, predict_probabilities
 from examples.dpfr_gland.plots import smooth
 from examples.dpfr_gland.targets import NUM_CLASSES, instances_to_classes
@@ -218,29 +218,6 @@ def _config(spec: RunSpec, scale: Scale, split: str, sets: Sequence[str] = (),
     return apply_overrides(dataclasses.replace(TrainConfig(), **spec.overrides(scale, split, data)), list(sets))
 
 
-# Config fields that only some methods read: a finished run is reused when every field its method
-# reads is unchanged (a change of the pseudo labels does not re-run ``supervised``).
-_SEMI_ONLY = {
-    "ema_decay",
-    "threshold",
-    "pseudo_labels",
-    "min_class_keep",
-    "distribution_alignment",
-    "alignment_momentum",
-    "unsup_class_balance",
-    "unsup_weight",
-    "teacher_buffers",
-    "batch_unlabelled",
-    "cutmix",
-    "supervised_warmup",
-    "rampup",
-}
-_FDP_ONLY = {"alpha_perturbed", "xi", "xi_relative", "perturb_at", "flow_warmup", "flow_depth", "flow_hidden",
-             "flow_lr", "flow_grad_clip", "flow_pixels", "flow_noise", "flow_normalize", "flow_labelled_source",
-             "flow_pseudo_labels", "flow_label_fraction", "perturb_direction"}
-_FR_ONLY = {"alpha_contrast", "num_anchors", "num_negatives", "temperature", "projection_hidden", "projection_dim"}
-
-
 def effective_config(config: dict[str, Any]) -> dict[str, Any]:
     """The fields of a run's config that its method reads (the others cannot change its result).
 
@@ -249,15 +226,8 @@ def effective_config(config: dict[str, Any]) -> dict[str, Any]:
         ...        set(effective_config(dataclasses.asdict(TrainConfig(method="fr")))))[:3]
         ['alpha_perturbed', 'flow_depth', 'flow_grad_clip']
     """
-    method = config["method"]
-    unused = set()
-    if method == "supervised":
-        unused |= _SEMI_ONLY
-    if method in ("supervised", "mean_teacher", "fr"):
-        unused |= _FDP_ONLY
-    if method in ("supervised", "mean_teacher", "fdp"):
-        unused |= _FR_ONLY
-    return {k: v for k, v in config.items() if k not in unused}
+    read = fields_read(config["method"])
+    return {k: v for k, v in config.items() if k in read}
 
 
 def _reusable(stored: dict[str, Any], config: TrainConfig) -> bool:

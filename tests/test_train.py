@@ -862,3 +862,23 @@ def test_contour_weight_weighs_the_contour_class_in_every_cross_entropy(monkeypa
         T.TrainConfig(task="semantic", contour_weight=2.0)
     with pytest.raises(ValueError, match="contour_weight must be"):
         T.TrainConfig(contour_weight=0.0)
+
+
+def test_every_config_field_is_in_exactly_one_section_and_dotted_keys_name_their_section():
+    import collections
+    import dataclasses
+
+    from examples.dpfr_gland.config import METHOD_SECTIONS, SECTIONS, fields_read
+
+    names = [f.name for f in dataclasses.fields(T.TrainConfig)]
+    listed = collections.Counter(n for fields in SECTIONS.values() for n in fields)
+    assert set(listed) == set(names) and max(listed.values()) == 1
+    assert set(METHOD_SECTIONS) == set(T.METHODS)
+    # each method reads what it uses: the supervised step reads no teacher field, fr no flow field
+    assert not fields_read("supervised") & set(SECTIONS["semi"]) and "xi" not in fields_read("fr")
+    assert fields_read("dpfr") == frozenset(names)
+    assert T.apply_overrides(T.TrainConfig(), ["fdp.xi=0.5", "fr.num_anchors=8"]).num_anchors == 8
+    with pytest.raises(ValueError, match="'xi' is not in section 'fr'"):
+        T.apply_overrides(T.TrainConfig(), ["fr.xi=0.5"])
+    with pytest.raises(ValueError, match="unknown config section 'flow'"):
+        T.apply_overrides(T.TrainConfig(), ["flow.xi=0.5"])

@@ -7,7 +7,8 @@ name the key of any bad value.
 
 from __future__ import annotations
 
-__all__ = ["METHODS", "TrainConfig", "apply_overrides", "config_from_dict", "load_config", "resolve_split_file"]
+__all__ = ["METHODS", "METHOD_SECTIONS", "SECTIONS", "TrainConfig", "apply_overrides", "config_from_dict",
+           "fields_read", "load_config", "resolve_split_file"]
 
 import dataclasses
 import difflib
@@ -542,23 +543,71 @@ def _parse_value(key: str, text: str, kind: Any) -> object:
     return text
 
 
+#: The config's fields by section. A method reads the sections :data:`METHOD_SECTIONS` names; the
+#: studies reuse a finished run when every field its method reads is unchanged.
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "data": ("task", "semantic_classes", "dataset", "data", "test_data", "split_file", "train_split", "test_split",
+             "synthetic_preset", "synthetic_size", "synthetic_train", "synthetic_test", "synthetic_seed",
+             "synthetic_mix", "label_ratio", "labelled", "scale", "target_mpp"),
+    "model": ("backbone", "pretrained"),
+    "optimisation": ("method", "seed", "crop_size", "batch_labelled", "iterations", "lr", "lr_schedule", "lr_power",
+                     "weight_decay", "contour_weight", "augment_labelled"),
+    # the teacher, its pseudo labels and the unlabelled branch (every semi-supervised method)
+    "semi": ("ema_decay", "teacher_buffers", "threshold", "pseudo_labels", "min_class_keep", "distribution_alignment",
+             "alignment_momentum", "unsup_class_balance", "unsup_weight", "batch_unlabelled", "cutmix",
+             "supervised_warmup", "rampup"),
+    # the flow and the density perturbation (fdp, dpfr)
+    "fdp": ("alpha_perturbed", "xi", "xi_relative", "perturb_at", "perturb_direction", "flow_warmup", "flow_depth",
+            "flow_hidden", "flow_lr", "flow_grad_clip", "flow_pixels", "flow_noise", "flow_normalize",
+            "flow_labelled_source", "flow_pseudo_labels", "flow_label_fraction"),
+    # the projection head and the hard-anchor contrast (fr, dpfr)
+    "fr": ("alpha_contrast", "num_anchors", "num_negatives", "temperature", "projection_hidden", "projection_dim"),
+    "evaluation": ("contour_width", "min_size", "eval_tile", "eval_overlap", "eval_limit", "eval_pictures"),
+    "runtime": ("device", "amp", "num_workers", "log_every", "checkpoint_every"),
+}
+_ALWAYS = ("data", "model", "optimisation", "evaluation", "runtime")
+#: The sections each method reads.
+METHOD_SECTIONS: dict[str, tuple[str, ...]] = {
+    "supervised": _ALWAYS,
+    "mean_teacher": (*_ALWAYS, "semi"),
+    "fdp": (*_ALWAYS, "semi", "fdp"),
+    "fr": (*_ALWAYS, "semi", "fr"),
+    "dpfr": (*_ALWAYS, "semi", "fdp", "fr"),
+}
+
+
+def fields_read(method: str) -> frozenset[str]:
+    """The config fields ``method`` reads (the others cannot change its result).
+
+    Example:
+        >>> sorted(fields_read("dpfr") - fields_read("fr"))[:3]
+        ['alpha_perturbed', 'flow_depth', 'flow_grad_clip']
+    """
+    if method not in METHOD_SECTIONS:
+        raise ValueError(f"method must be one of {', '.join(map(repr, METHOD_SECTIONS))}, got {method!r}")
+    return frozenset(name for section in METHOD_SECTIONS[method] for name in SECTIONS[section])
+
+
 def apply_overrides(config: TrainConfig, assignments: Sequence[str]) -> TrainConfig:
     """Apply ``key=value`` overrides, each value converted to its field's type.
 
     Args:
         config: the configuration to start from (not modified).
-        assignments: strings ``"key=value"``; bools accept ``true/false/1/0/yes/no``.
+        assignments: strings ``"key=value"`` or ``"section.key=value"`` (:data:`SECTIONS`, e.g.
+            ``fdp.xi=0.5``); bools accept ``true/false/1/0/yes/no``.
 
     Returns:
         A new, validated configuration.
 
     Raises:
-        ValueError: a malformed assignment, an unknown key, an unconvertible or out-of-range
-            value (the message names the key).
+        ValueError: a malformed assignment, an unknown key or section, a key outside the section
+            named, an unconvertible or out-of-range value (the message names the key).
 
     Example:
         >>> apply_overrides(TrainConfig(), ["method=fr", "lr=0.01", "cutmix=false"]).cutmix
         False
+        >>> apply_overrides(TrainConfig(), ["fdp.xi=0.5"]).xi
+        0.5
         >>> apply_overrides(TrainConfig(), ["iteration=3"])
         Traceback (most recent call last):
         ...
@@ -571,6 +620,14 @@ def apply_overrides(config: TrainConfig, assignments: Sequence[str]) -> TrainCon
         key = key.strip()
         if not sep or not key:
             raise ValueError(f"--set expects key=value, got {assignment!r}")
+        section, dot, name = key.rpartition(".")
+        if dot:
+            if section not in SECTIONS:
+                raise ValueError(f"unknown config section {section!r} in {assignment!r}; the sections are "
+                                 f"{', '.join(SECTIONS)}")
+            if name not in SECTIONS[section]:
+                raise ValueError(f"{name!r} is not in section {section!r} ({', '.join(SECTIONS[section])})")
+            key = name
         if key not in types:
             raise _unknown_key(key)
         values[key] = _parse_value(key, text, types[key])
