@@ -882,3 +882,19 @@ def test_every_config_field_is_in_exactly_one_section_and_dotted_keys_name_their
         T.apply_overrides(T.TrainConfig(), ["fr.xi=0.5"])
     with pytest.raises(ValueError, match="unknown config section 'flow'"):
         T.apply_overrides(T.TrainConfig(), ["flow.xi=0.5"])
+
+
+def test_the_choice_fields_declare_their_choices_and_they_match_the_code_that_reads_them():
+    import typing
+
+    from examples.dpfr_gland import config as C
+    from examples.dpfr_gland.model import BACKBONES
+    from examples.dpfr_gland.pseudo import RULES
+    from examples.dpfr_gland.tasks import TASKS
+
+    assert typing.get_args(C.TaskName) == tuple(TASKS) and typing.get_args(C.PseudoLabels) == RULES
+    assert set(typing.get_args(C.Backbone)) <= set(BACKBONES)
+    with pytest.raises(ValueError, match="pseudo_labels must be one of 'entropy', 'instance'"):
+        T.TrainConfig(pseudo_labels="hard")
+    with pytest.raises(TypeError, match="method must be a str"):
+        T.TrainConfig(method=3)

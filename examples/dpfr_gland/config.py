@@ -18,14 +18,25 @@ import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .data import parse_ratio
-from .tasks import TASKS, task_of
+from .tasks import task_of
 
 #: The ablation switches, from the plainest to the full recipe.
-METHODS = ("supervised", "mean_teacher", "fdp", "fr", "dpfr")
-_DATASETS = ("synthetic", "glas", "crag", "folder")
+# The choices of the string fields, declared beside each field as its type (checked on construction).
+Method = Literal["supervised", "mean_teacher", "fdp", "fr", "dpfr"]
+TaskName = Literal["instance", "semantic"]
+Dataset = Literal["synthetic", "glas", "crag", "folder"]
+SyntheticPreset = Literal["easy", "medium", "hard"]
+Backbone = Literal["resnet34", "resnet50", "resnet101"]
+LrSchedule = Literal["constant", "poly"]
+PseudoLabels = Literal["entropy", "instance", "class_share", "soft"]
+PerturbAt = Literal["bottleneck", "decoder", "classifier"]
+PerturbDirection = Literal["density", "random"]
+TeacherBuffers = Literal["ema", "copy"]
+FlowSource = Literal["teacher", "student"]
+METHODS: tuple[str, ...] = typing.get_args(Method)
 _IGNORE = 255
 
 
@@ -207,16 +218,16 @@ class TrainConfig:
         ValueError: crop_size must be a positive multiple of 32, got 100
     """
 
-    method: str = "dpfr"
-    task: str = "instance"
+    method: Method = "dpfr"
+    task: TaskName = "instance"
     semantic_classes: int = 2
-    dataset: str = "synthetic"
+    dataset: Dataset = "synthetic"
     data: str = ""
     test_data: str = ""
     split_file: str = ""
     train_split: str = "train"
     test_split: str = "testA"
-    synthetic_preset: str = "medium"
+    synthetic_preset: SyntheticPreset = "medium"
     synthetic_size: int = 128
     synthetic_train: int = 16
     synthetic_test: int = 4
@@ -225,7 +236,7 @@ class TrainConfig:
     label_ratio: str = "1/4"
     labelled: str = ""
     seed: int = 0
-    backbone: str = "resnet34"
+    backbone: Backbone = "resnet34"
     pretrained: str = ""
     scale: float = 1.0
     target_mpp: float = 0.0
@@ -234,13 +245,13 @@ class TrainConfig:
     batch_unlabelled: int = 2
     iterations: int = 100
     lr: float = 1e-3
-    lr_schedule: str = "poly"
+    lr_schedule: LrSchedule = "poly"
     lr_power: float = 0.9
     weight_decay: float = 1e-4
     contour_weight: float = 1.0
     ema_decay: float = 0.99
     threshold: float = 0.5
-    pseudo_labels: str = "entropy"
+    pseudo_labels: PseudoLabels = "entropy"
     min_class_keep: float = 0.2
     distribution_alignment: bool = True
     unsup_class_balance: bool = False
@@ -264,13 +275,13 @@ class TrainConfig:
     temperature: float = 0.5
     projection_hidden: int = 256
     projection_dim: int = 128
-    perturb_at: str = "classifier"
-    perturb_direction: str = "density"
+    perturb_at: PerturbAt = "classifier"
+    perturb_direction: PerturbDirection = "density"
     cutmix: bool = True
     augment_labelled: bool = False
-    teacher_buffers: str = "copy"
+    teacher_buffers: TeacherBuffers = "copy"
     flow_normalize: bool = True
-    flow_labelled_source: str = "teacher"
+    flow_labelled_source: FlowSource = "teacher"
     flow_pseudo_labels: bool = False
     flow_label_fraction: float = 0.5
     contour_width: int = 2
@@ -288,8 +299,6 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             setattr(self, f.name, _check_type(f.name, getattr(self, f.name), _field_types()[f.name]))
-        _one_of("method", self.method, METHODS)
-        _one_of("task", self.task, tuple(TASKS))
         if self.semantic_classes < 2:
             raise ValueError(f"semantic_classes must be >= 2, got {self.semantic_classes}")
         if not (math.isfinite(self.contour_weight) and self.contour_weight > 0):
@@ -297,14 +306,6 @@ class TrainConfig:
         if self.contour_weight != 1.0 and not task_of(self).has_instances:
             raise ValueError(f"contour_weight applies to the instance task (it has a contour class), got "
                              f"contour_weight={self.contour_weight} with task={self.task!r}")
-        _one_of("dataset", self.dataset, _DATASETS)
-        _one_of("backbone", self.backbone, ("resnet34", "resnet50", "resnet101"))
-        _one_of("perturb_at", self.perturb_at, ("bottleneck", "decoder", "classifier"))
-        _one_of("perturb_direction", self.perturb_direction, ("density", "random"))
-        _one_of("teacher_buffers", self.teacher_buffers, ("ema", "copy"))
-        _one_of("lr_schedule", self.lr_schedule, ("constant", "poly"))
-        _one_of("pseudo_labels", self.pseudo_labels, ("entropy", "instance", "class_share", "soft"))
-        _one_of("flow_labelled_source", self.flow_labelled_source, ("teacher", "student"))
         if self.split_file:
             if self.dataset == "synthetic":
                 raise ValueError("split_file names images of a data folder; dataset='synthetic' has none")
@@ -336,7 +337,6 @@ class TrainConfig:
         if self.cutmix and self.semi and self.batch_unlabelled < 2:
             raise ValueError(f"cutmix pastes boxes between unlabelled images of a batch and needs "
                              f"batch_unlabelled >= 2, got {self.batch_unlabelled}; set cutmix=false")
-        _one_of("synthetic_preset", self.synthetic_preset, ("easy", "medium", "hard"))
         for name in ("crop_size", "eval_tile"):
             value = getattr(self, name)
             if value < 32 or value % 32:
@@ -430,17 +430,20 @@ def resolve_split_file(name: str) -> Path:
     raise FileNotFoundError(f"split_file {name!r}: neither {path} nor {shipped} exists")
 
 
-def _one_of(name: str, value: str, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
-
-
 def _field_types() -> dict[str, Any]:
     return typing.get_type_hints(TrainConfig)
 
 
 def _check_type(name: str, value: object, kind: Any) -> object:
-    """Check one config value against its field type (an int is a fine float, a bool is no int)."""
+    """Check one config value against its field type (an int is a fine float, a bool is no int; a
+    ``Literal`` field takes one of its strings)."""
+    if typing.get_origin(kind) is Literal:
+        allowed = typing.get_args(kind)
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a str, got {type(value).__name__} {value!r}")
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+        return value
     if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if kind is int and isinstance(value, int) and not isinstance(value, bool):
