@@ -23,7 +23,9 @@ from typing import IO, Any, NamedTuple
 import torch
 from torch import nn
 
-from .config import TrainConfig, config_from_dict
+import examples.dpfr_gland.config  # the full name in Run's annotation: the docs resolve it to one class
+
+from .config import config_from_dict
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
@@ -143,17 +145,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 class Run(NamedTuple):
     """A run's networks as its checkpoint holds them, in eval mode (``None``: not asked for).
 
-    Attributes:
-        config: the run's :class:`~examples.dpfr_gland.config.TrainConfig`.
-        stored: the config dict as stored in the file.
-        student: the student CE-Net.
-        teacher: the EMA teacher's CE-Net (resume checkpoints of semi-supervised runs, or a
-            teacher export).
-        flow: the :class:`densessl.FlowDensityHead` (resume checkpoints of ``fdp``/``dpfr``).
-        device: where the networks are.
+    Its fields: ``config``, the run's :class:`~examples.dpfr_gland.config.TrainConfig`; ``stored``, the
+    config dict as stored in the file; ``student``, the student CE-Net; ``teacher``, the EMA
+    teacher's CE-Net (resume checkpoints of semi-supervised runs, or a teacher export); ``flow``,
+    the :class:`densessl.FlowDensityHead` (resume checkpoints of ``fdp``/``dpfr``); ``device``,
+    where the networks are.
     """
 
-    config: TrainConfig
+    config: examples.dpfr_gland.config.TrainConfig
     stored: dict[str, Any]
     student: nn.Module | None
     teacher: nn.Module | None
