@@ -58,6 +58,7 @@ import numpy as np
 import torch
 
 from benchmarks._io import write_result
+from densessl.metrics import object_counts as glas_object_counts
 from examples.dpfr_gland.augment import to_tensor
 from examples.dpfr_gland.batches import build_datasets
 from examples.dpfr_gland.checkpoint import atomic_write_text
@@ -275,24 +276,6 @@ def truth_shares(dataset: Any, config: TrainConfig) -> dict[str, float]:
     return dict(zip(CLASS_NAMES, (truth / truth.sum()).tolist()))
 
 
-def _object_counts(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int, int]:
-    """``(predicted objects, true objects, true positives)`` of one image by the rule of
-    :mod:`densessl.metrics`: a predicted object is a true positive when it covers **more than**
-    half of the true object it overlaps most (ties to the smaller label)."""
-    n_pred, n_gt = int(len(np.unique(pred[pred > 0]))), int(len(np.unique(gt[gt > 0])))
-    both = (pred > 0) & (gt > 0)
-    if not both.any():
-        return n_pred, n_gt, 0
-    pairs, counts = np.unique(np.stack([pred[both], gt[both]]), axis=1, return_counts=True)
-    gt_area = dict(zip(*np.unique(gt[gt > 0], return_counts=True)))
-    best: dict[int, tuple[int, int]] = {}  # predicted object -> (overlap, true object)
-    for (p, g), c in zip(pairs.T.tolist(), counts.tolist()):  # sorted by (p, g): a tie keeps the smaller g
-        if c > best.get(p, (0, 0))[0]:
-            best[p] = (c, g)
-    hits = sum(1 for c, g in best.values() if 2 * c > gt_area[g])  # > 50 %: one hit per true object at most
-    return n_pred, n_gt, hits
-
-
 @torch.no_grad()
 def object_counts(model: torch.nn.Module, dataset: Any, config: TrainConfig) -> dict[str, float]:
     """Predicted and true gland counts over the test images, true positives (GlaS rule),
@@ -303,7 +286,7 @@ def object_counts(model: torch.nn.Module, dataset: Any, config: TrainConfig) -> 
         image, instances = dataset[i]
         pred = predict_instances(model, image, tile=config.eval_tile, overlap=config.eval_overlap,
                                  min_size=config.min_size, dilation=config.contour_width, scale=config.scale)
-        per_image.append(list(_object_counts(pred, np.asarray(instances))))
+        per_image.append(list(glas_object_counts(pred, np.asarray(instances))))
     n_pred, n_gt, tp = (int(v) for v in np.sum(per_image, axis=0))
     return {"predicted": n_pred, "truth": n_gt, "tp": tp, "precision": tp / max(n_pred, 1),
             "recall": tp / max(n_gt, 1), "per_image": per_image}

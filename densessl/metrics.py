@@ -66,6 +66,7 @@ from ._checks import check_number, check_tensor
 __all__ = [
     "glas_metrics",
     "mean_iou",
+    "object_counts",
     "object_dice",
     "object_f1",
     "object_hausdorff",
@@ -424,6 +425,38 @@ def object_f1(pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor) ->
     """
     pred, gt = _check_pair("pred", pred, "gt", gt)
     return _scores(_image_sums(pred, gt, hausdorff=False, empty_distance=None))["f1"]
+
+
+def object_counts(pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor) -> tuple[int, int, int]:
+    """The counts behind :func:`object_f1`: segmented objects, ground-truth objects, true positives.
+
+    Summed over images they give the pooled object F1 ``2 TP / (segmented + ground truth)``,
+    object precision ``TP / segmented`` and recall ``TP / ground truth``, and a bootstrap over
+    images resamples them (the counts of one image are what it contributes to the pool).
+
+    Args:
+        pred: segmented instance map, ``0`` = background.
+        gt: ground-truth instance map, ``0`` = background.
+
+    Shapes:
+        - pred: ``[H, W]``, any integer dtype (numpy or torch), labels ``0..2**31-1``
+        - gt: ``[H, W]``, same shape as ``pred``
+
+    Returns:
+        ``(segmented, ground_truth, true_positives)`` as Python ints.
+
+    Raises:
+        ValueError: as :func:`object_f1`.
+        TypeError: as :func:`object_f1`.
+
+    Example:
+        >>> import numpy as np
+        >>> object_counts(np.array([[5, 5, 5, 0, 7]]), np.array([[1, 1, 0, 2, 2]]))
+        (2, 2, 1)
+    """
+    pred, gt = _check_pair("pred", pred, "gt", gt)
+    s = _image_sums(pred, gt, hausdorff=False, empty_distance=None)
+    return s.n_pred, s.n_gt, s.tp
 
 
 def object_dice(pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor) -> float:

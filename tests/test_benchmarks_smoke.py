@@ -358,29 +358,6 @@ def test_wide_test_score_splits_by_appearance_and_its_own_part_equals_the_recipe
         score_by_appearance(model, TrainConfig(dataset="glas", data="x"), 8)
 
 
-def test_object_counts_follow_the_glas_rule_on_a_hand_made_case():
-    from benchmarks.ssl_quality import _object_counts
-
-    gt = np.zeros((10, 10), int)
-    gt[0:4, 0:4] = 1
-    gt[6:10, 6:10] = 2
-    pred = np.zeros((10, 10), int)
-    pred[0:3, 0:4] = 5  # covers 12 of gt 1's 16 pixels: a true positive
-    pred[6:7, 6:10] = 7  # covers 4 of gt 2's 16: not one
-    pred[8, 0] = 9  # overlaps nothing: a false positive
-    assert _object_counts(pred, gt) == (3, 2, 1)
-    pred[3, 0:4] = 6  # a second piece of gt 1 (4 of 16) does not count it twice
-    assert _object_counts(pred, gt) == (4, 2, 1)
-    assert _object_counts(np.zeros_like(gt), gt) == (0, 2, 0)
-    # exactly half is not enough, as in densessl.metrics (its object_f1 docstring case)
-    from densessl.metrics import object_f1
-
-    half_gt, half_pred = np.array([[1, 1, 0, 2, 2]]), np.array([[5, 5, 5, 0, 7]])
-    n_pred, n_gt, tp = _object_counts(half_pred, half_gt)
-    assert (n_pred, n_gt, tp) == (2, 2, 1)
-    assert 2 * tp / (n_pred + n_gt) == object_f1(half_pred, half_gt)
-
-
 def test_truth_class_shares_are_counted_at_the_networks_scale():
     """The truth's contour is ``contour_width`` network pixels wide, as in training: at scale 0.5 a
     disc's contour band holds about twice the share it would at native resolution."""

@@ -503,3 +503,52 @@ def test_bad_mean_iou_arguments():
         mean_iou(GOOD, GOOD, num_classes=0)
     with pytest.raises(TypeError, match="num_classes"):
         mean_iou(GOOD, GOOD, num_classes=2.5)
+
+
+def _reference_counts(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int, int]:
+    """An independent count by the GlaS rule: each segmented object's most-overlapped true object
+    (ties to the smaller label) is hit when covered by more than half."""
+    n_pred, n_gt = len(np.unique(pred[pred > 0])), len(np.unique(gt[gt > 0]))
+    both = (pred > 0) & (gt > 0)
+    if not both.any():
+        return n_pred, n_gt, 0
+    pairs, counts = np.unique(np.stack([pred[both], gt[both]]), axis=1, return_counts=True)
+    gt_area = dict(zip(*np.unique(gt[gt > 0], return_counts=True)))
+    best: dict[int, tuple[int, int]] = {}
+    for (p, g), c in zip(pairs.T.tolist(), counts.tolist()):  # sorted by (p, g): a tie keeps the smaller g
+        if c > best.get(p, (0, 0))[0]:
+            best[p] = (c, g)
+    return n_pred, n_gt, sum(1 for c, g in best.values() if 2 * c > gt_area[g])
+
+
+def test_object_counts_on_a_hand_made_case():
+    from densessl.metrics import object_counts, object_f1
+
+    gt = np.zeros((10, 10), int)
+    gt[0:4, 0:4] = 1
+    gt[6:10, 6:10] = 2
+    pred = np.zeros((10, 10), int)
+    pred[0:3, 0:4] = 5  # covers 12 of gt 1's 16 pixels: a true positive
+    pred[6:7, 6:10] = 7  # covers 4 of gt 2's 16: not one
+    pred[8, 0] = 9  # overlaps nothing: a false positive
+    assert object_counts(pred, gt) == (3, 2, 1)
+    pred[3, 0:4] = 6  # a second piece of gt 1 (4 of 16) does not count it twice
+    assert object_counts(pred, gt) == (4, 2, 1)
+    assert object_counts(np.zeros_like(gt), gt) == (0, 2, 0)
+    half_gt, half_pred = np.array([[1, 1, 0, 2, 2]]), np.array([[5, 5, 5, 0, 7]])  # exactly half is no hit
+    n_pred, n_gt, tp = object_counts(half_pred, half_gt)
+    assert (n_pred, n_gt, tp) == (2, 2, 1) and 2 * tp / (n_pred + n_gt) == object_f1(half_pred, half_gt)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**31 - 1))
+def test_object_counts_equal_an_independent_count_and_give_object_f1(seed):
+    from densessl.metrics import object_counts, object_f1
+
+    rng = np.random.default_rng(seed)
+    gt = rng.integers(0, 4, (12, 12)) * (rng.random((12, 12)) < 0.7)
+    pred = rng.integers(0, 5, (12, 12)) * (rng.random((12, 12)) < 0.6)
+    counts = object_counts(pred, gt)
+    assert counts == _reference_counts(pred, gt)
+    n_pred, n_gt, tp = counts
+    assert object_f1(pred, gt) == pytest.approx(1.0 if n_pred + n_gt == 0 else 2 * tp / (n_pred + n_gt))
