@@ -63,9 +63,9 @@ from examples.dpfr_gland.augment import to_tensor
 from examples.dpfr_gland.batches import build_datasets
 from examples.dpfr_gland.checkpoint import atomic_write_text
 from examples.dpfr_gland.config import METHODS, TrainConfig, apply_overrides, fields_read
-from examples.dpfr_gland.evaluate import predict_instances, predict_probabilities
+from examples.dpfr_gland.evaluate import native_postprocess, predict_probabilities
 from examples.dpfr_gland.plots import smooth
-from examples.dpfr_gland.targets import NUM_CLASSES, instances_to_classes
+from examples.dpfr_gland.targets import NUM_CLASSES, classes_to_instances, instances_to_classes
 
 __all__ = ["SCALES", "RunSpec", "effective_config", "main", "plan", "summarise"]
 
@@ -247,18 +247,36 @@ def _fingerprint(config: TrainConfig) -> str:
 
 
 @torch.no_grad()
-def class_shares(model: torch.nn.Module, dataset: Any, config: TrainConfig) -> dict[str, dict[str, float]]:
-    """Argmax class shares of the model on the test images beside the ground truth's (contour erosion).
+@torch.no_grad()
+def test_measurements(model: torch.nn.Module, dataset: Any, config: TrainConfig) -> tuple[dict, dict]:
+    """One prediction of every test image, two measurements: the argmax class shares beside the
+    truth's (:func:`truth_shares`; contour erosion) and the gland counts (:func:`glas_object_counts`:
+    whether a fall in object F1 comes from extra objects or lost ones).
 
-    The prediction is scored on the native grid, the truth by the training targets' own rule at the
-    network's scale (:func:`truth_shares`): both contours are ``contour_width`` network pixels wide."""
+    The instances are made as evaluation makes them (:func:`~examples.dpfr_gland.evaluate.predict_instances`:
+    the same probabilities, then the run's ``min_size`` and ``contour_width`` on the native grid).
+
+    Returns:
+        ``(class_shares, objects)``: ``{"predicted", "truth", "truth_grid"}`` and ``{"predicted",
+        "truth", "tp", "precision", "recall", "per_image"}``.
+    """
+    model.eval()
+    min_size, dilation = native_postprocess(config.min_size, config.contour_width, config.scale)
     predicted = np.zeros(NUM_CLASSES)
+    per_image = []
     for i in range(len(dataset)):
-        probs = predict_probabilities(model, dataset[i][0], scale=config.scale, tile=config.eval_tile,
+        image, instances = dataset[i]
+        probs = predict_probabilities(model, image, scale=config.scale, tile=config.eval_tile,
                                       overlap=config.eval_overlap)
         predicted += np.bincount(probs.argmax(0).flatten().numpy(), minlength=NUM_CLASSES)
-    return {"predicted": dict(zip(CLASS_NAMES, (predicted / predicted.sum()).tolist())),
-            "truth": truth_shares(dataset, config), "truth_grid": "network"}
+        pred = classes_to_instances(probs, min_size=min_size, dilation=dilation).numpy()
+        per_image.append(list(glas_object_counts(pred, np.asarray(instances))))
+    shares = {"predicted": dict(zip(CLASS_NAMES, (predicted / predicted.sum()).tolist())),
+              "truth": truth_shares(dataset, config), "truth_grid": "network"}
+    n_pred, n_gt, tp = (int(v) for v in np.sum(per_image, axis=0))
+    objects = {"predicted": n_pred, "truth": n_gt, "tp": tp, "precision": tp / max(n_pred, 1),
+               "recall": tp / max(n_gt, 1), "per_image": per_image}
+    return shares, objects
 
 
 def truth_shares(dataset: Any, config: TrainConfig) -> dict[str, float]:
@@ -274,22 +292,6 @@ def truth_shares(dataset: Any, config: TrainConfig) -> dict[str, float]:
         truth += np.bincount(instances_to_classes(instances, contour_width=config.contour_width).flatten(),
                              minlength=NUM_CLASSES)
     return dict(zip(CLASS_NAMES, (truth / truth.sum()).tolist()))
-
-
-@torch.no_grad()
-def object_counts(model: torch.nn.Module, dataset: Any, config: TrainConfig) -> dict[str, float]:
-    """Predicted and true gland counts over the test images, true positives (GlaS rule),
-    precision and recall: whether a fall in object F1 comes from extra objects or lost ones."""
-    model.eval()
-    per_image = []
-    for i in range(len(dataset)):
-        image, instances = dataset[i]
-        pred = predict_instances(model, image, tile=config.eval_tile, overlap=config.eval_overlap,
-                                 min_size=config.min_size, dilation=config.contour_width, scale=config.scale)
-        per_image.append(list(glas_object_counts(pred, np.asarray(instances))))
-    n_pred, n_gt, tp = (int(v) for v in np.sum(per_image, axis=0))
-    return {"predicted": n_pred, "truth": n_gt, "tp": tp, "precision": tp / max(n_pred, 1),
-            "recall": tp / max(n_gt, 1), "per_image": per_image}
 
 
 @torch.no_grad()
@@ -370,8 +372,7 @@ def run_one(spec: RunSpec, scale: Scale, split: str, sets: Sequence[str], out_ro
         "perturbation": {k: _tail_mean(history, k) for k in ("fdp_gain", "flip", "flow_nll_per_dim")},
     }
     student, _ = load_checkpoint_model(out / "checkpoint.pt", weights="student")  # float32, as trained
-    row["class_shares"] = class_shares(student, test, config)
-    row["objects"] = object_counts(student, test, config)
+    row["class_shares"], row["objects"] = test_measurements(student, test, config)
     if features:
         row["features"] = decoder_features(student, test, config, scale.feature_pixels)
     return row
@@ -934,7 +935,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 continue
             config = TrainConfig(**{**dataclasses.asdict(TrainConfig()), **row["config"]})
             student, _ = load_checkpoint_model(model_path)
-            row["objects"] = {**object_counts(student, build_datasets(config)[1], config), "source": "model.pt"}
+            row["objects"] = {**test_measurements(student, build_datasets(config)[1], config)[1], "source": "model.pt"}
             atomic_write_text(path, json.dumps(row) + "\n")
             print(f"{row['name']}: precision {row['objects']['precision']:.3f} recall {row['objects']['recall']:.3f}")
     if args.retruth:

@@ -373,3 +373,29 @@ def test_truth_class_shares_are_counted_at_the_networks_scale():
     assert truth_shares(dataset, TrainConfig(scale=1.0, contour_width=2))["contour"] == pytest.approx(native[2])
     assert 1.7 < at_half["contour"] / native[2] < 2.3
     assert sum(at_half.values()) == pytest.approx(1.0)
+
+
+def test_one_pass_test_measurements_equal_evaluations_instances_and_argmax():
+    """The study's one prediction per image gives the counts of evaluation's own instances and
+    the argmax shares of the same probabilities (at a scale, so the native grid is exercised)."""
+    import torch
+
+    from benchmarks.ssl_quality import test_measurements
+    from densessl.metrics import object_counts
+    from examples.dpfr_gland.config import TrainConfig
+    from examples.dpfr_gland.evaluate import predict_instances, predict_probabilities
+    from examples.dpfr_gland.synthetic import SyntheticGlands
+
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 3, kernel_size=3, padding=1)
+    glands = SyntheticGlands("easy", size=96, seed=3)
+    dataset = [glands.sample(i) for i in range(3)]
+    config = TrainConfig(scale=0.5, eval_tile=64, eval_overlap=16, min_size=4, contour_width=2)
+    shares, objects = test_measurements(model, dataset, config)
+    assert objects["predicted"] > 0  # the random net does find objects: the comparison is not of empties
+    for (image, instances), counts in zip(dataset, objects["per_image"]):
+        pred = predict_instances(model, image, tile=64, overlap=16, min_size=4, dilation=2, scale=0.5)
+        assert tuple(counts) == object_counts(pred, instances)
+    argmax = sum(np.bincount(predict_probabilities(model, image, scale=0.5, tile=64, overlap=16).argmax(0).ravel(),
+                             minlength=3) for image, _ in dataset)
+    assert shares["predicted"]["contour"] == pytest.approx(argmax[2] / argmax.sum())
