@@ -36,7 +36,6 @@ trains nothing) adds them to rows that lack them, from each run's ``model.pt`` a
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import hashlib
 import io
@@ -47,6 +46,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks._io import write_result
+from benchmarks._study import reusable as _reusable
+from benchmarks._study import train_quietly
 from examples.dpfr_gland.checkpoint import atomic_write, atomic_write_text
 from examples.dpfr_gland.config import TrainConfig, apply_overrides, config_from_dict
 
@@ -74,16 +75,6 @@ def _config(scale: dict, seed: int, labelled: list[int], sets: list[str] | tuple
         **{**_COMMON, **scale["config"], "seed": seed, "labelled": ",".join(map(str, sorted(labelled)))}
     )
     return apply_overrides(config, list(sets))
-
-
-def _train(config: TrainConfig, out: Path) -> dict[str, Any]:
-    from examples.dpfr_gland.loop import train
-
-    log = io.StringIO()
-    with contextlib.redirect_stdout(log):
-        result = train(config, out, progress=False)
-    (out / "train.log").write_text(log.getvalue())
-    return result["metrics"]
 
 
 def score_by_appearance(model: Any, config: TrainConfig, count: int) -> dict[str, dict[str, float]]:
@@ -268,8 +259,10 @@ def main(argv: list[str] | None = None) -> dict:
         for seed, strategy, round_ in bar:
             name = f"s{seed}_{strategy}_r{round_}"
             path = results / f"{name}.json"
-            if path.is_file():
-                continue
+            if path.is_file():  # finished: reused when the study would train it alike on the same labels
+                stored = json.loads(path.read_text())
+                if _reusable(stored["config"], _config(scale, seed, stored["labelled"], args.set)):
+                    continue
             bar.set_postfix_str(name)
             if round_ == 0:
                 rng = np.random.default_rng([seed, 0, 17])
@@ -284,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                    _config(scale, seed, labelled, args.set), labelled,
                                                    scale["step"], seed, round_))
             config = _config(scale, seed, labelled, args.set)
-            metrics = _train(config, outputs / name)
+            metrics = train_quietly(config, outputs / name)["metrics"]
             train_set, _ = build_datasets(config)
             row = {"seed": seed, "strategy": strategy, "round": round_, "labelled": labelled,
                    "num_labelled": len(labelled), "minority_labelled": len(set(labelled) & set(train_set.minority)),

@@ -41,10 +41,8 @@ preset's 42 runs about 13 hours (``configs/glas_cpu.json``: supervised about 10 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import hashlib
-import io
 import json
 import math
 import platform
@@ -58,11 +56,14 @@ import numpy as np
 import torch
 
 from benchmarks._io import write_result
+from benchmarks._study import effective_config, train_quietly
+from benchmarks._study import fingerprint as _fingerprint
+from benchmarks._study import reusable as _reusable
 from densessl.metrics import object_counts as glas_object_counts
 from examples.dpfr_gland.augment import to_tensor
 from examples.dpfr_gland.batches import build_datasets
 from examples.dpfr_gland.checkpoint import atomic_write_text
-from examples.dpfr_gland.config import METHODS, TrainConfig, apply_overrides, fields_read
+from examples.dpfr_gland.config import METHODS, TrainConfig, apply_overrides
 from examples.dpfr_gland.evaluate import native_postprocess, predict_probabilities
 from examples.dpfr_gland.plots import smooth
 from examples.dpfr_gland.targets import NUM_CLASSES, classes_to_instances, instances_to_classes
@@ -219,29 +220,6 @@ def _config(spec: RunSpec, scale: Scale, split: str, sets: Sequence[str] = (),
     return apply_overrides(dataclasses.replace(TrainConfig(), **spec.overrides(scale, split, data)), list(sets))
 
 
-def effective_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The fields of a run's config that its method reads (the others cannot change its result).
-
-    Example:
-        >>> sorted(set(dataclasses.asdict(TrainConfig(method="dpfr"))) -
-        ...        set(effective_config(dataclasses.asdict(TrainConfig(method="fr")))))[:3]
-        ['alpha_perturbed', 'flow_depth', 'flow_grad_clip']
-    """
-    read = fields_read(config["method"])
-    return {k: v for k, v in config.items() if k in read}
-
-
-def _reusable(stored: dict[str, Any], config: TrainConfig) -> bool:
-    """Whether a finished run's stored config is ``config`` on every field its method reads
-    (fields added to the recipe since that run count at their defaults)."""
-    filled = {**dataclasses.asdict(TrainConfig()), **stored}
-    return effective_config(filled) == effective_config(dataclasses.asdict(config))
-
-
-def _fingerprint(config: TrainConfig) -> str:
-    effective = effective_config(dataclasses.asdict(config))
-    return hashlib.sha256(json.dumps(effective, sort_keys=True).encode()).hexdigest()[:16]
-
 
 # ----------------------------------------------------------------------------- measurements of one run
 
@@ -346,17 +324,12 @@ def run_one(spec: RunSpec, scale: Scale, split: str, sets: Sequence[str], out_ro
             data: dict[str, Path] | None = None) -> dict:
     """Train one run (quietly: the trainer's lines go to ``train.log``) and measure it."""
     from examples.dpfr_gland.evaluate import load_checkpoint_model
-    from examples.dpfr_gland.loop import train
 
     config = _config(spec, scale, split, sets, data)
     out = out_root / spec.name
-    out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    log = io.StringIO()
-    with contextlib.redirect_stdout(log):
-        result = train(config, out, progress=False)
+    result = train_quietly(config, out)
     wall = time.perf_counter() - started
-    (out / "train.log").write_text(log.getvalue())
     metrics, history = result["metrics"], result["history"]
     _, test = build_datasets(config)
     row: dict[str, Any] = {
