@@ -837,6 +837,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                              "(rows from before that rule counted the contour on the native grid), then report")
     parser.add_argument("--seeds", default="", help="comma-separated subset of the scale's seeds")
     parser.add_argument("--ratios", default="", help="comma-separated subset of the label ratios (e.g. 1/8)")
+    parser.add_argument("--runs", default="", help="comma-separated run names (e.g. glas_supervised_1of8_s0), in "
+                                                   "this order: only these, once the other filters pass them")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for every run (e.g. for tuning on --split validation)")
     parser.add_argument("--results", default="", help="folder of the per-run JSON (default under benchmarks/results)")
@@ -871,6 +873,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ratios = set(args.ratios.split(",")) if args.ratios else None
     runs = [r for r in plan(scale) if r.group in groups and r.method in methods and r.preset in presets
             and r.seed in seeds and (ratios is None or r.label_ratio in ratios)]
+    if args.runs:
+        wanted = args.runs.split(",")
+        runs = sorted((r for r in runs if r.name in wanted), key=lambda r: wanted.index(r.name))
     feature_runs = {(scale.presets[0], m, scale.seeds[0]) for m in ("mean_teacher", "dpfr")}
     results.mkdir(parents=True, exist_ok=True)
     if not args.report:
