@@ -936,6 +936,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         atomic_write_text(ROOT / "docs" / "ssl_quality_tables.inc", rst_tables(summary))
         if any(r["preset"] in REAL_CONFIGS for r in rows):
             atomic_write_text(ROOT / "docs" / "ssl_quality_real_tables.inc", rst_tables(summary, rows, real=True))
+    if rows and tag == "cpu_validation" and not args.results and any(r["preset"] in REAL_CONFIGS for r in rows):
+        # the tuning on the real preset's validation part (the pseudo-label rules): its own tables
+        atomic_write_text(ROOT / "docs" / "ssl_quality_real_validation_tables.inc",
+                          rst_tables(summary, rows, real=True))
     write_result(RESULTS / f"ssl_quality_{tag}.json" if not args.results else results / "summary.json", summary)
     if rows:
         for path in figures(rows, summary, figures_dir, f"{args.scale} scale, {summary['machine']}"):
