@@ -56,18 +56,70 @@ RESULTS = Path(__file__).resolve().parent / "results"
 STRATEGIES = ("random", "entropy", "density", "combined")
 
 SCALES: dict[str, dict[str, Any]] = {
-    "toy": dict(config=dict(synthetic_size=64, synthetic_train=12, synthetic_test=2, crop_size=64, iterations=3,
-                            supervised_warmup=0, rampup=0, flow_warmup=1, eval_tile=64, eval_overlap=16,
-                            num_anchors=8, num_negatives=16, flow_hidden=16, projection_hidden=16, projection_dim=8),
-                seeds=(0,), start=2, step=2, rounds=1, wide_test=4),
-    "cpu": dict(config=dict(synthetic_size=128, synthetic_train=64, synthetic_test=40, crop_size=96, iterations=400,
-                            supervised_warmup=60, rampup=60, flow_warmup=60, eval_tile=128, eval_overlap=32,
-                            batch_labelled=2, batch_unlabelled=2, ema_decay=0.95, flow_hidden=64,
-                            projection_hidden=64, projection_dim=32, num_anchors=64, num_negatives=128),
-                seeds=(0, 1, 2), start=4, step=4, rounds=2, wide_test=200),
+    "toy": dict(
+        config=dict(
+            synthetic_size=64,
+            synthetic_train=12,
+            synthetic_test=2,
+            crop_size=64,
+            iterations=3,
+            supervised_warmup=0,
+            rampup=0,
+            flow_warmup=1,
+            eval_tile=64,
+            eval_overlap=16,
+            num_anchors=8,
+            num_negatives=16,
+            flow_hidden=16,
+            projection_hidden=16,
+            projection_dim=8,
+        ),
+        seeds=(0,),
+        start=2,
+        step=2,
+        rounds=1,
+        wide_test=4,
+    ),
+    "cpu": dict(
+        config=dict(
+            synthetic_size=128,
+            synthetic_train=64,
+            synthetic_test=40,
+            crop_size=96,
+            iterations=400,
+            supervised_warmup=60,
+            rampup=60,
+            flow_warmup=60,
+            eval_tile=128,
+            eval_overlap=32,
+            batch_labelled=2,
+            batch_unlabelled=2,
+            ema_decay=0.95,
+            flow_hidden=64,
+            projection_hidden=64,
+            projection_dim=32,
+            num_anchors=64,
+            num_negatives=128,
+        ),
+        seeds=(0, 1, 2),
+        start=4,
+        step=4,
+        rounds=2,
+        wide_test=200,
+    ),
 }
-_COMMON = dict(method="dpfr", dataset="synthetic", synthetic_preset="medium", synthetic_mix="hard:0.1",
-               synthetic_seed=3001, device="cpu", num_workers=0, log_every=50, eval_pictures=0, checkpoint_every=0)
+_COMMON = dict(
+    method="dpfr",
+    dataset="synthetic",
+    synthetic_preset="medium",
+    synthetic_mix="hard:0.1",
+    synthetic_seed=3001,
+    device="cpu",
+    num_workers=0,
+    log_every=50,
+    eval_pictures=0,
+    checkpoint_every=0,
+)
 
 
 def _config(scale: dict, seed: int, labelled: list[int], sets: list[str] | tuple[str, ...] = ()) -> TrainConfig:
@@ -108,18 +160,37 @@ def score_by_appearance(model: Any, config: TrainConfig, count: int) -> dict[str
     with torch.no_grad():
         for i in range(len(test)):
             image, instances = test[i]
-            preds.append(predict_instances(model, image, tile=config.eval_tile, overlap=config.eval_overlap,
-                                           min_size=config.min_size, dilation=config.contour_width,
-                                           amp=config.amp, scale=config.scale))
+            preds.append(
+                predict_instances(
+                    model,
+                    image,
+                    tile=config.eval_tile,
+                    overlap=config.eval_overlap,
+                    min_size=config.min_size,
+                    dilation=config.contour_width,
+                    amp=config.amp,
+                    scale=config.scale,
+                )
+            )
             gts.append(np.asarray(instances))
     minority = set(test.minority)
-    groups = {"all": list(range(len(test))), "minority": sorted(minority),
-              "majority": [i for i in range(len(test)) if i not in minority],
-              "own": list(range(min(config.synthetic_test, len(test))))}
-    return {name: {**{f"pooled_{k}": v for k, v in glas_metrics([preds[i] for i in members],
-                                                                 [gts[i] for i in members]).items()},
-                   "images": len(members)}
-            for name, members in groups.items() if members}
+    groups = {
+        "all": list(range(len(test))),
+        "minority": sorted(minority),
+        "majority": [i for i in range(len(test)) if i not in minority],
+        "own": list(range(min(config.synthetic_test, len(test)))),
+    }
+    return {
+        name: {
+            **{
+                f"pooled_{k}": v
+                for k, v in glas_metrics([preds[i] for i in members], [gts[i] for i in members]).items()
+            },
+            "images": len(members),
+        }
+        for name, members in groups.items()
+        if members
+    }
 
 
 def _wide_score(run: Path, config: TrainConfig, count: int) -> dict[str, Any]:
@@ -161,8 +232,11 @@ def _pool_scores(run: Path, train_set: Any, pool: list[int], labelled: list[int]
     from examples.dpfr_gland.checkpoint import load_run
     from examples.dpfr_gland.suggest import score_images
 
-    return score_images(load_run(run / "checkpoint.pt", networks=("teacher", "flow")), [train_set[i][0] for i in pool],
-                        [train_set[i][0] for i in labelled])
+    return score_images(
+        load_run(run / "checkpoint.pt", networks=("teacher", "flow")),
+        [train_set[i][0] for i in pool],
+        [train_set[i][0] for i in labelled],
+    )
 
 
 def ranking_quality(run: Path, config: TrainConfig, labelled: list[int], k: int) -> dict[str, Any]:
@@ -175,13 +249,16 @@ def ranking_quality(run: Path, config: TrainConfig, labelled: list[int], k: int)
     for key in ("low_density", "entropy", "combined"):
         values = scores[key].double().numpy()
         top = np.argsort(-values, kind="stable")[:k]
-        out[key] = {"auroc": auroc(values, positive) if 0 < positive.sum() < len(pool) else None,
-                    "minority_in_top_k": int(positive[top].sum())}
+        out[key] = {
+            "auroc": auroc(values, positive) if 0 < positive.sum() < len(pool) else None,
+            "minority_in_top_k": int(positive[top].sum()),
+        }
     return out
 
 
-def _pick(strategy: str, run: Path, config: TrainConfig, labelled: list[int], step: int, seed: int,
-          round_: int) -> list[int]:
+def _pick(
+    strategy: str, run: Path, config: TrainConfig, labelled: list[int], step: int, seed: int, round_: int
+) -> list[int]:
     from densessl.functional import diverse_top_k
 
     train_set, pool = _pool(config, labelled)
@@ -217,9 +294,11 @@ def complete_rows(results: Path, outputs: Path, scale: dict, only: Path | None =
             continue
         atomic_write_text(path, json.dumps(row) + "\n")
         if "wide" in row:
-            print(f"{path.stem}: wide O.F1 {row['wide']['all']['pooled_f1']:.3f} (minority "
-                  f"{row['wide'].get('minority', {}).get('pooled_f1', float('nan')):.3f}); own test "
-                  f"{row['wide']['own']['pooled_f1']:.3f} against {row['pooled_f1']:.3f} reported")
+            print(
+                f"{path.stem}: wide O.F1 {row['wide']['all']['pooled_f1']:.3f} (minority "
+                f"{row['wide'].get('minority', {}).get('pooled_f1', float('nan')):.3f}); own test "
+                f"{row['wide']['own']['pooled_f1']:.3f} against {row['pooled_f1']:.3f} reported"
+            )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -229,13 +308,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--outputs", default="")
     parser.add_argument("--figure", default="")
     parser.add_argument("--report", action="store_true", help="only the summary and the figure")
-    parser.add_argument("--rescore", action="store_true",
-                        help="train nothing: add the wide-test score (model.pt) and the ranking quality "
-                             "(checkpoint.pt) to finished runs that lack them, then report")
+    parser.add_argument(
+        "--rescore",
+        action="store_true",
+        help="train nothing: add the wide-test score (model.pt) and the ranking quality "
+        "(checkpoint.pt) to finished runs that lack them, then report",
+    )
     parser.add_argument("--seeds", default="", help="comma-separated subset of the scale's seeds")
     parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated subset of the strategies")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a config override for every run (e.g. iterations=1200); a variant gets its own folders")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for every run (e.g. iterations=1200); a variant gets its own folders",
+    )
     args = parser.parse_args(argv)
     scale = SCALES[args.scale]
     tag = args.scale
@@ -243,8 +330,11 @@ def main(argv: list[str] | None = None) -> dict:
         tag += "_set-" + hashlib.sha256("\n".join(args.set).encode()).hexdigest()[:8]
     results = Path(args.results) if args.results else RESULTS / "active_labels" / tag
     outputs = Path(args.outputs) if args.outputs else ROOT / "outputs" / "active_labels" / tag
-    figure = Path(args.figure) if args.figure else (ROOT / "docs" / "_static" / "active_labels.png"
-                                                    if tag == "cpu" else outputs / "active_labels.png")
+    figure = (
+        Path(args.figure)
+        if args.figure
+        else (ROOT / "docs" / "_static" / "active_labels.png" if tag == "cpu" else outputs / "active_labels.png")
+    )
     results.mkdir(parents=True, exist_ok=True)
     strategies = [s for s in STRATEGIES if s in set(args.strategies.split(","))]
     seeds = [s for s in scale["seeds"] if not args.seeds or str(s) in args.seeds.split(",")]
@@ -273,21 +363,39 @@ def main(argv: list[str] | None = None) -> dict:
                 prev_name = f"s{seed}_start_r0" if round_ == 1 else f"s{seed}_{strategy}_r{round_ - 1}"
                 previous = json.loads((results / f"{prev_name}.json").read_text())
                 labelled = previous["labelled"]
-                labelled = sorted(labelled + _pick(strategy, outputs / prev_name,
-                                                   _config(scale, seed, labelled, args.set), labelled,
-                                                   scale["step"], seed, round_))
+                labelled = sorted(
+                    labelled
+                    + _pick(
+                        strategy,
+                        outputs / prev_name,
+                        _config(scale, seed, labelled, args.set),
+                        labelled,
+                        scale["step"],
+                        seed,
+                        round_,
+                    )
+                )
             config = _config(scale, seed, labelled, args.set)
             metrics = train_quietly(config, outputs / name)["metrics"]
             train_set, _ = build_datasets(config)
-            row = {"seed": seed, "strategy": strategy, "round": round_, "labelled": labelled,
-                   "num_labelled": len(labelled), "minority_labelled": len(set(labelled) & set(train_set.minority)),
-                   "pooled_f1": metrics["pooled_f1"], "pooled_dice": metrics["pooled_dice"],
-                   "pooled_hausdorff": metrics["pooled_hausdorff"], "config": dataclasses.asdict(config)}
+            row = {
+                "seed": seed,
+                "strategy": strategy,
+                "round": round_,
+                "labelled": labelled,
+                "num_labelled": len(labelled),
+                "minority_labelled": len(set(labelled) & set(train_set.minority)),
+                "pooled_f1": metrics["pooled_f1"],
+                "pooled_dice": metrics["pooled_dice"],
+                "pooled_hausdorff": metrics["pooled_hausdorff"],
+                "config": dataclasses.asdict(config),
+            }
             # stored at once: the training is the costly part, and the scores below are filled
             # in by the pass after the loop (or --rescore) if they fail or are interrupted
             atomic_write_text(path, json.dumps(row) + "\n")
-            bar.write(f"{name}: {len(labelled)} labelled ({row['minority_labelled']} minority), O.F1 "
-                      f"{row['pooled_f1']:.3f}")
+            bar.write(
+                f"{name}: {len(labelled)} labelled ({row['minority_labelled']} minority), O.F1 {row['pooled_f1']:.3f}"
+            )
             complete_rows(results, outputs, scale, only=path)
     if not args.report:
         complete_rows(results, outputs, scale)
@@ -295,8 +403,15 @@ def main(argv: list[str] | None = None) -> dict:
     summary = summarise(rows)
     summary["sets"] = args.set
     write_result(results / "summary.json" if args.results else RESULTS / f"active_labels_{tag}.json", summary)
-    for line in (summary["table"] + [""] + summary["paired_table"] + [""] + summary["target_table"] + [""]
-                 + summary["ranking_table"]):
+    for line in (
+        summary["table"]
+        + [""]
+        + summary["paired_table"]
+        + [""]
+        + summary["target_table"]
+        + [""]
+        + summary["ranking_table"]
+    ):
         print(line)
     if rows:
         draw(summary, figure)
@@ -307,10 +422,12 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 # (name in the summary, where in a row, what the table calls it)
-MEASURES = (("f1", ("pooled_f1",), "O.F1, own test"),
-            ("wide_f1", ("wide", "all", "pooled_f1"), "O.F1, wide test"),
-            ("minority_f1", ("wide", "minority", "pooled_f1"), "O.F1, wide minority"),
-            ("majority_f1", ("wide", "majority", "pooled_f1"), "O.F1, wide majority"))
+MEASURES = (
+    ("f1", ("pooled_f1",), "O.F1, own test"),
+    ("wide_f1", ("wide", "all", "pooled_f1"), "O.F1, wide test"),
+    ("minority_f1", ("wide", "minority", "pooled_f1"), "O.F1, wide minority"),
+    ("majority_f1", ("wide", "majority", "pooled_f1"), "O.F1, wide majority"),
+)
 
 
 def _lookup(row: dict, keys: tuple[str, ...]) -> float | None:
@@ -337,13 +454,16 @@ def _reach(curve: dict, measure: str) -> dict[str, Any] | None:
     limit = 2 / 3 * final["num_labelled"]
     reached = [p["num_labelled"] for p in combined if p[f"{measure}_mean"] >= final[f"{measure}_mean"]]
     at_limit = [p for p in combined if p["num_labelled"] <= limit]
-    return {"measure": measure, "complete": complete, "random_final_labels": final["num_labelled"],
-            "random_final": final[f"{measure}_mean"],
-            "combined_labels_to_reach": min(reached) if reached else None,
-            "combined_at_two_thirds": at_limit[-1][f"{measure}_mean"] if at_limit else None,
-            "shortfall_at_two_thirds": (final[f"{measure}_mean"] - at_limit[-1][f"{measure}_mean"]
-                                        if at_limit else None),
-            "met": (bool(reached) and min(reached) <= limit) if complete else None}
+    return {
+        "measure": measure,
+        "complete": complete,
+        "random_final_labels": final["num_labelled"],
+        "random_final": final[f"{measure}_mean"],
+        "combined_labels_to_reach": min(reached) if reached else None,
+        "combined_at_two_thirds": at_limit[-1][f"{measure}_mean"] if at_limit else None,
+        "shortfall_at_two_thirds": (final[f"{measure}_mean"] - at_limit[-1][f"{measure}_mean"] if at_limit else None),
+        "met": (bool(reached) and min(reached) <= limit) if complete else None,
+    }
 
 
 def summarise(rows: list[dict]) -> dict[str, Any]:
@@ -351,12 +471,16 @@ def summarise(rows: list[dict]) -> dict[str, Any]:
     every strategy. A measure is reported for a cell only when every run in it has it."""
     cells: dict[tuple[str, int], list[dict]] = {}
     for row in rows:
-        for strategy in (STRATEGIES if row["strategy"] == "start" else (row["strategy"],)):
+        for strategy in STRATEGIES if row["strategy"] == "start" else (row["strategy"],):
             cells.setdefault((strategy, row["num_labelled"]), []).append(row)
     curve: dict[str, list[dict[str, Any]]] = {}
     for (strategy, n), members in sorted(cells.items()):
-        point: dict[str, Any] = {"num_labelled": n, "round": members[0]["round"], "seeds": len(members),
-                                 "minority_labelled": float(np.mean([m["minority_labelled"] for m in members]))}
+        point: dict[str, Any] = {
+            "num_labelled": n,
+            "round": members[0]["round"],
+            "seeds": len(members),
+            "minority_labelled": float(np.mean([m["minority_labelled"] for m in members])),
+        }
         for name, keys, _ in MEASURES:
             values = [_lookup(m, keys) for m in members]
             if all(v is not None for v in values):
@@ -364,16 +488,29 @@ def summarise(rows: list[dict]) -> dict[str, Any]:
                 point[f"{name}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
         curve.setdefault(strategy, []).append(point)
     wide = next((r["wide"] for r in rows if "wide" in r), None)  # every row's wide set has the same size
-    names = [label + (f" ({wide[group]['images']} images)" if wide and group in wide else "")
-             for (_, keys, label), group in zip(MEASURES, ("own", "all", "minority", "majority"))]
-    table = ["| strategy | labelled | seeds | " + " | ".join(names) + " | minority images labelled |",
-             "|---|---|---|" + "---|" * len(MEASURES) + "---|"]
+    names = [
+        label + (f" ({wide[group]['images']} images)" if wide and group in wide else "")
+        for (_, keys, label), group in zip(MEASURES, ("own", "all", "minority", "majority"))
+    ]
+    table = [
+        "| strategy | labelled | seeds | " + " | ".join(names) + " | minority images labelled |",
+        "|---|---|---|" + "---|" * len(MEASURES) + "---|",
+    ]
     for strategy in STRATEGIES:
         for p in curve.get(strategy, []):
-            cols = [("–" if f"{m}_mean" not in p else f"{p[f'{m}_mean']:.3f}" +
-                     (f" ± {p[f'{m}_std']:.3f}" if p["seeds"] > 1 else " (1 seed)")) for m, _, _ in MEASURES]
-            table.append(f"| {strategy} | {p['num_labelled']} | {p['seeds']} | " + " | ".join(cols)
-                         + f" | {p['minority_labelled']:.1f} |")
+            cols = [
+                (
+                    "–"
+                    if f"{m}_mean" not in p
+                    else f"{p[f'{m}_mean']:.3f}" + (f" ± {p[f'{m}_std']:.3f}" if p["seeds"] > 1 else " (1 seed)")
+                )
+                for m, _, _ in MEASURES
+            ]
+            table.append(
+                f"| {strategy} | {p['num_labelled']} | {p['seeds']} | "
+                + " | ".join(cols)
+                + f" | {p['minority_labelled']:.1f} |"
+            )
     targets = {m: _reach(curve, m) for m, _, _ in MEASURES}
     ranking = summarise_ranking(rows)
     paired = summarise_paired(rows)
@@ -390,12 +527,21 @@ def summarise(rows: list[dict]) -> dict[str, Any]:
         short = "–" if t["shortfall_at_two_thirds"] is None else f"{t['shortfall_at_two_thirds']:+.3f}"
         reach = "not reached" if t["combined_labels_to_reach"] is None else f"{t['combined_labels_to_reach']} labels"
         met = "incomplete" if t["met"] is None else ("yes" if t["met"] else "no")
-        target_table.append(f"| {labels[m]} | {t['random_final']:.3f} ({t['random_final_labels']} labels) | {at} "
-                            f"| {short} | {reach} | {met} |")
-    return {"curve": curve, "table": table, "target": targets["f1"],
-            "targets": {m: t for m, t in targets.items() if t is not None}, "target_table": target_table,
-            "ranking": ranking, "ranking_table": ranking_table(ranking),
-            "paired": paired, "paired_table": paired_table(paired)}
+        target_table.append(
+            f"| {labels[m]} | {t['random_final']:.3f} ({t['random_final_labels']} labels) | {at} "
+            f"| {short} | {reach} | {met} |"
+        )
+    return {
+        "curve": curve,
+        "table": table,
+        "target": targets["f1"],
+        "targets": {m: t for m, t in targets.items() if t is not None},
+        "target_table": target_table,
+        "ranking": ranking,
+        "ranking_table": ranking_table(ranking),
+        "paired": paired,
+        "paired_table": paired_table(paired),
+    }
 
 
 def summarise_paired(rows: list[dict]) -> list[dict[str, Any]]:
@@ -406,15 +552,22 @@ def summarise_paired(rows: list[dict]) -> list[dict[str, Any]]:
     rounds = sorted({r["round"] for r in rows if r["round"] > 0})
     for strategy in STRATEGIES[1:]:
         for round_ in rounds:
-            seeds = sorted(s for (s, st, rd) in by_key if st == strategy and rd == round_
-                           and (s, "random", round_) in by_key)
+            seeds = sorted(
+                s for (s, st, rd) in by_key if st == strategy and rd == round_ and (s, "random", round_) in by_key
+            )
             if not seeds:
                 continue
-            entry: dict[str, Any] = {"strategy": strategy, "round": round_, "seeds": len(seeds),
-                                     "num_labelled": by_key[(seeds[0], strategy, round_)]["num_labelled"]}
+            entry: dict[str, Any] = {
+                "strategy": strategy,
+                "round": round_,
+                "seeds": len(seeds),
+                "num_labelled": by_key[(seeds[0], strategy, round_)]["num_labelled"],
+            }
             for name, keys, _ in MEASURES:
-                diffs = [(_lookup(by_key[(s, strategy, round_)], keys), _lookup(by_key[(s, "random", round_)], keys))
-                         for s in seeds]
+                diffs = [
+                    (_lookup(by_key[(s, strategy, round_)], keys), _lookup(by_key[(s, "random", round_)], keys))
+                    for s in seeds
+                ]
                 if all(a is not None and b is not None for a, b in diffs):
                     d = [a - b for a, b in diffs]
                     entry[name] = {"mean": float(np.mean(d)), "positive": int(sum(v > 0 for v in d)), "diffs": d}
@@ -424,11 +577,15 @@ def summarise_paired(rows: list[dict]) -> list[dict[str, Any]]:
 
 def paired_table(paired: list[dict[str, Any]]) -> list[str]:
     labels = {m: label for m, _, label in MEASURES}
-    lines = ["| strategy − random | labelled | seeds | " + " | ".join(labels.values()) + " |",
-             "|---|---|---|" + "---|" * len(MEASURES)]
+    lines = [
+        "| strategy − random | labelled | seeds | " + " | ".join(labels.values()) + " |",
+        "|---|---|---|" + "---|" * len(MEASURES),
+    ]
     for e in paired:
-        cols = [f"{(round(e[m]['mean'], 3) or 0.0):+.3f} ({e[m]['positive']} of {e['seeds']} > 0)" if m in e else "–"
-                for m in labels]
+        cols = [
+            f"{(round(e[m]['mean'], 3) or 0.0):+.3f} ({e[m]['positive']} of {e['seeds']} > 0)" if m in e else "–"
+            for m in labels
+        ]
         lines.append(f"| {e['strategy']} | {e['num_labelled']} | {e['seeds']} | " + " | ".join(cols) + " |")
     return lines
 
@@ -443,42 +600,51 @@ def summarise_ranking(rows: list[dict]) -> list[dict[str, Any]]:
             by_round.setdefault(row["round"], []).append(row["ranking"])
     out = []
     for round_, members in sorted(by_round.items()):
-        entry: dict[str, Any] = {"round": round_, "runs": len(members),
-                                 "random_expected_in_top_k": float(np.mean(
-                                     [m["k"] * m["minority_in_pool"] / m["pool"] for m in members]))}
+        entry: dict[str, Any] = {
+            "round": round_,
+            "runs": len(members),
+            "random_expected_in_top_k": float(np.mean([m["k"] * m["minority_in_pool"] / m["pool"] for m in members])),
+        }
         for key in ("low_density", "entropy", "combined"):
             values = [m[key]["auroc"] for m in members if m[key]["auroc"] is not None]
-            entry[key] = {"auroc_mean": float(np.mean(values)) if values else None,
-                          "auroc_std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-                          "minority_in_top_k": float(np.mean([m[key]["minority_in_top_k"] for m in members]))}
+            entry[key] = {
+                "auroc_mean": float(np.mean(values)) if values else None,
+                "auroc_std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                "minority_in_top_k": float(np.mean([m[key]["minority_in_top_k"] for m in members])),
+            }
         out.append(entry)
     return out
 
 
 def ranking_table(ranking: list[dict[str, Any]]) -> list[str]:
-    lines = ["| round scored | runs | score | AUROC, minority vs rest (0.5 = random) | minority in top-k "
-             "(random expects) |", "|---|---|---|---|---|"]
+    lines = [
+        "| round scored | runs | score | AUROC, minority vs rest (0.5 = random) | minority in top-k (random expects) |",
+        "|---|---|---|---|---|",
+    ]
     for entry in ranking:
         for key in ("low_density", "entropy", "combined"):
             e = entry[key]
             auc = "–" if e["auroc_mean"] is None else f"{e['auroc_mean']:.2f} ± {e['auroc_std']:.2f}"
-            lines.append(f"| {entry['round']} | {entry['runs']} | {key} | {auc} | {e['minority_in_top_k']:.1f} "
-                         f"({entry['random_expected_in_top_k']:.1f}) |")
+            lines.append(
+                f"| {entry['round']} | {entry['runs']} | {key} | {auc} | {e['minority_in_top_k']:.1f} "
+                f"({entry['random_expected_in_top_k']:.1f}) |"
+            )
     return lines
 
 
 def rst_tables(summary: dict) -> str:
     """The summary's Markdown tables as reStructuredText ``csv-table`` directives (for the docs)."""
+
     def cells(line: str) -> list[str]:
         return ['"' + c.strip().replace('"', '""') + '"' for c in line.strip().strip("|").split("|")]
 
     parts = []
-    for title, lines in (("Student O.F1 against labelled images (mean ± std over seeds)", summary["table"]),
-                         ("Each strategy minus random, seed by seed, at the same number of labels",
-                          summary["paired_table"]),
-                         ("The label-efficiency target: combined against random's final round",
-                          summary["target_table"]),
-                         ("How well each score singles out the pool's minority images", summary["ranking_table"])):
+    for title, lines in (
+        ("Student O.F1 against labelled images (mean ± std over seeds)", summary["table"]),
+        ("Each strategy minus random, seed by seed, at the same number of labels", summary["paired_table"]),
+        ("The label-efficiency target: combined against random's final round", summary["target_table"]),
+        ("How well each score singles out the pool's minority images", summary["ranking_table"]),
+    ):
         if len(lines) < 3:
             continue
         parts.append(f".. csv-table:: {title}\n   :header: {', '.join(cells(lines[0]))}\n")
@@ -491,29 +657,40 @@ def draw(summary: dict, path: Path) -> None:
     """O.F1 against labelled images per strategy: the wide test set (all, minority) where the runs
     have it, else the runs' own test images."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     have_wide = any("wide_f1_mean" in p for points in summary["curve"].values() for p in points)
-    panels = ([("wide_f1", "all test images (wide set)"), ("minority_f1", "minority-appearance test images")]
-              if have_wide else [("f1", "the runs' own test images")])
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 3.8), layout="constrained",
-                             squeeze=False)
+    panels = (
+        [("wide_f1", "all test images (wide set)"), ("minority_f1", "minority-appearance test images")]
+        if have_wide
+        else [("f1", "the runs' own test images")]
+    )
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 3.8), layout="constrained", squeeze=False)
     for ax, (measure, title) in zip(axes[0], panels):
         for n, strategy in enumerate(STRATEGIES):
             points = [p for p in summary["curve"].get(strategy, []) if f"{measure}_mean" in p]
             if points:
                 # strategies share round 0: a small sideways offset keeps their error bars apart
                 x = [p["num_labelled"] + 0.12 * (n - 1.5) for p in points]
-                ax.errorbar(x, [p[f"{measure}_mean"] for p in points], yerr=[p[f"{measure}_std"] for p in points],
-                            marker="o", capsize=3, label=strategy, color=f"C{n}")
+                ax.errorbar(
+                    x,
+                    [p[f"{measure}_mean"] for p in points],
+                    yerr=[p[f"{measure}_std"] for p in points],
+                    marker="o",
+                    capsize=3,
+                    label=strategy,
+                    color=f"C{n}",
+                )
         ax.set_xlabel("labelled training images")
         ax.set_ylabel("object F1 (student, pooled)")
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("Picking what to label (synthetic glands, 10 % minority appearance; mean ± std over seeds)",
-                 fontsize=9)
+    fig.suptitle(
+        "Picking what to label (synthetic glands, 10 % minority appearance; mean ± std over seeds)", fontsize=9
+    )
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)

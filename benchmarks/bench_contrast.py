@@ -83,18 +83,36 @@ def run_case(name, b, d, h, w, k, num_anchors, num_negatives, tau=0.5):
     repeats = 20 if name == "small" else 5
     t_fwd = _time(forward, repeats)
     t_fwd_bwd = _time(forward_backward, repeats)
-    loss, idx = hard_anchor_contrast(emb.double(), labels, generator=torch.Generator().manual_seed(1),
-                                     return_indices=True, **kw)
+    loss, idx = hard_anchor_contrast(
+        emb.double(), labels, generator=torch.Generator().manual_seed(1), return_indices=True, **kw
+    )
     start = time.perf_counter()
-    reference = naive_loss(emb.double().numpy(), labels.numpy(), idx.anchors.tolist(),
-                           idx.anchor_classes.tolist(), idx.negatives.tolist(), tau)
+    reference = naive_loss(
+        emb.double().numpy(),
+        labels.numpy(),
+        idx.anchors.tolist(),
+        idx.anchor_classes.tolist(),
+        idx.negatives.tolist(),
+        tau,
+    )
     t_naive = time.perf_counter() - start
     return {
-        "case": name, "B": b, "D": d, "H": h, "W": w, "classes": k,
-        "num_anchors": num_anchors, "num_negatives": num_negatives, "anchors_total": int(idx.anchors.numel()),
-        "vectorised_forward_s": t_fwd, "vectorised_forward_backward_s": t_fwd_bwd,
-        "naive_loop_forward_s": t_naive, "speedup_forward": t_naive / t_fwd,
-        "loss_float32": float(forward()), "loss_float64": float(loss), "loss_naive": reference,
+        "case": name,
+        "B": b,
+        "D": d,
+        "H": h,
+        "W": w,
+        "classes": k,
+        "num_anchors": num_anchors,
+        "num_negatives": num_negatives,
+        "anchors_total": int(idx.anchors.numel()),
+        "vectorised_forward_s": t_fwd,
+        "vectorised_forward_backward_s": t_fwd_bwd,
+        "naive_loop_forward_s": t_naive,
+        "speedup_forward": t_naive / t_fwd,
+        "loss_float32": float(forward()),
+        "loss_float64": float(loss),
+        "loss_naive": reference,
         "abs_diff_float64_vs_naive": abs(float(loss) - reference),
     }
 
@@ -102,19 +120,26 @@ def run_case(name, b, d, h, w, k, num_anchors, num_negatives, tau=0.5):
 def main() -> dict:
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
     rows = [run_case(*case) for case in CASES]
-    header = (f"{'case':<10} {'B':>2} {'D':>4} {'HxW':>7} {'K':>2} {'T':>4} {'M':>4} "
-              f"{'vec fwd ms':>10} {'vec f+b ms':>10} {'naive ms':>10} {'speedup':>8} {'|diff|':>9}")
+    header = (
+        f"{'case':<10} {'B':>2} {'D':>4} {'HxW':>7} {'K':>2} {'T':>4} {'M':>4} "
+        f"{'vec fwd ms':>10} {'vec f+b ms':>10} {'naive ms':>10} {'speedup':>8} {'|diff|':>9}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['case']:<10} {r['B']:>2} {r['D']:>4} {str(r['H']) + 'x' + str(r['W']):>7} {r['classes']:>2} "
-              f"{r['num_anchors']:>4} {r['num_negatives']:>4} {r['vectorised_forward_s'] * 1e3:>10.2f} "
-              f"{r['vectorised_forward_backward_s'] * 1e3:>10.2f} {r['naive_loop_forward_s'] * 1e3:>10.1f} "
-              f"{r['speedup_forward']:>7.0f}x {r['abs_diff_float64_vs_naive']:>9.1e}")
+        print(
+            f"{r['case']:<10} {r['B']:>2} {r['D']:>4} {str(r['H']) + 'x' + str(r['W']):>7} {r['classes']:>2} "
+            f"{r['num_anchors']:>4} {r['num_negatives']:>4} {r['vectorised_forward_s'] * 1e3:>10.2f} "
+            f"{r['vectorised_forward_backward_s'] * 1e3:>10.2f} {r['naive_loop_forward_s'] * 1e3:>10.1f} "
+            f"{r['speedup_forward']:>7.0f}x {r['abs_diff_float64_vs_naive']:>9.1e}"
+        )
     out = {
         "benchmark": "HardAnchorContrast: vectorised vs naive Python loop (same anchors and negatives)",
-        "device": "cpu", "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "machine": platform.machine(), "results": rows,
+        "device": "cpu",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "results": rows,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=2))

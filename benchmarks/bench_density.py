@@ -82,8 +82,11 @@ def _measure_memory(
             head.log_prob(features)
     seconds = time.perf_counter() - start
     peak = _status_mib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    return {"peak_growth_mib": round(peak - before, 1), "seconds": round(seconds, 2),
-            "method": "VmHWM reset" if reset else "ru_maxrss"}
+    return {
+        "peak_growth_mib": round(peak - before, 1),
+        "seconds": round(seconds, 2),
+        "method": "VmHWM reset" if reset else "ru_maxrss",
+    }
 
 
 def _memory_in_subprocess(**config) -> dict:
@@ -141,8 +144,13 @@ def _time_pair(channels: int, rows: int, depth: int, hidden: int, reps: int) -> 
             times[name].append(time.perf_counter() - start)
     ours, theirs = statistics.median(times["densessl"]), statistics.median(times["nflows"])
     return {
-        "channels": channels, "rows": rows, "depth": depth, "hidden": hidden, "reps": reps,
-        "densessl_ms": round(1e3 * ours, 1), "nflows_ms": round(1e3 * theirs, 1),
+        "channels": channels,
+        "rows": rows,
+        "depth": depth,
+        "hidden": hidden,
+        "reps": reps,
+        "densessl_ms": round(1e3 * ours, 1),
+        "nflows_ms": round(1e3 * theirs, 1),
         "nflows_over_densessl": round(theirs / ours, 2),
     }
 
@@ -168,8 +176,13 @@ def _flops_per_pixel(channels: int, depth: int, hidden: int) -> dict:
     with FlopCounterMode(display=False) as counter:
         nflows_flow(rows)
     out["nflows_flow_forward"] = counter.get_total_flops() / pixels
-    return {"channels": channels, "depth": depth, "hidden": hidden, "pixels": pixels,
-            **{k: int(v) for k, v in out.items()}}
+    return {
+        "channels": channels,
+        "depth": depth,
+        "hidden": hidden,
+        "pixels": pixels,
+        **{k: int(v) for k, v in out.items()},
+    }
 
 
 def _log_prob_rebuilding_w(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
@@ -198,7 +211,7 @@ def _w_once_vs_rebuilt(channels: int, rows: int, chunk: int, threads: int, reps:
     try:
         torch.manual_seed(0)
         head = FlowDensityHead(channels, 3, depth=depth, hidden=hidden, chunk_size=chunk).eval()
-        side = int(rows ** 0.5)
+        side = int(rows**0.5)
         assert side * side == rows
         features = torch.randn(1, channels, side, side)
         a, b = torch.randn(rows, channels), torch.randn(channels, channels)
@@ -234,10 +247,16 @@ def _w_once_vs_rebuilt(channels: int, rows: int, chunk: int, threads: int, reps:
         med = {name: statistics.median(t) for name, t in times.items()}
         mm_rate = flops["mm"] / med["mm"]
         return {
-            "channels": channels, "rows": rows, "chunk": chunk, "threads": threads, "reps": reps,
-            "gflop_previous": round(flops["previous"] / 1e9, 2), "gflop_current": round(flops["current"] / 1e9, 2),
+            "channels": channels,
+            "rows": rows,
+            "chunk": chunk,
+            "threads": threads,
+            "reps": reps,
+            "gflop_previous": round(flops["previous"] / 1e9, 2),
+            "gflop_current": round(flops["current"] / 1e9, 2),
             "flops_saved": round(1 - flops["current"] / flops["previous"], 3),
-            "ms_previous": round(1e3 * med["previous"], 1), "ms_current": round(1e3 * med["current"], 1),
+            "ms_previous": round(1e3 * med["previous"], 1),
+            "ms_current": round(1e3 * med["current"], 1),
             "speedup": round(med["previous"] / med["current"], 2),
             "mm_fraction_previous": round(flops["previous"] / med["previous"] / mm_rate, 2),
             "mm_fraction_current": round(flops["current"] / med["current"] / mm_rate, 2),
@@ -265,8 +284,9 @@ def main(argv: list[str] | None = None) -> dict:
     w_once = []
     for c, rows, chunk in w_configs:
         for threads in sorted({1, all_threads}):
-            w_once.append(_w_once_vs_rebuilt(c, rows, chunk, threads, reps=2 if args.quick else 3,
-                                             depth=depth, hidden=hidden))
+            w_once.append(
+                _w_once_vs_rebuilt(c, rows, chunk, threads, reps=2 if args.quick else 3, depth=depth, hidden=hidden)
+            )
             print(json.dumps(w_once[-1]), flush=True)
     _print_w_once(w_once)
     if args.only == "w_once":
@@ -278,21 +298,40 @@ def main(argv: list[str] | None = None) -> dict:
         return result
     # (mode, map side, chunk): the 104x104 map of the design brief, with and without
     # gradients; about four minutes on 2 CPU cores.
-    configs = [("no_grad", 104, None), ("no_grad", 104, 2048), ("train", 64, None), ("train", 64, 512),
-               ("train", 104, None), ("train", 104, 2048)]
+    configs = [
+        ("no_grad", 104, None),
+        ("no_grad", 104, 2048),
+        ("train", 64, None),
+        ("train", 64, 512),
+        ("train", 104, None),
+        ("train", 104, 2048),
+    ]
     if args.quick:
         configs = [("no_grad", 32, None), ("no_grad", 32, 256), ("train", 32, None), ("train", 32, 256)]
     memory = []
     for mode, size, chunk_size in configs:
-        config = {"mode": mode, "channels": channels, "size": size, "batch": 1, "chunk": chunk_size,
-                  "depth": depth, "hidden": hidden}
+        config = {
+            "mode": mode,
+            "channels": channels,
+            "size": size,
+            "batch": 1,
+            "chunk": chunk_size,
+            "depth": depth,
+            "hidden": hidden,
+        }
         memory.append({**config, **_memory_in_subprocess(**config)})
     speed = []
     for c, rows in ((256, 4096), (1024, 512 if args.quick else 1024)):
         speed.append(_time_pair(c, rows, depth, hidden, reps=3 if args.quick else 5))
     flops = _flops_per_pixel(channels, depth, hidden)
-    result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "memory": memory, "speed": speed,
-              "flops_per_pixel": flops, "w_once_per_call": w_once}
+    result = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "memory": memory,
+        "speed": speed,
+        "flops_per_pixel": flops,
+        "w_once_per_call": w_once,
+    }
 
     print(f"FlowDensityHead memory, C={channels}, depth={depth}, hidden={hidden}, B=1; peak RSS growth of the call")
     print(f"{'mode':<8} {'map':>8} {'chunk':>7} {'MiB':>9} {'s':>7}")
@@ -302,10 +341,16 @@ def main(argv: list[str] | None = None) -> dict:
     print("\nbuilt-in flow vs nflows (same architecture), forward+backward, median ms")
     print(f"{'C':>5} {'rows':>6} {'densessl':>9} {'nflows':>9} {'nflows/densessl':>16}")
     for s in speed:
-        print(f"{s['channels']:>5} {s['rows']:>6} {s['densessl_ms']:>9.1f} {s['nflows_ms']:>9.1f} "
-              f"{s['nflows_over_densessl']:>16.2f}")
-    print(f"\nFLOPs per pixel at C={channels}: " + ", ".join(f"{k}={v / 1e6:.1f}M" for k, v in flops.items()
-                                                          if k not in ("channels", "depth", "hidden", "pixels")))
+        print(
+            f"{s['channels']:>5} {s['rows']:>6} {s['densessl_ms']:>9.1f} {s['nflows_ms']:>9.1f} "
+            f"{s['nflows_over_densessl']:>16.2f}"
+        )
+    print(
+        f"\nFLOPs per pixel at C={channels}: "
+        + ", ".join(
+            f"{k}={v / 1e6:.1f}M" for k, v in flops.items() if k not in ("channels", "depth", "hidden", "pixels")
+        )
+    )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {RESULTS}")
@@ -314,12 +359,16 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _print_w_once(rows: list[dict]) -> None:
     print("\nlog_prob + input gradient: W formed once per call (current) vs per chunk and recompute (previous)")
-    print(f"{'C':>5} {'rows':>6} {'chunk':>6} {'thr':>4} {'GFLOP prev':>11} {'GFLOP now':>10} {'saved':>6} "
-          f"{'ms prev':>8} {'ms now':>8} {'speedup':>8} {'mm-frac prev':>13} {'mm-frac now':>12}")
+    print(
+        f"{'C':>5} {'rows':>6} {'chunk':>6} {'thr':>4} {'GFLOP prev':>11} {'GFLOP now':>10} {'saved':>6} "
+        f"{'ms prev':>8} {'ms now':>8} {'speedup':>8} {'mm-frac prev':>13} {'mm-frac now':>12}"
+    )
     for r in rows:
-        print(f"{r['channels']:>5} {r['rows']:>6} {r['chunk']:>6} {r['threads']:>4} {r['gflop_previous']:>11.2f} "
-              f"{r['gflop_current']:>10.2f} {r['flops_saved']:>6.1%} {r['ms_previous']:>8.1f} {r['ms_current']:>8.1f} "
-              f"{r['speedup']:>8.2f} {r['mm_fraction_previous']:>13.2f} {r['mm_fraction_current']:>12.2f}")
+        print(
+            f"{r['channels']:>5} {r['rows']:>6} {r['chunk']:>6} {r['threads']:>4} {r['gflop_previous']:>11.2f} "
+            f"{r['gflop_current']:>10.2f} {r['flops_saved']:>6.1%} {r['ms_previous']:>8.1f} {r['ms_current']:>8.1f} "
+            f"{r['speedup']:>8.2f} {r['mm_fraction_previous']:>13.2f} {r['mm_fraction_current']:>12.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -77,8 +77,14 @@ def synthetic_pair(size: int = 1512, objects: int = 40, seed: int = 0) -> tuple[
             _ellipse(
                 pred, next_label, shifted, scaled, turned, keep=lambda y, x, t=t: x * math.cos(t) + y * math.sin(t) < 0
             )
-            _ellipse(pred, next_label + 1, shifted, scaled, turned,
-                     keep=lambda y, x, t=t: x * math.cos(t) + y * math.sin(t) >= 0)
+            _ellipse(
+                pred,
+                next_label + 1,
+                shifted,
+                scaled,
+                turned,
+                keep=lambda y, x, t=t: x * math.cos(t) + y * math.sin(t) >= 0,
+            )
             next_label += 2
             continue
         label = next_label
@@ -112,8 +118,11 @@ def brute_force(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float, float]:
                 top, arg = inter[key(k, o)], o
         return arg, top
 
-    tp = sum(1 for j in s_labels
-             if (m := best(j, g_labels, lambda j, i: (i, j)))[0] is not None and m[1] / len(g_pix[m[0]]) > 0.5)
+    tp = sum(
+        1
+        for j in s_labels
+        if (m := best(j, g_labels, lambda j, i: (i, j)))[0] is not None and m[1] / len(g_pix[m[0]]) > 0.5
+    )
     f1 = 2 * tp / (len(g_labels) + len(s_labels))
 
     def side(mine, mine_pix, others, others_pix, key):
@@ -157,13 +166,25 @@ def main() -> dict:
 
     small_pred, small_gt = synthetic_pair(378)
     oracle_s, oracle = _median_time(lambda: brute_force(small_pred, small_gt), repeats=1)
-    small_info = {"size": "378x378", "gt_objects": int(np.unique(small_gt).size - 1),
-                  "pred_objects": int(np.unique(small_pred).size - 1)}
+    small_info = {
+        "size": "378x378",
+        "gt_objects": int(np.unique(small_gt).size - 1),
+        "pred_objects": int(np.unique(small_pred).size - 1),
+    }
     fast = [object_f1, object_dice, object_hausdorff]
     fast_s, fast_values = _median_time(lambda: [fn(small_pred, small_gt) for fn in fast], repeats=5)
-    rows.append({**small_info, "metric": "all three", "fast_s": fast_s, "oracle_s": oracle_s,
-                 "speedup": oracle_s / fast_s, "value": fast_values, "oracle_value": list(oracle),
-                 "max_abs_diff": max(abs(a - b) for a, b in zip(fast_values, oracle))})
+    rows.append(
+        {
+            **small_info,
+            "metric": "all three",
+            "fast_s": fast_s,
+            "oracle_s": oracle_s,
+            "speedup": oracle_s / fast_s,
+            "value": fast_values,
+            "oracle_value": list(oracle),
+            "max_abs_diff": max(abs(a - b) for a, b in zip(fast_values, oracle)),
+        }
+    )
 
     header = f"{'map':<10} {'gt/pred objs':>12} {'metric':<17} {'fast ms':>9} {'oracle ms':>10} {'speedup':>8}  value"
     print(header)
@@ -172,13 +193,19 @@ def main() -> dict:
         oracle_ms = f"{r['oracle_s'] * 1e3:>10.0f}" if "oracle_s" in r else f"{'':>10}"
         speed = f"{r['speedup']:>7.0f}x" if "speedup" in r else f"{'':>8}"
         value = r["value"] if isinstance(r["value"], float) else [round(v, 4) for v in r["value"]]
-        print(f"{r['size']:<10} {str(r['gt_objects']) + '/' + str(r['pred_objects']):>12} {r['metric']:<17} "
-              f"{r['fast_s'] * 1e3:>9.1f} {oracle_ms} {speed}  {value}")
+        print(
+            f"{r['size']:<10} {str(r['gt_objects']) + '/' + str(r['pred_objects']):>12} {r['metric']:<17} "
+            f"{r['fast_s'] * 1e3:>9.1f} {oracle_ms} {speed}  {value}"
+        )
     print(f"fast vs oracle, largest |difference| over F1, Dice, Hausdorff: {rows[-1]['max_abs_diff']:.1e}")
     out = {
         "benchmark": "GlaS object metrics: fast (cropped EDT) vs brute force (all-pairs cdist)",
-        "device": "cpu", "numpy": np.__version__, "scipy": scipy.__version__,
-        "machine": platform.machine(), "repeats_fast": 5, "results": rows,
+        "device": "cpu",
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "machine": platform.machine(),
+        "repeats_fast": 5,
+        "results": rows,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=2))

@@ -101,28 +101,43 @@ def main() -> dict:
         step = m["forward_backward_flops"]
         for where, side in (("bottleneck", SIZE // 32), ("decoder", SIZE // 2)):
             f = flow_flops(m["feature_channels"][where], side)
-            f.update(backbone=m["backbone"], perturb_at=where,
-                     perturbation_fraction_of_cenet_step=f["perturbation_flops"] / step,
-                     training_step_fraction_of_cenet_step=f["training_step_flops"] / step)
+            f.update(
+                backbone=m["backbone"],
+                perturb_at=where,
+                perturbation_fraction_of_cenet_step=f["perturbation_flops"] / step,
+                training_step_fraction_of_cenet_step=f["training_step_flops"] / step,
+            )
             flows.append(f)
-    result = {"torch": torch.__version__, "machine": platform.machine(), "image_size": SIZE,
-              "flow": FLOW, "cenet": models, "flow_head": flows}
+    result = {
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "image_size": SIZE,
+        "flow": FLOW,
+        "cenet": models,
+        "flow_head": flows,
+    }
 
     g = 1e9
     print(f"CE-Net, one {SIZE}x{SIZE} image, 3 classes (GFLOPs; FlopCounterMode on meta tensors)")
     print(f"{'backbone':<10} {'params M':>9} {'DAC M':>7} {'fwd':>8} {'fwd+bwd':>8}   forward by part")
     for m in models:
         parts = " ".join(f"{k}={v / g:.1f}" for k, v in m["forward_flops_by_part"].items() if v / g >= 0.05)
-        print(f"{m['backbone']:<10} {m['params'] / 1e6:>9.1f} {m['params_dac'] / 1e6:>7.1f} "
-              f"{m['forward_flops'] / g:>8.1f} {m['forward_backward_flops'] / g:>8.1f}   {parts}")
-    print(f"\nFlowDensityHead depth {FLOW['depth']}, hidden {FLOW['hidden']}, on every pixel of the map "
-          "(GFLOPs; fraction of the CE-Net fwd+bwd)")
+        print(
+            f"{m['backbone']:<10} {m['params'] / 1e6:>9.1f} {m['params_dac'] / 1e6:>7.1f} "
+            f"{m['forward_flops'] / g:>8.1f} {m['forward_backward_flops'] / g:>8.1f}   {parts}"
+        )
+    print(
+        f"\nFlowDensityHead depth {FLOW['depth']}, hidden {FLOW['hidden']}, on every pixel of the map "
+        "(GFLOPs; fraction of the CE-Net fwd+bwd)"
+    )
     print(f"{'backbone':<10} {'at':<11} {'map':>18} {'perturb':>9} {'frac':>7} {'train':>9} {'frac':>7}")
     for f in flows:
         shape = "x".join(str(s) for s in f["map"][1:])
-        print(f"{f['backbone']:<10} {f['perturb_at']:<11} {shape:>18} {f['perturbation_flops'] / g:>9.2f} "
-              f"{f['perturbation_fraction_of_cenet_step']:>7.1%} {f['training_step_flops'] / g:>9.2f} "
-              f"{f['training_step_fraction_of_cenet_step']:>7.1%}")
+        print(
+            f"{f['backbone']:<10} {f['perturb_at']:<11} {shape:>18} {f['perturbation_flops'] / g:>9.2f} "
+            f"{f['perturbation_fraction_of_cenet_step']:>7.1%} {f['training_step_flops'] / g:>9.2f} "
+            f"{f['training_step_fraction_of_cenet_step']:>7.1%}"
+        )
     write_result(RESULTS, result)
     return result
 

@@ -32,8 +32,14 @@ def main(size: int = 256, repeats: int = 20) -> dict:
             start = time.perf_counter()
             glands.sample(index)
             times.append(time.perf_counter() - start)
-        rows.append({"preset": preset, "size": size, "median_ms": 1e3 * float(np.median(times)),
-                     "max_ms": 1e3 * float(np.max(times))})
+        rows.append(
+            {
+                "preset": preset,
+                "size": size,
+                "median_ms": 1e3 * float(np.median(times)),
+                "max_ms": 1e3 * float(np.max(times)),
+            }
+        )
     result = {"machine": platform.machine(), "load_average": os.getloadavg()[0], "rows": rows}
     print(f"{'preset':>8} {'size':>5} {'median ms':>10} {'max ms':>8}   (load average {result['load_average']:.1f})")
     for r in rows:

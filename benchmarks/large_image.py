@@ -156,6 +156,7 @@ def _model(name: str):
     if name == "colour":
         return _colour_classifier()
     from examples.dpfr_gland.model import CENet
+
     return CENet(num_classes=3, backbone="resnet34").eval()
 
 
@@ -200,18 +201,27 @@ def _child(config: dict) -> dict:
         before = _status_mib("VmRSS")
         start = time.perf_counter()
         with _AnonPeak() as anon:
-            written = predict_file(model, Path(config["image"]), folder / "predict", tile=tile, overlap=overlap,
-                                   geojson=True, in_memory_pixels=0)
+            written = predict_file(
+                model,
+                Path(config["image"]),
+                folder / "predict",
+                tile=tile,
+                overlap=overlap,
+                geojson=True,
+                in_memory_pixels=0,
+            )
         row["seconds_per_mp"] = round((time.perf_counter() - start) / megapixels, 3)
         row["peak_growth_mib"] = round(_status_mib("VmHWM") - before, 1)
         row["anon_peak_growth_mib"] = anon.growth
         row["glands"] = written["glands"]
-        row["files_mib"] = {Path(p).name: round(Path(p).stat().st_size / 2**20, 1)
-                            for k, p in written.items() if k in ("instances", "classes", "overlay", "geojson")}
+        row["files_mib"] = {
+            Path(p).name: round(Path(p).stat().st_size / 2**20, 1)
+            for k, p in written.items()
+            if k in ("instances", "classes", "overlay", "geojson")
+        }
         return row
     classes = np.lib.format.open_memmap(folder / "classes.npy", mode="w+", dtype=np.uint8, shape=(side, side))
-    probability = np.lib.format.open_memmap(folder / "probability.npy", mode="w+", dtype=np.float16,
-                                            shape=(side, side))
+    probability = np.lib.format.open_memmap(folder / "probability.npy", mode="w+", dtype=np.float16, shape=(side, side))
     instances = np.lib.format.open_memmap(folder / "instances.npy", mode="w+", dtype=np.int32, shape=(side, side))
     stages = {}
     for stage in ("predict_large", "instances_by_strips", "geojson"):
@@ -236,17 +246,24 @@ def _child(config: dict) -> dict:
             write_geojson(folder / "slide.geojson", counted())
             row["glands"] = len(written)
         anon.__exit__()
-        stages[stage] = {"seconds_per_mp": round((time.perf_counter() - start) / megapixels, 3),
-                         "peak_growth_mib": round(_status_mib("VmHWM") - before, 1),
-                         "anon_peak_growth_mib": anon.growth}
+        stages[stage] = {
+            "seconds_per_mp": round((time.perf_counter() - start) / megapixels, 3),
+            "peak_growth_mib": round(_status_mib("VmHWM") - before, 1),
+            "anon_peak_growth_mib": anon.growth,
+        }
     row["stages"] = stages
     return row
 
 
 def _run_child(config: dict) -> dict:
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", MALLOC_MMAP_THRESHOLD_="65536")
-    out = subprocess.run([sys.executable, "-m", "benchmarks.large_image", "--child", json.dumps(config)], env=env,
-                         capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.large_image", "--child", json.dumps(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     if out.returncode:
         raise RuntimeError(f"child {config} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -260,8 +277,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--overlap", type=int, default=128)
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--cache", default=str(CACHE))
-    parser.add_argument("--fresh", action="store_true", help="measure every row again (default: reuse the rows "
-                        "already in --out with the same model, side, mode, tile, overlap and BENCH_THREADS)")
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="measure every row again (default: reuse the rows "
+        "already in --out with the same model, side, mode, tile, overlap and BENCH_THREADS)",
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -288,17 +309,26 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.fresh and Path(args.out).is_file():
         previous = {key(row): row for row in json.loads(Path(args.out).read_text()).get("rows", [])}
     rows = []
-    note = ("anon_peak_growth_mib: peak RssAnon (sampled every 20 ms) over its value before the stage — "
-            "the memory the computation holds; peak_growth_mib: VmHWM growth, which also counts "
-            "touched pages of the memory-mapped image and outputs (file pages the kernel can drop)")
+    note = (
+        "anon_peak_growth_mib: peak RssAnon (sampled every 20 ms) over its value before the stage — "
+        "the memory the computation holds; peak_growth_mib: VmHWM growth, which also counts "
+        "touched pages of the memory-mapped image and outputs (file pages the kernel can drop)"
+    )
     for model, side, mode in tqdm(plan, desc="large_image", unit="run"):
         old = previous.get((model, side, mode, args.tile, args.overlap, threads))
         if old is not None:  # measured in an earlier start
             rows.append(old)
             continue
         image = synthetic_slide(side, Path(args.cache))
-        config = dict(model=model, side=side, mode=mode, tile=args.tile, overlap=args.overlap, image=str(image),
-                      out=str(Path(args.cache) / f"{model}_{side}"))
+        config = dict(
+            model=model,
+            side=side,
+            mode=mode,
+            tile=args.tile,
+            overlap=args.overlap,
+            image=str(image),
+            out=str(Path(args.cache) / f"{model}_{side}"),
+        )
         row = _run_child(config)
         row["threads"] = threads
         rows.append(row)
@@ -306,8 +336,10 @@ def main(argv: list[str] | None = None) -> dict:
         done = {key(r): r for r in (*previous.values(), *rows)}
         write_result(args.out, {"tile": args.tile, "overlap": args.overlap, "rows": list(done.values()), "note": note})
         if mode == "tiled":
-            text = ", ".join(f"{k} {v['seconds_per_mp']} s/MP, anon {v['anon_peak_growth_mib']} MiB "
-                             f"(HWM {v['peak_growth_mib']})" for k, v in row["stages"].items())
+            text = ", ".join(
+                f"{k} {v['seconds_per_mp']} s/MP, anon {v['anon_peak_growth_mib']} MiB (HWM {v['peak_growth_mib']})"
+                for k, v in row["stages"].items()
+            )
         else:
             text = (
                 f"{row['seconds_per_mp']} s/MP, anon {row['anon_peak_growth_mib']} MiB (HWM {row['peak_growth_mib']})"
@@ -315,8 +347,12 @@ def main(argv: list[str] | None = None) -> dict:
         tqdm.write(f"{model} {side}² {mode}: {text}")
     # the rows of this plan, then any earlier row it did not include (another --models / --sides)
     kept = {key(r): r for r in rows}
-    result = {"tile": args.tile, "overlap": args.overlap, "note": note,
-              "rows": [*rows, *(r for k, r in previous.items() if k not in kept)]}
+    result = {
+        "tile": args.tile,
+        "overlap": args.overlap,
+        "note": note,
+        "rows": [*rows, *(r for k, r in previous.items() if k not in kept)],
+    }
     write_result(args.out, result)
     if args.out == str(RESULTS):
         atomic_write_text(ROOT / "docs" / "large_image_table.inc", rst_table(result))
@@ -325,11 +361,17 @@ def main(argv: list[str] | None = None) -> dict:
 
 def rst_table(result: dict) -> str:
     """The rows as an RST ``csv-table`` for ``docs/benchmarks.rst``."""
-    lines = [".. csv-table::",
-             '   :header: "model", "side", "mode", "stage", "threads", "s / MP", "anon MiB", "HWM MiB", "glands"', ""]
+    lines = [
+        ".. csv-table::",
+        '   :header: "model", "side", "mode", "stage", "threads", "s / MP", "anon MiB", "HWM MiB", "glands"',
+        "",
+    ]
     for row in result["rows"]:
-        stages = row["stages"].items() if row["mode"] == "tiled" else \
-            [("predict + instances" if row["mode"] == "untiled" else "predict_file (all outputs)", row)]
+        stages = (
+            row["stages"].items()
+            if row["mode"] == "tiled"
+            else [("predict + instances" if row["mode"] == "untiled" else "predict_file (all outputs)", row)]
+        )
         for stage, v in stages:
             lines.append(
                 f'   "{row["model"]}", "{row["side"]}", "{row["mode"]}", "{stage}", "{row.get("threads", "")}", '

@@ -62,8 +62,14 @@ KINDS = ("density", "random", "opposite")
 
 def _trained(iterations: int, quick: bool) -> tuple[dict, object]:
     config = load_config(ROOT / "examples/dpfr_gland/configs/demo_cpu.json")
-    config = dataclasses.replace(config, method="mean_teacher", iterations=iterations, eval_pictures=0,
-                                 checkpoint_every=0, synthetic_test=1 if quick else 2)
+    config = dataclasses.replace(
+        config,
+        method="mean_teacher",
+        iterations=iterations,
+        eval_pictures=0,
+        checkpoint_every=0,
+        synthetic_test=1 if quick else 2,
+    )
     out = CACHE / f"mean_teacher_{iterations}"
     checkpoint = out / "checkpoint.pt"
     if not checkpoint.is_file():
@@ -75,14 +81,21 @@ def _network(state: dict, key: str, site: str, backbone: str) -> CENet:
     net = CENet(num_classes=3, backbone=backbone, perturb_at=site)
     weights = state[key]
     if key == "teacher":
-        weights = {k[len("model."):]: v for k, v in weights.items() if k.startswith("model.")}
+        weights = {k[len("model.") :]: v for k, v in weights.items() if k.startswith("model.")}
     net.load_state_dict(weights)
     return net.eval()
 
 
 def _batches(config, train_set, indices, count: int, serial0: int, labelled: bool) -> list:
-    views = ViewDataset(train_set, indices, config.crop_size, seed=config.seed + 7, stream=int(labelled) + 5,
-                        labelled=labelled, contour_width=config.contour_width)
+    views = ViewDataset(
+        train_set,
+        indices,
+        config.crop_size,
+        seed=config.seed + 7,
+        stream=int(labelled) + 5,
+        labelled=labelled,
+        contour_width=config.contour_width,
+    )
     size = config.batch_unlabelled
     out = []
     for b in range(count):
@@ -100,8 +113,9 @@ def _density_input(net: CENet, site_map: torch.Tensor, normalized: bool) -> torc
     return normalize_pixels(h) if normalized else h
 
 
-def _fit_flow(net: CENet, labelled, unlabelled, normalized: bool, steps: int, seed: int,
-              hidden: int) -> densessl.FlowDensityHead:
+def _fit_flow(
+    net: CENet, labelled, unlabelled, normalized: bool, steps: int, seed: int, hidden: int
+) -> densessl.FlowDensityHead:
     """A flow on the teacher's detached features at the net's site (labelled: class, unlabelled: mixture)."""
     feats, labs = [], []
     with torch.no_grad():
@@ -137,8 +151,9 @@ def _random_like(rho: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return unit * torch.linalg.vector_norm(rho, dim=1, keepdim=True)
 
 
-def _steps_single(net: CENet, flow, state: SiteState, xi: float, relative: bool, variant: str,
-                  target: torch.Tensor, g) -> dict:
+def _steps_single(
+    net: CENet, flow, state: SiteState, xi: float, relative: bool, variant: str, target: torch.Tensor, g
+) -> dict:
     normalized = variant == "normalized"
     block = net.density_block
 
@@ -146,8 +161,9 @@ def _steps_single(net: CENet, flow, state: SiteState, xi: float, relative: bool,
         h = x if block is None else block(x)
         return normalize_pixels(h) if normalized else h
 
-    perturb = densessl.DensityPerturbation(flow, xi=xi, relative=relative,
-                                           head=head if (block is not None or normalized) else None)
+    perturb = densessl.DensityPerturbation(
+        flow, xi=xi, relative=relative, head=head if (block is not None or normalized) else None
+    )
     labels = None
     if variant == "conditional":
         size = state.site.shape[-2:] if block is None else target.shape[-2:]
@@ -156,8 +172,7 @@ def _steps_single(net: CENet, flow, state: SiteState, xi: float, relative: bool,
     return {"density": [rho], "random": [_random_like(rho, g)], "opposite": [-rho]}, [state.site.norm(dim=1).mean()]
 
 
-def _steps_skips(net: CENet, flow, state: SiteState, xi: float, relative: bool, variant: str,
-                 g) -> tuple[dict, list]:
+def _steps_skips(net: CENet, flow, state: SiteState, xi: float, relative: bool, variant: str, g) -> tuple[dict, list]:
     """Step e4 and the skips e1..e3 along -grad log p(d1) through the decoder (flow fitted on d1)."""
     normalized = variant == "normalized"
     maps = [state.site, *state.skips]
@@ -167,10 +182,16 @@ def _steps_skips(net: CENet, flow, state: SiteState, xi: float, relative: bool, 
         h = normalize_pixels(d1) if normalized else d1
         log_p = flow.log_prob(h)
         grads = torch.autograd.grad(-log_p.sum(), xs)
-    rhos = [(xi * m.norm(dim=1, keepdim=True) if relative else xi)
-            * gr / torch.linalg.vector_norm(gr, dim=1, keepdim=True).clamp_min(1e-12) for m, gr in zip(maps, grads)]
-    return ({"density": rhos, "random": [_random_like(r, g) for r in rhos], "opposite": [-r for r in rhos]},
-            [m.norm(dim=1).mean() for m in maps])
+    rhos = [
+        (xi * m.norm(dim=1, keepdim=True) if relative else xi)
+        * gr
+        / torch.linalg.vector_norm(gr, dim=1, keepdim=True).clamp_min(1e-12)
+        for m, gr in zip(maps, grads)
+    ]
+    return (
+        {"density": rhos, "random": [_random_like(r, g) for r in rhos], "opposite": [-r for r in rhos]},
+        [m.norm(dim=1).mean() for m in maps],
+    )
 
 
 def _scores(logits: torch.Tensor, clean: torch.Tensor, target: torch.Tensor) -> dict:
@@ -178,8 +199,13 @@ def _scores(logits: torch.Tensor, clean: torch.Tensor, target: torch.Tensor) -> 
     own = logits.gather(1, target[:, None])[:, 0]
     others = logits.masked_fill(F.one_hot(target, 3).permute(0, 3, 1, 2).bool(), float("-inf")).amax(1)
     delta = (logits - clean).abs()
-    return {"ce": ce, "margin": (own - others).mean().item(), "max_dlogit": delta.max().item(),
-            "mean_dlogit": delta.mean().item(), "flips": (logits.argmax(1) != clean.argmax(1)).float().mean().item()}
+    return {
+        "ce": ce,
+        "margin": (own - others).mean().item(),
+        "max_dlogit": delta.max().item(),
+        "mean_dlogit": delta.mean().item(),
+        "flips": (logits.argmax(1) != clean.argmax(1)).float().mean().item(),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -203,15 +229,20 @@ def main(argv: list[str] | None = None) -> dict:
     fit_u = _batches(config, train_set, unlabelled_idx, 8 if not args.quick else 1, 10**6, False)
     test_u = _batches(config, train_set, unlabelled_idx, args.batches, 2 * 10**6, False)
     rows = []
-    jobs = [(site, variant) for site in SITES for variant in VARIANTS
-            if not (variant == "conditional" and site == "bottleneck+skips")]
+    jobs = [
+        (site, variant)
+        for site in SITES
+        for variant in VARIANTS
+        if not (variant == "conditional" and site == "bottleneck+skips")
+    ]
     for site, variant in tqdm(jobs, desc="sites x variants"):
         skips = site == "bottleneck+skips"
         # bottleneck+skips steps the bottleneck's maps, with the density of d1 (the decoder site's flow)
         student = _network(state, "student", "bottleneck" if skips else site, config.backbone)
         teacher = _network(state, "teacher", "decoder" if skips else site, config.backbone)
-        flow = _fit_flow(teacher, fit_l, fit_u, variant == "normalized", args.flow_steps, seed=config.seed,
-                         hidden=args.flow_hidden)
+        flow = _fit_flow(
+            teacher, fit_l, fit_u, variant == "normalized", args.flow_steps, seed=config.seed, hidden=args.flow_hidden
+        )
         g = torch.Generator().manual_seed(0)
         acc: dict[str, list[dict]] = {kind: [] for kind in ("clean", *KINDS)}
         norms = []
@@ -224,8 +255,7 @@ def main(argv: list[str] | None = None) -> dict:
                 if site == "bottleneck+skips":
                     steps, site_norms = _steps_skips(student, flow, s, args.xi, args.relative, variant, g)
                 else:
-                    steps, site_norms = _steps_single(student, flow, s, args.xi, args.relative, variant,
-                                                              target, g)
+                    steps, site_norms = _steps_single(student, flow, s, args.xi, args.relative, variant, target, g)
                 norms.append(float(site_norms[0]))
                 for kind, rhos in steps.items():
                     if site == "bottleneck+skips":
@@ -237,9 +267,11 @@ def main(argv: list[str] | None = None) -> dict:
         mean = {kind: {k: float(np.mean([r[k] for r in v])) for k in v[0]} for kind, v in acc.items()}
         row = {"site": site, "variant": variant, "feature_norm": float(np.mean(norms)), **mean}
         rows.append(row)
-        tqdm.write(f"{site:>17} {variant:>11}: CE clean {mean['clean']['ce']:.4f} density {mean['density']['ce']:.4f} "
-                   f"random {mean['random']['ce']:.4f} opposite {mean['opposite']['ce']:.4f}; flips "
-                   f"{100 * mean['density']['flips']:.2f}% / {100 * mean['random']['flips']:.2f}%")
+        tqdm.write(
+            f"{site:>17} {variant:>11}: CE clean {mean['clean']['ce']:.4f} density {mean['density']['ce']:.4f} "
+            f"random {mean['random']['ce']:.4f} opposite {mean['opposite']['ce']:.4f}; flips "
+            f"{100 * mean['density']['flips']:.2f}% / {100 * mean['random']['flips']:.2f}%"
+        )
     result = {
         "torch": torch.__version__,
         "iterations": args.iterations,
@@ -252,15 +284,21 @@ def main(argv: list[str] | None = None) -> dict:
         "seconds": round(time.perf_counter() - started),
         "rows": rows,
     }
-    print(f"\nxi = {args.xi}{' x ||f||' if args.relative else ''} per pixel; student (mean_teacher, "
-          f"{args.iterations} it) vs the teacher's argmax on {args.batches} held-out unlabelled batches")
-    print(f"{'site':>17} {'variant':>11} {'|f|':>6} {'CE clean':>9} {'CE dens':>8} {'CE rand':>8} {'CE opp':>8} "
-          f"{'margin c/d/r':>17} {'max|dl| d/r':>13} {'flips% d/r':>12}")
+    print(
+        f"\nxi = {args.xi}{' x ||f||' if args.relative else ''} per pixel; student (mean_teacher, "
+        f"{args.iterations} it) vs the teacher's argmax on {args.batches} held-out unlabelled batches"
+    )
+    print(
+        f"{'site':>17} {'variant':>11} {'|f|':>6} {'CE clean':>9} {'CE dens':>8} {'CE rand':>8} {'CE opp':>8} "
+        f"{'margin c/d/r':>17} {'max|dl| d/r':>13} {'flips% d/r':>12}"
+    )
     for r in rows:
         c, d, rn, o = r["clean"], r["density"], r["random"], r["opposite"]
-        print(f"{r['site']:>17} {r['variant']:>11} {r['feature_norm']:>6.2f} {c['ce']:>9.4f} {d['ce']:>8.4f} "
-              f"{rn['ce']:>8.4f} {o['ce']:>8.4f} {c['margin']:>5.2f}/{d['margin']:>5.2f}/{rn['margin']:>5.2f} "
-              f"{d['max_dlogit']:>6.2f}/{rn['max_dlogit']:>6.2f} {100 * d['flips']:>5.2f}/{100 * rn['flips']:>5.2f}")
+        print(
+            f"{r['site']:>17} {r['variant']:>11} {r['feature_norm']:>6.2f} {c['ce']:>9.4f} {d['ce']:>8.4f} "
+            f"{rn['ce']:>8.4f} {o['ce']:>8.4f} {c['margin']:>5.2f}/{d['margin']:>5.2f}/{rn['margin']:>5.2f} "
+            f"{d['max_dlogit']:>6.2f}/{rn['max_dlogit']:>6.2f} {100 * d['flips']:>5.2f}/{100 * rn['flips']:>5.2f}"
+        )
     if not args.quick:
         write_result(args.out, result)
     return result

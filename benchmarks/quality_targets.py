@@ -38,8 +38,12 @@ def touching_pairs(instances: np.ndarray) -> int:
 def cases() -> list[tuple[str, np.ndarray]]:
     out = []
     for i in range(1, 5):
-        out.append((f"glas testA_{i}", np.asarray(Image.open(ROOT / f"tests/data/glas_testA_sample/testA_{i}_anno.png"))
-                    .astype(np.int32)))
+        out.append(
+            (
+                f"glas testA_{i}",
+                np.asarray(Image.open(ROOT / f"tests/data/glas_testA_sample/testA_{i}_anno.png")).astype(np.int32),
+            )
+        )
     glands = SyntheticGlands("hard", size=256, seed=0)
     for i in range(6):
         out.append((f"synthetic hard #{i}", glands.sample(i)[1]))
@@ -54,19 +58,31 @@ def main() -> dict:
         for name, gt in data:
             back = classes_to_instances(instances_to_classes(gt, contour_width=width), dilation=width)
             backs.append(back)
-            rows.append({"case": name, "contour_width": width, "objects": len(np.unique(gt)) - 1,
-                         "touching_pairs": touching_pairs(gt), "objects_back": len(np.unique(back)) - 1,
-                         "f1": object_f1(back, gt), "dice": object_dice(back, gt)})
+            rows.append(
+                {
+                    "case": name,
+                    "contour_width": width,
+                    "objects": len(np.unique(gt)) - 1,
+                    "touching_pairs": touching_pairs(gt),
+                    "objects_back": len(np.unique(back)) - 1,
+                    "f1": object_f1(back, gt),
+                    "dice": object_dice(back, gt),
+                }
+            )
         pooled = glas_metrics(backs, [gt for _, gt in data], aggregate="pooled")
         rows.append({"case": "pooled (all above)", "contour_width": width, **pooled})
     print(f"{'case':<20} {'w':>2} {'objects':>8} {'touching':>9} {'back':>5} {'F1':>7} {'Dice':>7}")
     for r in rows:
         if "objects" in r:
-            print(f"{r['case']:<20} {r['contour_width']:>2} {r['objects']:>8} {r['touching_pairs']:>9} "
-                  f"{r['objects_back']:>5} {r['f1']:>7.4f} {r['dice']:>7.4f}")
+            print(
+                f"{r['case']:<20} {r['contour_width']:>2} {r['objects']:>8} {r['touching_pairs']:>9} "
+                f"{r['objects_back']:>5} {r['f1']:>7.4f} {r['dice']:>7.4f}"
+            )
         else:
-            print(f"{r['case']:<20} {r['contour_width']:>2} {'':>8} {'':>9} {'':>5} {r['f1']:>7.4f} {r['dice']:>7.4f}"
-                  f"   Hausdorff {r['hausdorff']:.3f}")
+            print(
+                f"{r['case']:<20} {r['contour_width']:>2} {'':>8} {'':>9} {'':>5} {r['f1']:>7.4f} {r['dice']:>7.4f}"
+                f"   Hausdorff {r['hausdorff']:.3f}"
+            )
     worst_f1 = min(r["f1"] for r in rows)
     worst_dice = min(r["dice"] for r in rows)
     print(f"worst object F1 {worst_f1:.4f}, worst object Dice {worst_dice:.4f} (targets: >= 0.95, >= 0.9)")

@@ -77,8 +77,15 @@ FIGURES = ROOT / "docs" / "_static" / "ssl_quality"
 #: the recipe; ``validation`` seeds are for tuning (the demo itself uses the run's seed, 0).
 DATA_SEEDS = {"test": {"medium": 1009, "hard": 2003}, "validation": {"medium": 503, "hard": 607}}
 CLASS_NAMES = ("background", "interior", "contour")
-SCORE_KEYS = ("pooled_f1", "pooled_dice", "pooled_hausdorff", "per_image_f1", "per_image_dice",
-              "per_image_hausdorff", "pixel_dice")
+SCORE_KEYS = (
+    "pooled_f1",
+    "pooled_dice",
+    "pooled_hausdorff",
+    "per_image_f1",
+    "per_image_dice",
+    "per_image_hausdorff",
+    "pixel_dice",
+)
 
 
 #: Real-data presets: the recipe config each starts from, and the folder it reads by default
@@ -115,31 +122,114 @@ class Scale:
 
 # The demo config's values when the study was designed (2026-12-01), written out so that tuning
 # the demo later does not silently change (and re-run) the study.
-_BASE = dict(method="dpfr", dataset="synthetic", backbone="resnet34", batch_labelled=2, batch_unlabelled=2,
-             lr=1e-3, ema_decay=0.95, flow_hidden=64, projection_hidden=64, projection_dim=32, num_anchors=64,
-             num_negatives=128, num_workers=0, eval_tile=128, eval_overlap=32)
-_CPU = dict(_BASE, synthetic_size=128, synthetic_train=64, synthetic_test=40, crop_size=96, iterations=600,
-            supervised_warmup=100, rampup=100, flow_warmup=100, log_every=10, checkpoint_every=100,
-            eval_pictures=0, device="cpu")
+_BASE = dict(
+    method="dpfr",
+    dataset="synthetic",
+    backbone="resnet34",
+    batch_labelled=2,
+    batch_unlabelled=2,
+    lr=1e-3,
+    ema_decay=0.95,
+    flow_hidden=64,
+    projection_hidden=64,
+    projection_dim=32,
+    num_anchors=64,
+    num_negatives=128,
+    num_workers=0,
+    eval_tile=128,
+    eval_overlap=32,
+)
+_CPU = dict(
+    _BASE,
+    synthetic_size=128,
+    synthetic_train=64,
+    synthetic_test=40,
+    crop_size=96,
+    iterations=600,
+    supervised_warmup=100,
+    rampup=100,
+    flow_warmup=100,
+    log_every=10,
+    checkpoint_every=100,
+    eval_pictures=0,
+    device="cpu",
+)
 SCALES: dict[str, Scale] = {
-    "toy": Scale(dict(_CPU, synthetic_size=64, synthetic_train=16, synthetic_test=2, crop_size=64, iterations=4,
-                      supervised_warmup=1, rampup=1, flow_warmup=1, log_every=2, checkpoint_every=0, eval_tile=64,
-                      num_anchors=8, num_negatives=16),
-                 seeds=(0, 1), presets=("medium",), ratios=("1/2",), xis=(3.0,), anchors=(8, 16), feature_pixels=20,
-                 real=("glas",), real_overrides=dict(iterations=4, crop_size=64, batch_labelled=2, batch_unlabelled=2,
-                                                     supervised_warmup=1, rampup=1, flow_warmup=1, log_every=2,
-                                                     checkpoint_every=0, eval_tile=64, eval_overlap=16, num_anchors=8,
-                                                     num_negatives=16, eval_pictures=0, scale=0.5),
-                 real_by_default=False,
-                 note="CI smoke size: proves the machinery, measures nothing"),
-    "cpu": Scale(_CPU, seeds=(0, 1, 2), real=("glas",), real_overrides=dict(eval_pictures=0),
-                 note="ResNet-34, 128 px images, 96 px crops, batch 2+2, 600 iterations, "
-                      "64 training / 40 test images per preset, CPU; real GlaS: configs/glas_cpu.json"),
-    "gpu": Scale(dict(_CPU, backbone="resnet50", synthetic_size=384, synthetic_train=128, synthetic_test=80,
-                      crop_size=256, batch_labelled=4, batch_unlabelled=4, iterations=4000, supervised_warmup=500,
-                      rampup=500, flow_warmup=500, eval_tile=384, checkpoint_every=500, device="cuda",
-                      num_workers=4, ema_decay=0.99),
-                 seeds=(0, 1, 2), note="ResNet-50, 384 px images, 256 px crops, batch 4+4, 4000 iterations, CUDA"),
+    "toy": Scale(
+        dict(
+            _CPU,
+            synthetic_size=64,
+            synthetic_train=16,
+            synthetic_test=2,
+            crop_size=64,
+            iterations=4,
+            supervised_warmup=1,
+            rampup=1,
+            flow_warmup=1,
+            log_every=2,
+            checkpoint_every=0,
+            eval_tile=64,
+            num_anchors=8,
+            num_negatives=16,
+        ),
+        seeds=(0, 1),
+        presets=("medium",),
+        ratios=("1/2",),
+        xis=(3.0,),
+        anchors=(8, 16),
+        feature_pixels=20,
+        real=("glas",),
+        real_overrides=dict(
+            iterations=4,
+            crop_size=64,
+            batch_labelled=2,
+            batch_unlabelled=2,
+            supervised_warmup=1,
+            rampup=1,
+            flow_warmup=1,
+            log_every=2,
+            checkpoint_every=0,
+            eval_tile=64,
+            eval_overlap=16,
+            num_anchors=8,
+            num_negatives=16,
+            eval_pictures=0,
+            scale=0.5,
+        ),
+        real_by_default=False,
+        note="CI smoke size: proves the machinery, measures nothing",
+    ),
+    "cpu": Scale(
+        _CPU,
+        seeds=(0, 1, 2),
+        real=("glas",),
+        real_overrides=dict(eval_pictures=0),
+        note="ResNet-34, 128 px images, 96 px crops, batch 2+2, 600 iterations, "
+        "64 training / 40 test images per preset, CPU; real GlaS: configs/glas_cpu.json",
+    ),
+    "gpu": Scale(
+        dict(
+            _CPU,
+            backbone="resnet50",
+            synthetic_size=384,
+            synthetic_train=128,
+            synthetic_test=80,
+            crop_size=256,
+            batch_labelled=4,
+            batch_unlabelled=4,
+            iterations=4000,
+            supervised_warmup=500,
+            rampup=500,
+            flow_warmup=500,
+            eval_tile=384,
+            checkpoint_every=500,
+            device="cuda",
+            num_workers=4,
+            ema_decay=0.99,
+        ),
+        seeds=(0, 1, 2),
+        note="ResNet-50, 384 px images, 256 px crops, batch 4+4, 4000 iterations, CUDA",
+    ),
 }
 
 
@@ -157,12 +247,15 @@ class RunSpec:
     def overrides(self, scale: Scale, split: str, data: dict[str, Path] | None = None) -> dict[str, Any]:
         run = {"method": self.method, "seed": self.seed, "label_ratio": self.label_ratio, **dict(self.extra)}
         if self.preset in REAL_CONFIGS:  # real images: the recipe's config for them, scored on a fixed part
-            base = {k: v for k, v in json.loads(REAL_CONFIGS[self.preset].read_text()).items()
-                    if not k.startswith("_")}
+            base = {k: v for k, v in json.loads(REAL_CONFIGS[self.preset].read_text()).items() if not k.startswith("_")}
             folder = (data or {}).get(self.preset, REAL_DATA[self.preset])
             return {**base, **scale.real_overrides, "data": str(folder), "test_split": REAL_TEST_PART[split], **run}
-        return {**scale.overrides, "synthetic_preset": self.preset, "synthetic_seed": DATA_SEEDS[split][self.preset],
-                **run}
+        return {
+            **scale.overrides,
+            "synthetic_preset": self.preset,
+            "synthetic_seed": DATA_SEEDS[split][self.preset],
+            **run,
+        }
 
     @property
     def name(self) -> str:
@@ -177,17 +270,27 @@ def plan(scale: Scale) -> list[RunSpec]:
     Runs that a later group would repeat (e.g. the sweep's ``num_anchors`` equal to the
     config's) appear once, at their first place.
     """
-    runs = [RunSpec("main", preset, method, seed) for preset in scale.presets for seed in scale.seeds
-            for method in METHODS]
+    runs = [
+        RunSpec("main", preset, method, seed) for preset in scale.presets for seed in scale.seeds for method in METHODS
+    ]
     # FDP's control: the same step length in a random direction (does the density's direction matter?)
-    runs += [RunSpec("control", scale.presets[0], "fdp", seed, extra=(("perturb_direction", "random"),))
-             for seed in scale.seeds]
-    runs += [RunSpec("ratio", scale.presets[0], method, seed, ratio) for ratio in scale.ratios
-             for seed in scale.seeds for method in ("mean_teacher", "dpfr")]
-    runs += [RunSpec("sweep", scale.presets[0], "dpfr", scale.seeds[0], extra=(("xi", xi), ("xi_relative", False)))
-             for xi in scale.xis]
-    runs += [RunSpec("sweep", scale.presets[0], "dpfr", scale.seeds[0], extra=(("num_anchors", t),))
-             for t in scale.anchors]
+    runs += [
+        RunSpec("control", scale.presets[0], "fdp", seed, extra=(("perturb_direction", "random"),))
+        for seed in scale.seeds
+    ]
+    runs += [
+        RunSpec("ratio", scale.presets[0], method, seed, ratio)
+        for ratio in scale.ratios
+        for seed in scale.seeds
+        for method in ("mean_teacher", "dpfr")
+    ]
+    runs += [
+        RunSpec("sweep", scale.presets[0], "dpfr", scale.seeds[0], extra=(("xi", xi), ("xi_relative", False)))
+        for xi in scale.xis
+    ]
+    runs += [
+        RunSpec("sweep", scale.presets[0], "dpfr", scale.seeds[0], extra=(("num_anchors", t),)) for t in scale.anchors
+    ]
     return runs + real_plan(scale)
 
 
@@ -204,21 +307,26 @@ def real_plan(scale: Scale) -> list[RunSpec]:
         for ratio in MAIN_RATIOS:
             runs += [RunSpec("main", preset, method, seed, ratio) for seed in scale.seeds for method in METHODS[1:]]
             if ratio == MAIN_RATIOS[0]:
-                runs += [RunSpec("control", preset, "fdp", seed, ratio, extra=(("perturb_direction", "random"),))
-                         for seed in scale.seeds]
+                runs += [
+                    RunSpec("control", preset, "fdp", seed, ratio, extra=(("perturb_direction", "random"),))
+                    for seed in scale.seeds
+                ]
         # the pseudo-label rules, seed by seed (a partial comparison is paired); supervised at 1/8, their
         # reference, is the curve's point (``--groups curve --ratios 1/8`` on the same split)
-        runs += [RunSpec("pseudo", preset, "mean_teacher", seed, MAIN_RATIOS[0], extra=(("pseudo_labels", rule),))
-                 for seed in scale.seeds for rule in PSEUDO_RULES]
+        runs += [
+            RunSpec("pseudo", preset, "mean_teacher", seed, MAIN_RATIOS[0], extra=(("pseudo_labels", rule),))
+            for seed in scale.seeds
+            for rule in PSEUDO_RULES
+        ]
     return runs
 
 
-def _config(spec: RunSpec, scale: Scale, split: str, sets: Sequence[str] = (),
-            data: dict[str, Path] | None = None) -> TrainConfig:
+def _config(
+    spec: RunSpec, scale: Scale, split: str, sets: Sequence[str] = (), data: dict[str, Path] | None = None
+) -> TrainConfig:
     """The run's config: the recipe's defaults, the scale's (or the real preset's config) and the
     run's keys, then ``--set``."""
     return apply_overrides(dataclasses.replace(TrainConfig(), **spec.overrides(scale, split, data)), list(sets))
-
 
 
 # ----------------------------------------------------------------------------- measurements of one run
@@ -244,16 +352,26 @@ def test_measurements(model: torch.nn.Module, dataset: Any, config: TrainConfig)
     per_image = []
     for i in range(len(dataset)):
         image, instances = dataset[i]
-        probs = predict_probabilities(model, image, scale=config.scale, tile=config.eval_tile,
-                                      overlap=config.eval_overlap)
+        probs = predict_probabilities(
+            model, image, scale=config.scale, tile=config.eval_tile, overlap=config.eval_overlap
+        )
         predicted += np.bincount(probs.argmax(0).flatten().numpy(), minlength=NUM_CLASSES)
         pred = classes_to_instances(probs, min_size=min_size, dilation=dilation).numpy()
         per_image.append(list(glas_object_counts(pred, np.asarray(instances))))
-    shares = {"predicted": dict(zip(CLASS_NAMES, (predicted / predicted.sum()).tolist())),
-              "truth": truth_shares(dataset, config), "truth_grid": "network"}
+    shares = {
+        "predicted": dict(zip(CLASS_NAMES, (predicted / predicted.sum()).tolist())),
+        "truth": truth_shares(dataset, config),
+        "truth_grid": "network",
+    }
     n_pred, n_gt, tp = (int(v) for v in np.sum(per_image, axis=0))
-    objects = {"predicted": n_pred, "truth": n_gt, "tp": tp, "precision": tp / max(n_pred, 1),
-               "recall": tp / max(n_gt, 1), "per_image": per_image}
+    objects = {
+        "predicted": n_pred,
+        "truth": n_gt,
+        "tp": tp,
+        "precision": tp / max(n_pred, 1),
+        "recall": tp / max(n_gt, 1),
+        "per_image": per_image,
+    }
     return shares, objects
 
 
@@ -267,14 +385,16 @@ def truth_shares(dataset: Any, config: TrainConfig) -> dict[str, float]:
         instances = np.asarray(dataset[i][1])
         if config.scale != 1.0:
             instances = resize_labels(instances, scaled_size(*instances.shape[:2], config.scale))
-        truth += np.bincount(instances_to_classes(instances, contour_width=config.contour_width).flatten(),
-                             minlength=NUM_CLASSES)
+        truth += np.bincount(
+            instances_to_classes(instances, contour_width=config.contour_width).flatten(), minlength=NUM_CLASSES
+        )
     return dict(zip(CLASS_NAMES, (truth / truth.sum()).tolist()))
 
 
 @torch.no_grad()
-def decoder_features(model: torch.nn.Module, dataset: Any, config: TrainConfig, per_class: int,
-                     seed: int = 0) -> dict[str, Any]:
+def decoder_features(
+    model: torch.nn.Module, dataset: Any, config: TrainConfig, per_class: int, seed: int = 0
+) -> dict[str, Any]:
     """Decoder features of test pixels projected to 2-D by PCA, ``per_class`` pixels of each class.
 
     The projection is linear, so distances in the picture are distances in the feature space
@@ -296,32 +416,48 @@ def decoder_features(model: torch.nn.Module, dataset: Any, config: TrainConfig, 
         classes = torch.as_tensor(instances_to_classes(instances, contour_width=config.contour_width))
         classes = torch.nn.functional.pad(classes[None, None].float(), (0, pw, 0, ph), mode="replicate")[0, 0].long()
         # nearest pixel of the full-resolution class map at each decoder position
-        rows = (torch.arange(size[0]) * classes.shape[0] // size[0])
-        cols = (torch.arange(size[1]) * classes.shape[1] // size[1])
+        rows = torch.arange(size[0]) * classes.shape[0] // size[0]
+        cols = torch.arange(size[1]) * classes.shape[1] // size[1]
         small = classes[rows][:, cols]
         feats.append(decoder.flatten(1).t())
         labels.append(small.flatten())
     f, y = torch.cat(feats).numpy().astype(np.float64), torch.cat(labels).numpy()
     rng = np.random.default_rng(seed)
-    chosen = np.concatenate([rng.choice(np.flatnonzero(y == c), size=min(per_class, int((y == c).sum())), replace=False)
-                             for c in range(NUM_CLASSES) if (y == c).any()])
+    chosen = np.concatenate(
+        [
+            rng.choice(np.flatnonzero(y == c), size=min(per_class, int((y == c).sum())), replace=False)
+            for c in range(NUM_CLASSES)
+            if (y == c).any()
+        ]
+    )
     f, y = f[chosen], y[chosen]
     centred = f - f.mean(0)
     _, s, vt = np.linalg.svd(centred, full_matrices=False)
     xy = centred @ vt[:2].T
     means = np.stack([f[y == c].mean(0) for c in range(NUM_CLASSES)])
     nearest = np.argmin(((f[:, None, :] - means[None]) ** 2).sum(-1), axis=1)
-    return {"xy": np.round(xy, 4).tolist(), "labels": y.tolist(),
-            "explained": float((s[:2] ** 2).sum() / (s ** 2).sum()), "separation": float((nearest == y).mean())}
+    return {
+        "xy": np.round(xy, 4).tolist(),
+        "labels": y.tolist(),
+        "explained": float((s[:2] ** 2).sum() / (s**2).sum()),
+        "separation": float((nearest == y).mean()),
+    }
 
 
 def _tail_mean(history: Sequence[dict[str, float]], key: str) -> float | None:
-    values = [row[key] for row in history[len(history) // 2:] if key in row]
+    values = [row[key] for row in history[len(history) // 2 :] if key in row]
     return float(np.mean(values)) if values else None
 
 
-def run_one(spec: RunSpec, scale: Scale, split: str, sets: Sequence[str], out_root: Path, features: bool,
-            data: dict[str, Path] | None = None) -> dict:
+def run_one(
+    spec: RunSpec,
+    scale: Scale,
+    split: str,
+    sets: Sequence[str],
+    out_root: Path,
+    features: bool,
+    data: dict[str, Path] | None = None,
+) -> dict:
     """Train one run (quietly: the trainer's lines go to ``train.log``) and measure it."""
     from examples.dpfr_gland.evaluate import load_checkpoint_model
 
@@ -333,15 +469,25 @@ def run_one(spec: RunSpec, scale: Scale, split: str, sets: Sequence[str], out_ro
     metrics, history = result["metrics"], result["history"]
     _, test = build_datasets(config)
     row: dict[str, Any] = {
-        "name": spec.name, "group": spec.group, "preset": spec.preset, "method": spec.method, "seed": spec.seed,
-        "label_ratio": spec.label_ratio, "extra": dict(spec.extra), "split": split,
-        "fingerprint": _fingerprint(config), "config": dataclasses.asdict(config), "wall_s": round(wall, 1),
+        "name": spec.name,
+        "group": spec.group,
+        "preset": spec.preset,
+        "method": spec.method,
+        "seed": spec.seed,
+        "label_ratio": spec.label_ratio,
+        "extra": dict(spec.extra),
+        "split": split,
+        "fingerprint": _fingerprint(config),
+        "config": dataclasses.asdict(config),
+        "wall_s": round(wall, 1),
         "student": {k: metrics[k] for k in SCORE_KEYS},
         "teacher": {k: metrics["teacher"][k] for k in SCORE_KEYS} if "teacher" in metrics else None,
         "num_test_images": metrics["num_images"],
         "history": history,
-        "keep": {k: _tail_mean(history, k) for k in ("kept", *(f"kept_{c}" for c in CLASS_NAMES),
-                                                      *(f"share_{c}" for c in CLASS_NAMES))},
+        "keep": {
+            k: _tail_mean(history, k)
+            for k in ("kept", *(f"kept_{c}" for c in CLASS_NAMES), *(f"share_{c}" for c in CLASS_NAMES))
+        },
         "perturbation": {k: _tail_mean(history, k) for k in ("fdp_gain", "flip", "flow_nll_per_dim")},
     }
     student, _ = load_checkpoint_model(out / "checkpoint.pt", weights="student")  # float32, as trained
@@ -358,8 +504,7 @@ def _stats(values: Iterable[float | None]) -> dict[str, float] | None:
     v = [float(x) for x in values if x is not None and math.isfinite(x)]
     if not v:
         return None
-    return {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, "n": len(v),
-            "values": v}
+    return {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, "n": len(v), "values": v}
 
 
 def summarise(rows: Sequence[dict]) -> dict[str, Any]:
@@ -370,8 +515,14 @@ def summarise(rows: Sequence[dict]) -> dict[str, Any]:
         cells.setdefault(key, []).append(row)
     out = []
     for (group, preset, method, ratio, extra), members in cells.items():
-        cell: dict[str, Any] = {"group": group, "preset": preset, "method": method, "label_ratio": ratio,
-                                "extra": json.loads(extra), "seeds": [m["seed"] for m in members]}
+        cell: dict[str, Any] = {
+            "group": group,
+            "preset": preset,
+            "method": method,
+            "label_ratio": ratio,
+            "extra": json.loads(extra),
+            "seeds": [m["seed"] for m in members],
+        }
         for weights in ("student", "teacher"):
             if members[0][weights] is not None:
                 cell[weights] = {k: _stats(m[weights][k] for m in members) for k in SCORE_KEYS}
@@ -380,20 +531,31 @@ def summarise(rows: Sequence[dict]) -> dict[str, Any]:
         cell["contour_share_truth"] = members[0]["class_shares"]["truth"]["contour"]
         cell["perturbation"] = {k: _stats(m["perturbation"][k] for m in members) for k in members[0]["perturbation"]}
         cell["wall_s"] = _stats(m["wall_s"] for m in members)
-        cell["objects"] = {k: _stats(m["objects"][k] for m in members if "objects" in m)
-                           for k in ("precision", "recall", "predicted", "truth")}
+        cell["objects"] = {
+            k: _stats(m["objects"][k] for m in members if "objects" in m)
+            for k in ("precision", "recall", "predicted", "truth")
+        }
         out.append(cell)
     order = {m: i for i, m in enumerate(METHODS)}
-    out.sort(key=lambda c: (c["group"], c["preset"], order[c["method"]], _ratio(c["label_ratio"]),
-                            json.dumps(c["extra"], sort_keys=True)))
+    out.sort(
+        key=lambda c: (
+            c["group"],
+            c["preset"],
+            order[c["method"]],
+            _ratio(c["label_ratio"]),
+            json.dumps(c["extra"], sort_keys=True),
+        )
+    )
     return {"cells": out}
 
 
 def _presets(cells: Sequence[dict]) -> list[str]:
     """The synthetic presets of ``cells`` from easy to hard: the first is the study's headline (``medium``)."""
     order = ("easy", "medium", "hard")
-    return sorted({c["preset"] for c in cells if c["preset"] not in REAL_CONFIGS},
-                  key=lambda p: order.index(p) if p in order else len(order))
+    return sorted(
+        {c["preset"] for c in cells if c["preset"] not in REAL_CONFIGS},
+        key=lambda p: order.index(p) if p in order else len(order),
+    )
 
 
 def _pooled_f1(counts: np.ndarray) -> np.ndarray:
@@ -403,8 +565,9 @@ def _pooled_f1(counts: np.ndarray) -> np.ndarray:
     return 2 * total[..., 2] / np.maximum(total[..., 0] + total[..., 1], 1)
 
 
-def paired_difference(runs: Sequence[dict], baselines: Sequence[dict], draws: int = 2000,
-                      seed: int = 0) -> dict[str, float] | None:
+def paired_difference(
+    runs: Sequence[dict], baselines: Sequence[dict], draws: int = 2000, seed: int = 0
+) -> dict[str, float] | None:
     """Pooled object F1 of ``runs`` minus that of ``baselines``, paired by seed, with a 95 % bootstrap
     interval over test images (the same images drawn for every seed of a draw).
 
@@ -431,8 +594,13 @@ def paired_difference(runs: Sequence[dict], baselines: Sequence[dict], draws: in
     index = rng.integers(0, a.shape[1], size=(draws, a.shape[1]))
     boot = (_pooled_f1(a[:, index]) - _pooled_f1(b[:, index])).mean(axis=0)  # [draws]
     low, high = np.percentile(boot, [2.5, 97.5])
-    return {"mean": float(point.mean()), "low": float(low), "high": float(high), "wins": int((point > 0).sum()),
-            "n": len(pairs)}
+    return {
+        "mean": float(point.mean()),
+        "low": float(low),
+        "high": float(high),
+        "wins": int((point > 0).sum()),
+        "n": len(pairs),
+    }
 
 
 def real_tables(rows: Sequence[dict], summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
@@ -443,8 +611,10 @@ def real_tables(rows: Sequence[dict], summary: dict) -> list[tuple[str, list[str
     cells = summary["cells"]
     part = REAL_TEST_PART.get(summary.get("split", "test"), "test")
     for preset in [p for p in REAL_CONFIGS if any(c["preset"] == p for c in cells)]:
-        curve = sorted([c for c in cells if c["preset"] == preset and c["group"] == "curve"],
-                       key=lambda c: _ratio(c["label_ratio"]))
+        curve = sorted(
+            [c for c in cells if c["preset"] == preset and c["group"] == "curve"],
+            key=lambda c: _ratio(c["label_ratio"]),
+        )
         if curve:
             out.append(
                 (
@@ -468,17 +638,27 @@ def real_tables(rows: Sequence[dict], summary: dict) -> list[tuple[str, list[str
         mine = [r for r in rows if r["preset"] == preset]
         for ratio in MAIN_RATIOS:
             sup_rows = [r for r in mine if r["group"] == "curve" and r["label_ratio"] == ratio]
-            mt_rows = [r for r in mine if r["group"] == "main" and r["method"] == "mean_teacher"
-                       and r["label_ratio"] == ratio]
+            mt_rows = [
+                r for r in mine if r["group"] == "main" and r["method"] == "mean_teacher" and r["label_ratio"] == ratio
+            ]
             base = next((c for c in curve if c["label_ratio"] == ratio), None)
-            these = ([base] if base else []) + [c for c in cells if c["preset"] == preset and c["label_ratio"] == ratio
-                                                 and c["group"] in ("main", "control")]
+            these = ([base] if base else []) + [
+                c
+                for c in cells
+                if c["preset"] == preset and c["label_ratio"] == ratio and c["group"] in ("main", "control")
+            ]
             if not these:
                 continue
             table = []
             for c in these:
-                members = [r for r in mine if r["group"] == c["group"] and r["method"] == c["method"]
-                           and r["label_ratio"] == ratio and r["extra"] == c["extra"]]
+                members = [
+                    r
+                    for r in mine
+                    if r["group"] == c["group"]
+                    and r["method"] == c["method"]
+                    and r["label_ratio"] == ratio
+                    and r["extra"] == c["extra"]
+                ]
                 label = c["method"] + (" (random direction)" if c["group"] == "control" else "")
                 f1 = c["student"]["pooled_f1"]
                 gap = "-"
@@ -493,31 +673,65 @@ def real_tables(rows: Sequence[dict], summary: dict) -> list[tuple[str, list[str
                     return f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] ({d['wins']}/{d['n']})"
 
                 o = c.get("objects", {})
-                table.append([label, str(len(c["seeds"])), _fmt(f1), _fmt(c["student"]["pooled_dice"]),
-                              _fmt(c["student"]["pooled_hausdorff"], 1), diff(sup_rows), diff(mt_rows), gap,
-                              f"{_fmt(c['contour_share'])} ({c['contour_share_truth']:.3f})",
-                              _fmt(o.get("precision")), _fmt(o.get("recall"))])
-            out.append((f"{preset}, {ratio} labels: student pooled scores on the {part} part; differences paired "
-                        f"by seed with a 95 % bootstrap interval over its images (seeds above)",
-                        ["method", "seeds", "O.F1", "O.Dice", "O.HD", "O.F1 - supervised", "O.F1 - mean_teacher",
-                         "gap closed to supervised@all", "contour share (truth)", "object precision", "object recall"],
-                        table))
+                table.append(
+                    [
+                        label,
+                        str(len(c["seeds"])),
+                        _fmt(f1),
+                        _fmt(c["student"]["pooled_dice"]),
+                        _fmt(c["student"]["pooled_hausdorff"], 1),
+                        diff(sup_rows),
+                        diff(mt_rows),
+                        gap,
+                        f"{_fmt(c['contour_share'])} ({c['contour_share_truth']:.3f})",
+                        _fmt(o.get("precision")),
+                        _fmt(o.get("recall")),
+                    ]
+                )
+            out.append(
+                (
+                    f"{preset}, {ratio} labels: student pooled scores on the {part} part; differences paired "
+                    f"by seed with a 95 % bootstrap interval over its images (seeds above)",
+                    [
+                        "method",
+                        "seeds",
+                        "O.F1",
+                        "O.Dice",
+                        "O.HD",
+                        "O.F1 - supervised",
+                        "O.F1 - mean_teacher",
+                        "gap closed to supervised@all",
+                        "contour share (truth)",
+                        "object precision",
+                        "object recall",
+                    ],
+                    table,
+                )
+            )
         out += _pseudo_table(preset, mine, cells, part)
     return out
 
 
-def _pseudo_table(preset: str, mine: Sequence[dict], cells: Sequence[dict],
-                  part: str) -> list[tuple[str, list[str], list[list[str]]]]:
+def _pseudo_table(
+    preset: str, mine: Sequence[dict], cells: Sequence[dict], part: str
+) -> list[tuple[str, list[str], list[list[str]]]]:
     """The ``pseudo`` group: each pseudo-label rule under mean_teacher against the default rule
     and against supervised, paired by seed, with the share of each class the rule kept."""
-    rules = [c for c in cells if c["preset"] == preset and (c["group"] == "pseudo" or (
-        c["group"] == "curve" and c["label_ratio"] == MAIN_RATIOS[0]))]
+    rules = [
+        c
+        for c in cells
+        if c["preset"] == preset
+        and (c["group"] == "pseudo" or (c["group"] == "curve" and c["label_ratio"] == MAIN_RATIOS[0]))
+    ]
     if not rules:
         return []
 
     def members(c: dict) -> list[dict]:
-        return [r for r in mine if r["group"] == c["group"] and r["label_ratio"] == c["label_ratio"]
-                and r["extra"] == c["extra"]]
+        return [
+            r
+            for r in mine
+            if r["group"] == c["group"] and r["label_ratio"] == c["label_ratio"] and r["extra"] == c["extra"]
+        ]
 
     default = [r for r in mine if r["group"] == "pseudo" and r["extra"].get("pseudo_labels") == PSEUDO_RULES[0]]
     supervised = [r for r in mine if r["group"] == "curve" and r["label_ratio"] == MAIN_RATIOS[0]]
@@ -533,15 +747,41 @@ def _pseudo_table(preset: str, mine: Sequence[dict], cells: Sequence[dict],
         kept = [c["keep"].get(f"kept_{k}") for k in CLASS_NAMES]
         o = c.get("objects", {})
         label = c["extra"].get("pseudo_labels", c["method"])
-        table.append([label, str(len(c["seeds"])), _fmt(c["student"]["pooled_f1"]), _fmt(c["student"]["pooled_dice"]),
-                      _fmt(c["student"]["pooled_hausdorff"], 1), diff(default), diff(supervised),
-                      f"{_fmt(c['contour_share'])} ({c['contour_share_truth']:.3f})",
-                      " / ".join(_fmt(k, 2) for k in kept), _fmt(o.get("precision")), _fmt(o.get("recall"))])
-    return [(f"{preset}, 1/8 labels, pseudo-label rules under mean_teacher: student pooled scores on the {part} "
-             f"part; differences paired by seed with a 95 % bootstrap interval over its images",
-             ["rule", "seeds", "O.F1", "O.Dice", "O.HD", f"O.F1 - {PSEUDO_RULES[0]}", "O.F1 - supervised",
-              "contour share (truth)", "kept background / interior / contour", "object precision",
-              "object recall"], table)]
+        table.append(
+            [
+                label,
+                str(len(c["seeds"])),
+                _fmt(c["student"]["pooled_f1"]),
+                _fmt(c["student"]["pooled_dice"]),
+                _fmt(c["student"]["pooled_hausdorff"], 1),
+                diff(default),
+                diff(supervised),
+                f"{_fmt(c['contour_share'])} ({c['contour_share_truth']:.3f})",
+                " / ".join(_fmt(k, 2) for k in kept),
+                _fmt(o.get("precision")),
+                _fmt(o.get("recall")),
+            ]
+        )
+    return [
+        (
+            f"{preset}, 1/8 labels, pseudo-label rules under mean_teacher: student pooled scores on the {part} "
+            f"part; differences paired by seed with a 95 % bootstrap interval over its images",
+            [
+                "rule",
+                "seeds",
+                "O.F1",
+                "O.Dice",
+                "O.HD",
+                f"O.F1 - {PSEUDO_RULES[0]}",
+                "O.F1 - supervised",
+                "contour share (truth)",
+                "kept background / interior / contour",
+                "object precision",
+                "object recall",
+            ],
+            table,
+        )
+    ]
 
 
 def _fmt(stat: dict | None, digits: int = 3) -> str:
@@ -557,52 +797,128 @@ def table_data(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     main = [c for c in cells if c["group"] == "main"]
     for preset in _presets(main):
         these = [c for c in main if c["preset"] == preset]
-        header = ["method", "weights", "seeds", "O.F1", "O.Dice", "O.HD", "per-image O.F1", "per-image O.Dice",
-                  "per-image O.HD"]
+        header = [
+            "method",
+            "weights",
+            "seeds",
+            "O.F1",
+            "O.Dice",
+            "O.HD",
+            "per-image O.F1",
+            "per-image O.Dice",
+            "per-image O.HD",
+        ]
         rows = []
         for c in these:
             for weights in ("student", "teacher"):
                 if c.get(weights):
                     s = c[weights]
-                    rows.append([c["method"], weights, str(len(c["seeds"])), _fmt(s["pooled_f1"]),
-                                 _fmt(s["pooled_dice"]), _fmt(s["pooled_hausdorff"], 1), _fmt(s["per_image_f1"]),
-                                 _fmt(s["per_image_dice"]), _fmt(s["per_image_hausdorff"], 1)])
+                    rows.append(
+                        [
+                            c["method"],
+                            weights,
+                            str(len(c["seeds"])),
+                            _fmt(s["pooled_f1"]),
+                            _fmt(s["pooled_dice"]),
+                            _fmt(s["pooled_hausdorff"], 1),
+                            _fmt(s["per_image_f1"]),
+                            _fmt(s["per_image_dice"]),
+                            _fmt(s["per_image_hausdorff"], 1),
+                        ]
+                    )
         out.append((f"{preset}, 1/8 labels: GlaS object scores, mean ± std over seeds", header, rows))
-        header = ["method", "student contour share (truth)", "object precision", "object recall", "objects (truth)",
-                  "kept", "kept background", "kept interior", "kept contour", "fdp_gain", "flip", "wall s"]
+        header = [
+            "method",
+            "student contour share (truth)",
+            "object precision",
+            "object recall",
+            "objects (truth)",
+            "kept",
+            "kept background",
+            "kept interior",
+            "kept contour",
+            "fdp_gain",
+            "flip",
+            "wall s",
+        ]
         rows = []
         for c in these:
             k, p, o = c["keep"], c["perturbation"], c.get("objects", {})
             truth = o.get("truth")
-            rows.append([c["method"], f"{_fmt(c['contour_share'])} ({c['contour_share_truth']:.3f})",
-                         _fmt(o.get("precision")), _fmt(o.get("recall")),
-                         f"{_fmt(o.get('predicted'), 0)} ({truth['mean']:.0f})" if truth else "-",
-                         *(_fmt(k.get(key), 2) for key in ("kept", "kept_background", "kept_interior", "kept_contour")),
-                         _fmt(p.get("fdp_gain"), 4), _fmt(p.get("flip"), 3), _fmt(c["wall_s"], 0)])
-        out.append((f"{preset}, 1/8 labels: diagnostics (second half of training; contour share on the test images)",
-                    header, rows))
+            rows.append(
+                [
+                    c["method"],
+                    f"{_fmt(c['contour_share'])} ({c['contour_share_truth']:.3f})",
+                    _fmt(o.get("precision")),
+                    _fmt(o.get("recall")),
+                    f"{_fmt(o.get('predicted'), 0)} ({truth['mean']:.0f})" if truth else "-",
+                    *(_fmt(k.get(key), 2) for key in ("kept", "kept_background", "kept_interior", "kept_contour")),
+                    _fmt(p.get("fdp_gain"), 4),
+                    _fmt(p.get("flip"), 3),
+                    _fmt(c["wall_s"], 0),
+                ]
+            )
+        out.append(
+            (
+                f"{preset}, 1/8 labels: diagnostics (second half of training; contour share on the test images)",
+                header,
+                rows,
+            )
+        )
     control = [c for c in cells if c["group"] == "control"]
     if control:
         rows = []
         for preset in dict.fromkeys(c["preset"] for c in control):
-            for c in [c for c in main if c["preset"] == preset and c["method"] in ("mean_teacher", "fdp")] + \
-                     [c for c in control if c["preset"] == preset]:
+            for c in [c for c in main if c["preset"] == preset and c["method"] in ("mean_teacher", "fdp")] + [
+                c for c in control if c["preset"] == preset
+            ]:
                 label = c["method"] + (" (random direction)" if c["group"] == "control" else "")
                 s, p = c["student"], c["perturbation"]
-                rows.append([preset, label, str(len(c["seeds"])), _fmt(s["pooled_f1"]), _fmt(s["pooled_dice"]),
-                             _fmt(s["pooled_hausdorff"], 1), _fmt(c["contour_share"]), _fmt(p.get("fdp_gain"), 4),
-                             _fmt(p.get("flip"), 3)])
-        out.append(("FDP against its control: the same step length in a random direction (1/8 labels, student)",
-                    ["preset", "method", "seeds", "O.F1", "O.Dice", "O.HD", "contour share", "fdp_gain", "flip"],
-                    rows))
-    ratio = [c for c in cells if c["group"] == "ratio" or (c["group"] == "main" and c["method"] in
-                                                            ("mean_teacher", "dpfr") and c["preset"] == "medium")]
+                rows.append(
+                    [
+                        preset,
+                        label,
+                        str(len(c["seeds"])),
+                        _fmt(s["pooled_f1"]),
+                        _fmt(s["pooled_dice"]),
+                        _fmt(s["pooled_hausdorff"], 1),
+                        _fmt(c["contour_share"]),
+                        _fmt(p.get("fdp_gain"), 4),
+                        _fmt(p.get("flip"), 3),
+                    ]
+                )
+        out.append(
+            (
+                "FDP against its control: the same step length in a random direction (1/8 labels, student)",
+                ["preset", "method", "seeds", "O.F1", "O.Dice", "O.HD", "contour share", "fdp_gain", "flip"],
+                rows,
+            )
+        )
+    ratio = [
+        c
+        for c in cells
+        if c["group"] == "ratio"
+        or (c["group"] == "main" and c["method"] in ("mean_teacher", "dpfr") and c["preset"] == "medium")
+    ]
     if any(c["group"] == "ratio" for c in ratio):
-        rows = [[c["method"], c["label_ratio"], str(len(c["seeds"])), _fmt(c["student"]["pooled_f1"]),
-                 _fmt(c["student"]["pooled_dice"]), _fmt(c["student"]["pooled_hausdorff"], 1)]
-                for c in sorted(ratio, key=lambda c: (c["method"], _ratio(c["label_ratio"])))]
-        out.append(("medium: student pooled scores against the label ratio", ["method", "labels", "seeds", "O.F1",
-                                                                             "O.Dice", "O.HD"], rows))
+        rows = [
+            [
+                c["method"],
+                c["label_ratio"],
+                str(len(c["seeds"])),
+                _fmt(c["student"]["pooled_f1"]),
+                _fmt(c["student"]["pooled_dice"]),
+                _fmt(c["student"]["pooled_hausdorff"], 1),
+            ]
+            for c in sorted(ratio, key=lambda c: (c["method"], _ratio(c["label_ratio"])))
+        ]
+        out.append(
+            (
+                "medium: student pooled scores against the label ratio",
+                ["method", "labels", "seeds", "O.F1", "O.Dice", "O.HD"],
+                rows,
+            )
+        )
     sweep = [c for c in cells if c["group"] == "sweep"]
     if sweep:
         # the recipe's own setting is the main grid's first dpfr run (not trained twice)
@@ -612,16 +928,35 @@ def table_data(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
             i = default[0]["seeds"].index(min(default[0]["seeds"]))
             one = lambda stat, d=3: "-" if stat is None else f"{stat['values'][i]:.{d}f}"  # noqa: E731
             s, p = default[0]["student"], default[0]["perturbation"]
-            rows.append([f"recipe default (main run, seed {default[0]['seeds'][i]})", one(s["pooled_f1"]),
-                         one(s["pooled_dice"]), one(s["pooled_hausdorff"], 1), one(p.get("fdp_gain"), 4),
-                         one(p.get("flip"))])
+            rows.append(
+                [
+                    f"recipe default (main run, seed {default[0]['seeds'][i]})",
+                    one(s["pooled_f1"]),
+                    one(s["pooled_dice"]),
+                    one(s["pooled_hausdorff"], 1),
+                    one(p.get("fdp_gain"), 4),
+                    one(p.get("flip")),
+                ]
+            )
         for c in sweep:
             p, s = c["perturbation"], c["student"]
-            rows.append([", ".join(f"{k}={v}" for k, v in c["extra"].items()), _fmt(s["pooled_f1"]),
-                         _fmt(s["pooled_dice"]), _fmt(s["pooled_hausdorff"], 1), _fmt(p.get("fdp_gain"), 4),
-                         _fmt(p.get("flip"), 3)])
-        out.append(("dpfr sensitivity (medium, 1/8 labels, one seed)", ["setting", "O.F1", "O.Dice", "O.HD",
-                                                                          "fdp_gain", "flip"], rows))
+            rows.append(
+                [
+                    ", ".join(f"{k}={v}" for k, v in c["extra"].items()),
+                    _fmt(s["pooled_f1"]),
+                    _fmt(s["pooled_dice"]),
+                    _fmt(s["pooled_hausdorff"], 1),
+                    _fmt(p.get("fdp_gain"), 4),
+                    _fmt(p.get("flip"), 3),
+                ]
+            )
+        out.append(
+            (
+                "dpfr sensitivity (medium, 1/8 labels, one seed)",
+                ["setting", "O.F1", "O.Dice", "O.HD", "fdp_gain", "flip"],
+                rows,
+            )
+        )
     return out
 
 
@@ -637,11 +972,12 @@ def tables(summary: dict, rows: Sequence[dict] = ()) -> str:
 def rst_tables(summary: dict, rows: Sequence[dict] = (), real: bool = False) -> str:
     """The same tables as reStructuredText ``csv-table`` directives (for ``docs/benchmarks.rst``):
     the synthetic presets', or with ``real`` the real presets'."""
+
     def quote(cell: str) -> str:
         return '"' + cell.replace('"', '""') + '"'
 
     parts = []
-    for title, header, body in (real_tables(rows, summary) if real else table_data(summary)):
+    for title, header, body in real_tables(rows, summary) if real else table_data(summary):
         parts.append(f".. csv-table:: {title}\n   :header: {', '.join(quote(h) for h in header)}\n")
         parts += [f"   {', '.join(quote(cell) for cell in row)}" for row in body]
         parts.append("")
@@ -650,6 +986,7 @@ def rst_tables(summary: dict, rows: Sequence[dict] = (), real: bool = False) -> 
 
 def _ratio(text: str) -> float:
     from examples.dpfr_gland.data import parse_ratio
+
     return parse_ratio(text)
 
 
@@ -664,6 +1001,7 @@ def _colour(method: str) -> str:
 def figures(rows: Sequence[dict], summary: dict, folder: Path, title: str) -> list[Path]:
     """The study's pictures (matplotlib): quality by method, by label ratio, loss terms, keep rates, features."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -683,53 +1021,103 @@ def figures(rows: Sequence[dict], summary: dict, folder: Path, title: str) -> li
     presets = _presets(main)
     main = [c for c in main if c["preset"] in presets]  # the real presets have figures of their own
     if main:
-        fig, axes = plt.subplots(len(presets), 3, figsize=(12, 3.4 * len(presets)), squeeze=False,
-                                 layout="constrained")
+        fig, axes = plt.subplots(len(presets), 3, figsize=(12, 3.4 * len(presets)), squeeze=False, layout="constrained")
         for r, preset in enumerate(presets):
             # FDP's random-direction control sits right of the five methods, where it ran
-            these = [c for c in main if c["preset"] == preset] + \
-                [c for c in cells if c["group"] == "control" and c["preset"] == preset]
-            for col, (key, label) in enumerate((("pooled_f1", "object F1"), ("pooled_dice", "object Dice"),
-                                                ("pooled_hausdorff", "object Hausdorff (px, lower is better)"))):
+            these = [c for c in main if c["preset"] == preset] + [
+                c for c in cells if c["group"] == "control" and c["preset"] == preset
+            ]
+            for col, (key, label) in enumerate(
+                (
+                    ("pooled_f1", "object F1"),
+                    ("pooled_dice", "object Dice"),
+                    ("pooled_hausdorff", "object Hausdorff (px, lower is better)"),
+                )
+            ):
                 ax = axes[r, col]
                 for i, c in enumerate(these):
                     stat = c["student"][key]
-                    ax.errorbar(i, stat["mean"], yerr=stat["std"], fmt="s", ms=8, capsize=4,
-                                color=_colour(c["method"]), label="mean ± std" if i == 0 else None)
-                    ax.scatter([i - 0.15] * stat["n"], stat["values"], color="k", s=10, zorder=3,
-                               label="seeds" if i == 0 else None)
+                    ax.errorbar(
+                        i,
+                        stat["mean"],
+                        yerr=stat["std"],
+                        fmt="s",
+                        ms=8,
+                        capsize=4,
+                        color=_colour(c["method"]),
+                        label="mean ± std" if i == 0 else None,
+                    )
+                    ax.scatter(
+                        [i - 0.15] * stat["n"],
+                        stat["values"],
+                        color="k",
+                        s=10,
+                        zorder=3,
+                        label="seeds" if i == 0 else None,
+                    )
                     if c.get("teacher"):
-                        ax.scatter([i + 0.25] * c["teacher"][key]["n"], c["teacher"][key]["values"], marker="x",
-                                   color="C3", s=14, zorder=3, label="teacher" if i == 1 else None)
-                ax.set_xticks(range(len(these)), [c["method"] + ("\n(random dir.)" if c["group"] == "control" else "")
-                                                  for c in these], rotation=30)
+                        ax.scatter(
+                            [i + 0.25] * c["teacher"][key]["n"],
+                            c["teacher"][key]["values"],
+                            marker="x",
+                            color="C3",
+                            s=14,
+                            zorder=3,
+                            label="teacher" if i == 1 else None,
+                        )
+                ax.set_xticks(
+                    range(len(these)),
+                    [c["method"] + ("\n(random dir.)" if c["group"] == "control" else "") for c in these],
+                    rotation=30,
+                )
                 ax.set_title(f"{preset}: {label}", fontsize=9)
                 if r == 0 and col == 0:
                     ax.legend(fontsize=7)
                 ax.set_xlim(-0.6, len(these) - 0.4)
                 ax.grid(axis="y", alpha=0.3)
-        fig.suptitle(f"Student quality at 1/8 labels (squares: mean ± std over seeds; dots: seeds; x: EMA teacher) "
-                     f"— {title}", fontsize=10)
+        fig.suptitle(
+            f"Student quality at 1/8 labels (squares: mean ± std over seeds; dots: seeds; x: EMA teacher) — {title}",
+            fontsize=10,
+        )
         save(fig, "quality_by_method.png")
     for real in [p for p in REAL_CONFIGS if any(c["preset"] == p for c in cells)]:
-        curve = sorted([c for c in cells if c["preset"] == real and c["group"] == "curve"],
-                       key=lambda c: _ratio(c["label_ratio"]))
+        curve = sorted(
+            [c for c in cells if c["preset"] == real and c["group"] == "curve"], key=lambda c: _ratio(c["label_ratio"])
+        )
         if not curve:
             continue
         fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
         x = [float(_ratio(c["label_ratio"])) for c in curve]
-        ax.errorbar(x, [c["student"]["pooled_f1"]["mean"] for c in curve],
-                    yerr=[c["student"]["pooled_f1"]["std"] for c in curve], marker="o", capsize=3,
-                    color=_colour("supervised"), label="supervised (mean ± std)")
+        ax.errorbar(
+            x,
+            [c["student"]["pooled_f1"]["mean"] for c in curve],
+            yerr=[c["student"]["pooled_f1"]["std"] for c in curve],
+            marker="o",
+            capsize=3,
+            color=_colour("supervised"),
+            label="supervised (mean ± std)",
+        )
         for xi, c in zip(x, curve):
-            ax.scatter([xi] * c["student"]["pooled_f1"]["n"], c["student"]["pooled_f1"]["values"], color="k", s=8,
-                       zorder=3)
+            ax.scatter(
+                [xi] * c["student"]["pooled_f1"]["n"], c["student"]["pooled_f1"]["values"], color="k", s=8, zorder=3
+            )
         for method in METHODS[1:]:
-            pts = sorted((float(_ratio(c["label_ratio"])), c["student"]["pooled_f1"]) for c in cells
-                         if c["preset"] == real and c["group"] == "main" and c["method"] == method)
+            pts = sorted(
+                (float(_ratio(c["label_ratio"])), c["student"]["pooled_f1"])
+                for c in cells
+                if c["preset"] == real and c["group"] == "main" and c["method"] == method
+            )
             if pts:
-                ax.errorbar([p for p, _ in pts], [st["mean"] for _, st in pts], yerr=[st["std"] for _, st in pts],
-                            marker="s", ls="none", capsize=3, color=_colour(method), label=method)
+                ax.errorbar(
+                    [p for p, _ in pts],
+                    [st["mean"] for _, st in pts],
+                    yerr=[st["std"] for _, st in pts],
+                    marker="s",
+                    ls="none",
+                    capsize=3,
+                    color=_colour(method),
+                    label=method,
+                )
         ax.set_xscale("log", base=2)
         ax.set_xticks(x, [c["label_ratio"] for c in curve])
         ax.set_xlabel("labelled fraction of the training part")
@@ -738,24 +1126,43 @@ def figures(rows: Sequence[dict], summary: dict, folder: Path, title: str) -> li
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         save(fig, f"{real}_learning_curve.png")
-    ratio = [c for c in cells if (c["group"] == "ratio" or c["group"] == "main") and c["preset"] == presets[0]
-             and c["method"] in ("mean_teacher", "dpfr")] if presets else []
+    ratio = (
+        [
+            c
+            for c in cells
+            if (c["group"] == "ratio" or c["group"] == "main")
+            and c["preset"] == presets[0]
+            and c["method"] in ("mean_teacher", "dpfr")
+        ]
+        if presets
+        else []
+    )
     if any(c["group"] == "ratio" for c in ratio):
         fig, ax = plt.subplots(figsize=(5, 3.5), layout="constrained")
         for method in ("mean_teacher", "dpfr"):
             pts = sorted(
                 ((_ratio(c["label_ratio"]), c["student"]["pooled_f1"]) for c in ratio if c["method"] == method)
             )
-            ax.errorbar([p for p, _ in pts], [s["mean"] for _, s in pts], yerr=[s["std"] for _, s in pts],
-                        marker="o", capsize=3, label=method, color=_colour(method))
+            ax.errorbar(
+                [p for p, _ in pts],
+                [s["mean"] for _, s in pts],
+                yerr=[s["std"] for _, s in pts],
+                marker="o",
+                capsize=3,
+                label=method,
+                color=_colour(method),
+            )
         ax.set_xscale("log", base=2)
         ax.set_xlabel("labelled fraction")
         ax.set_ylabel("object F1 (student, pooled)")
         ax.set_title(f"Quality against label ratio ({presets[0]})", fontsize=10)
         ax.legend()
         save(fig, "quality_by_ratio.png")
-    first = [r for r in rows if r["group"] == "main" and presets and r["preset"] == presets[0]
-             and r["seed"] == min(x["seed"] for x in rows)]
+    first = [
+        r
+        for r in rows
+        if r["group"] == "main" and presets and r["preset"] == presets[0] and r["seed"] == min(x["seed"] for x in rows)
+    ]
     if first:
         keys = ("sup", "mt", "fdp", "contrast", "flow_nll_per_dim", "fdp_gain")
         fig, axes = plt.subplots(1, len(keys), figsize=(3 * len(keys), 3), layout="constrained")
@@ -770,8 +1177,11 @@ def figures(rows: Sequence[dict], summary: dict, folder: Path, title: str) -> li
             ax.set_title(key, fontsize=9)
             ax.set_xlabel("iteration", fontsize=8)
         axes[0].legend(fontsize=7)
-        fig.suptitle(f"Loss terms over training ({presets[0]}, seed {first[0]['seed']}; faint: every logged step, "
-                     f"bold: moving mean over 10)", fontsize=10)
+        fig.suptitle(
+            f"Loss terms over training ({presets[0]}, seed {first[0]['seed']}; faint: every logged step, "
+            f"bold: moving mean over 10)",
+            fontsize=10,
+        )
         save(fig, "loss_terms.png")
     semi = [r for r in first if r["method"] != "supervised"]
     if semi:
@@ -815,8 +1225,12 @@ def _load_rows(folder: Path) -> list[dict]:
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", choices=sorted(SCALES), default="cpu")
-    parser.add_argument("--split", choices=sorted(DATA_SEEDS), default="test",
-                        help="which generator seeds to train and score on (validation: for tuning)")
+    parser.add_argument(
+        "--split",
+        choices=sorted(DATA_SEEDS),
+        default="test",
+        help="which generator seeds to train and score on (validation: for tuning)",
+    )
     parser.add_argument(
         "--groups",
         default="main,control,ratio,sweep,curve",
@@ -824,27 +1238,52 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "rules, for --split validation)",
     )
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the methods")
-    parser.add_argument("--presets", default="", help="comma-separated subset of the scale's presets, real ones "
-                                                       f"({', '.join(REAL_CONFIGS)}) included")
-    parser.add_argument("--data", action="append", default=[], metavar="PRESET=DIR",
-                        help="the folder of a real preset (default: " +
-                             ", ".join(f"{k}={v}" for k, v in REAL_DATA.items()) + ")")
-    parser.add_argument("--recount", action="store_true",
-                        help="(re)compute the object counts (precision / recall) of every finished run from its "
-                             "model.pt (float16 student), so all rows count alike, then report")
-    parser.add_argument("--retruth", action="store_true",
-                        help="(re)compute the truth's class shares of every finished run at the network's scale "
-                             "(rows from before that rule counted the contour on the native grid), then report")
+    parser.add_argument(
+        "--presets",
+        default="",
+        help=f"comma-separated subset of the scale's presets, real ones ({', '.join(REAL_CONFIGS)}) included",
+    )
+    parser.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="PRESET=DIR",
+        help="the folder of a real preset (default: " + ", ".join(f"{k}={v}" for k, v in REAL_DATA.items()) + ")",
+    )
+    parser.add_argument(
+        "--recount",
+        action="store_true",
+        help="(re)compute the object counts (precision / recall) of every finished run from its "
+        "model.pt (float16 student), so all rows count alike, then report",
+    )
+    parser.add_argument(
+        "--retruth",
+        action="store_true",
+        help="(re)compute the truth's class shares of every finished run at the network's scale "
+        "(rows from before that rule counted the contour on the native grid), then report",
+    )
     parser.add_argument("--seeds", default="", help="comma-separated subset of the scale's seeds")
     parser.add_argument("--ratios", default="", help="comma-separated subset of the label ratios (e.g. 1/8)")
-    parser.add_argument("--runs", default="", help="comma-separated run names (e.g. glas_supervised_1of8_s0), in "
-                                                   "this order: only these, once the other filters pass them")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a config override for every run (e.g. for tuning on --split validation)")
+    parser.add_argument(
+        "--runs",
+        default="",
+        help="comma-separated run names (e.g. glas_supervised_1of8_s0), in "
+        "this order: only these, once the other filters pass them",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for every run (e.g. for tuning on --split validation)",
+    )
     parser.add_argument("--results", default="", help="folder of the per-run JSON (default under benchmarks/results)")
     parser.add_argument("--outputs", default="", help="folder of the runs' checkpoints (default outputs/ssl_quality)")
-    parser.add_argument("--figures", default="", help="folder of the figures (default docs/_static/ssl_quality "
-                                                      "for the cpu scale on the test split)")
+    parser.add_argument(
+        "--figures",
+        default="",
+        help="folder of the figures (default docs/_static/ssl_quality for the cpu scale on the test split)",
+    )
     parser.add_argument("--report", action="store_true", help="only rebuild the summary, tables and figures")
     args = parser.parse_args(argv)
     scale = SCALES[args.scale]
@@ -856,8 +1295,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     figures_dir = Path(args.figures) if args.figures else (FIGURES if tag == "cpu" else outputs / "figures")
     groups = set(args.groups.split(","))
     methods = set(args.methods.split(","))
-    presets = set(args.presets.split(",")) if args.presets else \
-        set(scale.presets) | (set(scale.real) if scale.real_by_default else set())
+    presets = (
+        set(args.presets.split(","))
+        if args.presets
+        else set(scale.presets) | (set(scale.real) if scale.real_by_default else set())
+    )
     data = dict(REAL_DATA)
     for item in args.data:
         key, _, folder = item.partition("=")
@@ -866,13 +1308,22 @@ def main(argv: Sequence[str] | None = None) -> dict:
         data[key] = Path(folder)
     for preset in sorted(presets & set(REAL_CONFIGS)):
         if not (data[preset] / "Grade.csv").is_file() and not any(data[preset].glob("*_anno.*")):
-            print(f"[ssl_quality] skipping the real preset {preset!r}: no data at {data[preset]} "
-                  f"(pass --data {preset}=DIR)")
+            print(
+                f"[ssl_quality] skipping the real preset {preset!r}: no data at {data[preset]} "
+                f"(pass --data {preset}=DIR)"
+            )
             presets.discard(preset)
     seeds = {int(s) for s in args.seeds.split(",")} if args.seeds else set(scale.seeds)
     ratios = set(args.ratios.split(",")) if args.ratios else None
-    runs = [r for r in plan(scale) if r.group in groups and r.method in methods and r.preset in presets
-            and r.seed in seeds and (ratios is None or r.label_ratio in ratios)]
+    runs = [
+        r
+        for r in plan(scale)
+        if r.group in groups
+        and r.method in methods
+        and r.preset in presets
+        and r.seed in seeds
+        and (ratios is None or r.label_ratio in ratios)
+    ]
     if args.runs:
         wanted = args.runs.split(",")
         runs = sorted((r for r in runs if r.name in wanted), key=lambda r: wanted.index(r.name))
@@ -880,6 +1331,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     results.mkdir(parents=True, exist_ok=True)
     if not args.report:
         from tqdm import tqdm
+
         bar = tqdm(runs, desc=f"ssl_quality {tag}", unit="run", dynamic_ncols=True)
         seen: set[str] = set()
         for spec in bar:
@@ -899,8 +1351,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
             # the result is stored; model.pt (float16 student) stays for inference
             (outputs / spec.name / "checkpoint.pt").unlink(missing_ok=True)
             s = row["student"]
-            bar.write(f"{spec.name}: O.F1 {s['pooled_f1']:.3f} O.Dice {s['pooled_dice']:.3f} "
-                      f"O.HD {s['pooled_hausdorff']:.1f} ({row['wall_s']:.0f} s)")
+            bar.write(
+                f"{spec.name}: O.F1 {s['pooled_f1']:.3f} O.Dice {s['pooled_dice']:.3f} "
+                f"O.HD {s['pooled_hausdorff']:.1f} ({row['wall_s']:.0f} s)"
+            )
     if args.recount:
         from examples.dpfr_gland.evaluate import load_checkpoint_model
 
@@ -922,14 +1376,23 @@ def main(argv: Sequence[str] | None = None) -> dict:
             if "name" not in row or row["class_shares"].get("truth_grid") == "network":
                 continue
             config = TrainConfig(**{**dataclasses.asdict(TrainConfig()), **row["config"]})
-            row["class_shares"] = {**row["class_shares"], "truth": truth_shares(build_datasets(config)[1], config),
-                                   "truth_grid": "network"}
+            row["class_shares"] = {
+                **row["class_shares"],
+                "truth": truth_shares(build_datasets(config)[1], config),
+                "truth_grid": "network",
+            }
             atomic_write_text(path, json.dumps(row) + "\n")
             print(f"{row['name']}: truth contour share {row['class_shares']['truth']['contour']:.4f}")
     rows = _load_rows(results)
     summary = summarise(rows) if rows else {"cells": []}
-    summary.update(scale=args.scale, split=args.split, note=scale.note, runs=len(rows), sets=args.set,
-                   machine=f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    summary.update(
+        scale=args.scale,
+        split=args.split,
+        note=scale.note,
+        runs=len(rows),
+        sets=args.set,
+        machine=f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+    )
     text = tables(summary, rows) if rows else "no finished runs\n"
     print(text)
     if rows and tag == "cpu" and not args.results:
@@ -938,8 +1401,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
             atomic_write_text(ROOT / "docs" / "ssl_quality_real_tables.inc", rst_tables(summary, rows, real=True))
     if rows and tag == "cpu_validation" and not args.results and any(r["preset"] in REAL_CONFIGS for r in rows):
         # the tuning on the real preset's validation part (the pseudo-label rules): its own tables
-        atomic_write_text(ROOT / "docs" / "ssl_quality_real_validation_tables.inc",
-                          rst_tables(summary, rows, real=True))
+        atomic_write_text(
+            ROOT / "docs" / "ssl_quality_real_validation_tables.inc", rst_tables(summary, rows, real=True)
+        )
     write_result(RESULTS / f"ssl_quality_{tag}.json" if not args.results else results / "summary.json", summary)
     if rows:
         for path in figures(rows, summary, figures_dir, f"{args.scale} scale, {summary['machine']}"):

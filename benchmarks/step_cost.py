@@ -51,15 +51,27 @@ RESULTS = ROOT / "benchmarks" / "results" / "step_cost.json"
 
 
 def _config(backbone: str, size: int, method: str, **overrides) -> TrainConfig:
-    base = dict(method=method, backbone=backbone, crop_size=size, supervised_warmup=0, rampup=0, flow_warmup=1,
-                threshold=1.2, device="cpu", amp=False, synthetic_size=max(128, size))
+    base = dict(
+        method=method,
+        backbone=backbone,
+        crop_size=size,
+        supervised_warmup=0,
+        rampup=0,
+        flow_warmup=1,
+        threshold=1.2,
+        device="cpu",
+        amp=False,
+        synthetic_size=max(128, size),
+    )
     return TrainConfig(**{**base, **overrides})
 
 
 def _batch(n_l: int, n_u: int, size: int, seed: int) -> tuple:
     g = torch.Generator().manual_seed(seed)
-    return ((torch.randn(n_l, 3, size, size, generator=g), torch.randint(0, 3, (n_l, size, size), generator=g)),
-            torch.randn(n_u, 3, size, size, generator=g))
+    return (
+        (torch.randn(n_l, 3, size, size, generator=g), torch.randint(0, 3, (n_l, size, size), generator=g)),
+        torch.randn(n_u, 3, size, size, generator=g),
+    )
 
 
 def _step_flops(config: TrainConfig, n: int) -> int:
@@ -111,8 +123,14 @@ def _inference(backbone: str, size: int) -> dict:
 def _memory_child(method: str) -> dict:
     from benchmarks.bench_density import _reset_peak, _status_mib
 
-    config = dataclasses.replace(load_config(ROOT / "examples/dpfr_gland/configs/demo_cpu.json"), method=method,
-                                 supervised_warmup=0, rampup=0, flow_warmup=1, threshold=1.2)
+    config = dataclasses.replace(
+        load_config(ROOT / "examples/dpfr_gland/configs/demo_cpu.json"),
+        method=method,
+        supervised_warmup=0,
+        rampup=0,
+        flow_warmup=1,
+        threshold=1.2,
+    )
     torch.manual_seed(0)
     trainer = Trainer(config)
     labelled, unlabelled = _batch(config.batch_labelled, config.batch_unlabelled, config.crop_size, 0)
@@ -136,8 +154,9 @@ def _wall_times(reps: int) -> dict:
     trainers = {}
     for method in METHODS:
         torch.manual_seed(0)
-        trainers[method] = Trainer(dataclasses.replace(demo, method=method, supervised_warmup=0, rampup=0,
-                                                       flow_warmup=1, threshold=1.2))
+        trainers[method] = Trainer(
+            dataclasses.replace(demo, method=method, supervised_warmup=0, rampup=0, flow_warmup=1, threshold=1.2)
+        )
     times: dict[str, list[float]] = {m: [] for m in METHODS}
     for rep in range(reps + 1):
         labelled, unlabelled = _batch(demo.batch_labelled, demo.batch_unlabelled, demo.crop_size, rep)
@@ -176,9 +195,18 @@ def main(argv: list[str] | None = None) -> dict:
     inference = _inference(backbone, size)
     walls = _wall_times(reps=2 if args.quick else 5)
     memory = {m: _memory(m) for m in METHODS}
-    result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "backbone": backbone, "size": size,
-              "batch": f"{batch}+{batch}", "flops": flops, "dpfr_parts_flops": parts, "inference_flops": inference,
-              "demo_wall_time": walls, "demo_peak_rss_growth": memory}
+    result = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "backbone": backbone,
+        "size": size,
+        "batch": f"{batch}+{batch}",
+        "flops": flops,
+        "dpfr_parts_flops": parts,
+        "inference_flops": inference,
+        "demo_wall_time": walls,
+        "demo_peak_rss_growth": memory,
+    }
     print(f"\nOne step, CE-Net {backbone}, {size}x{size}, {batch}+{batch} (FLOPs extrapolated from 1+1 and 2+2)")
     print(f"{'method':>17} {'TFLOP':>8} {'x MT':>6} {'demo ms':>8} {'x MT':>6} {'peak MiB':>9}")
     for m in flops:
@@ -190,8 +218,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         "\ndpfr's extra parts (TFLOP at the same batch): " + ", ".join(f"{k} {v / 1e12:.3f}" for k, v in parts.items())
     )
-    print(f"inference: student {inference['eval_model'] / 1e9:.1f} GFLOP, "
-          f"plain CE-Net {inference['plain_cenet'] / 1e9:.1f}")
+    print(
+        f"inference: student {inference['eval_model'] / 1e9:.1f} GFLOP, "
+        f"plain CE-Net {inference['plain_cenet'] / 1e9:.1f}"
+    )
     if not args.quick:
         write_result(RESULTS, result)
     return result

@@ -35,19 +35,34 @@ def main(argv: list[str] | None = None) -> dict:
         row = {"run": run}
         for weights in ("student", "teacher"):
             model, config = load_checkpoint_model(Path(run) / "checkpoint.pt", weights=weights)
-            test = _SyntheticSplit(config["synthetic_preset"], config["synthetic_size"],
-                                   config["seed"] if config.get("synthetic_seed", -1) < 0 else config["synthetic_seed"],
-                                   args.start, args.count)
-            scores = evaluate(model, test, tile=config["eval_tile"], overlap=config["eval_overlap"],
-                              min_size=config["min_size"], dilation=config["contour_width"],
-                              scale=float(config.get("scale", 1.0)))
+            test = _SyntheticSplit(
+                config["synthetic_preset"],
+                config["synthetic_size"],
+                config["seed"] if config.get("synthetic_seed", -1) < 0 else config["synthetic_seed"],
+                args.start,
+                args.count,
+            )
+            scores = evaluate(
+                model,
+                test,
+                tile=config["eval_tile"],
+                overlap=config["eval_overlap"],
+                min_size=config["min_size"],
+                dilation=config["contour_width"],
+                scale=float(config.get("scale", 1.0)),
+            )
             row[weights] = {k: scores[k] for k in KEYS}
         row["config"] = {
             k: config.get(k) for k in ("xi", "xi_relative", "perturb_at", "teacher_buffers", "flow_hidden")
         }
         rows.append(row)
-        print(f"{run}: student " + " / ".join(f"{row['student'][k]:.3f}" for k in KEYS)
-              + "  teacher " + " / ".join(f"{row['teacher'][k]:.3f}" for k in KEYS), flush=True)
+        print(
+            f"{run}: student "
+            + " / ".join(f"{row['student'][k]:.3f}" for k in KEYS)
+            + "  teacher "
+            + " / ".join(f"{row['teacher'][k]:.3f}" for k in KEYS),
+            flush=True,
+        )
     result = {"start": args.start, "count": args.count, "rows": rows}
     write_result(args.out, result)
     return result

@@ -119,7 +119,11 @@ def check_finite(name: str, x: torch.Tensor) -> torch.Tensor:
 def check_features(name: str, x: object, *, finite: bool = True) -> torch.Tensor:
     """A feature map: ``[B, C, H, W]``, floating point, finite."""
     x = check_tensor(
-        name, x, ndim=4, dims="[B, C, H, W]", dtypes=FLOAT_DTYPES,
+        name,
+        x,
+        ndim=4,
+        dims="[B, C, H, W]",
+        dtypes=FLOAT_DTYPES,
         dtype_words="float16, bfloat16, float32 or float64",
     )
     if finite:
@@ -144,12 +148,14 @@ def check_probabilities(name: str, x: object, *, atol: float = 1e-3) -> torch.Te
     if not _VALUE_CHECKS:
         return x
     if x.numel() and (bool((x < 0).any()) or bool((x > 1).any())):
-        raise ValueError(f"{name} must hold probabilities in [0, 1], got values in "
-                         f"[{float(x.min()):.4g}, {float(x.max()):.4g}]")
+        raise ValueError(
+            f"{name} must hold probabilities in [0, 1], got values in [{float(x.min()):.4g}, {float(x.max()):.4g}]"
+        )
     s = x.float().sum(dim=1)
     if x.numel() and not torch.allclose(s, torch.ones_like(s), atol=atol):
-        raise ValueError(f"{name} must sum to 1 over dim 1 (classes), got sums in "
-                         f"[{float(s.min()):.4g}, {float(s.max()):.4g}]")
+        raise ValueError(
+            f"{name} must sum to 1 over dim 1 (classes), got sums in [{float(s.min()):.4g}, {float(s.max()):.4g}]"
+        )
     return x
 
 
@@ -168,7 +174,12 @@ def check_labels(
     """
     dims = "[B, H, W]" if ndim == 3 else None
     labels = check_tensor(
-        name, labels, ndim=ndim, dims=dims, dtypes=INT_DTYPES, dtype_words="an integer type (int64 preferred)",
+        name,
+        labels,
+        ndim=ndim,
+        dims=dims,
+        dtypes=INT_DTYPES,
+        dtype_words="an integer type (int64 preferred)",
     )
     labels = labels.long()
     if num_classes is not None and labels.numel() and _VALUE_CHECKS:

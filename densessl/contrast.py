@@ -78,16 +78,19 @@ class HardAnchorContrast(nn.Module):
     ) -> None:
         super().__init__()
         self.temperature = float(check_number("temperature", temperature, low=0.0, low_inclusive=False, finite=True))
-        self.num_anchors = None if num_anchors is None else int(
-            check_number("num_anchors", num_anchors, low=1, integer=True))
-        self.num_negatives = None if num_negatives is None else int(
-            check_number("num_negatives", num_negatives, low=1, integer=True))
+        self.num_anchors = (
+            None if num_anchors is None else int(check_number("num_anchors", num_anchors, low=1, integer=True))
+        )
+        self.num_negatives = (
+            None if num_negatives is None else int(check_number("num_negatives", num_negatives, low=1, integer=True))
+        )
         self.ignore_index = int(check_number("ignore_index", ignore_index, integer=True))
         if hard_selection not in HARD_SELECTIONS:
             raise ValueError(f"hard_selection must be one of {HARD_SELECTIONS}, got {hard_selection!r}")
         self.hard_selection = hard_selection
-        self.num_classes = None if num_classes is None else int(
-            check_number("num_classes", num_classes, low=1, integer=True))
+        self.num_classes = (
+            None if num_classes is None else int(check_number("num_classes", num_classes, low=1, integer=True))
+        )
 
     def forward(
         self,
@@ -121,17 +124,27 @@ class HardAnchorContrast(nn.Module):
             two classes).
         """
         loss = hard_anchor_contrast(
-            embeddings, labels, mask=mask, probabilities=probabilities, temperature=self.temperature,
-            num_anchors=self.num_anchors, num_negatives=self.num_negatives, ignore_index=self.ignore_index,
-            hard_selection=self.hard_selection, generator=generator, num_classes=self.num_classes,
+            embeddings,
+            labels,
+            mask=mask,
+            probabilities=probabilities,
+            temperature=self.temperature,
+            num_anchors=self.num_anchors,
+            num_negatives=self.num_negatives,
+            ignore_index=self.ignore_index,
+            hard_selection=self.hard_selection,
+            generator=generator,
+            num_classes=self.num_classes,
         )
         assert isinstance(loss, torch.Tensor)
         return loss
 
     def extra_repr(self) -> str:
-        return (f"temperature={self.temperature}, num_anchors={self.num_anchors}, "
-                f"num_negatives={self.num_negatives}, ignore_index={self.ignore_index}, "
-                f"hard_selection={self.hard_selection!r}, num_classes={self.num_classes}")
+        return (
+            f"temperature={self.temperature}, num_anchors={self.num_anchors}, "
+            f"num_negatives={self.num_negatives}, ignore_index={self.ignore_index}, "
+            f"hard_selection={self.hard_selection!r}, num_classes={self.num_classes}"
+        )
 
 
 class ProjectionHead(nn.Module):
@@ -189,6 +202,8 @@ class ProjectionHead(nn.Module):
         """
         check_features("features", features)
         if features.shape[1] != self.in_channels:
-            raise ValueError(f"features must have {self.in_channels} channels in dim 1 [B, C, H, W], "
-                             f"got shape {tuple(features.shape)}")
+            raise ValueError(
+                f"features must have {self.in_channels} channels in dim 1 [B, C, H, W], "
+                f"got shape {tuple(features.shape)}"
+            )
         return self.net(features)

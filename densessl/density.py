@@ -37,6 +37,7 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 # (when the batch has them), even with a smaller chunk size.
 _INIT_ROWS = 4096
 
+
 class GaussianMixturePrior(nn.Module):
     """One diagonal Gaussian per class, with mixture weights: the flow's base distribution.
 
@@ -154,8 +155,10 @@ def _check_transform(transform: nn.Module, channels: int) -> None:
             )
     low = [(n, p.dtype) for n, p in transform.named_parameters() if p.dtype in _LOW_PRECISION]
     if low:
-        raise TypeError(f"transform parameters must be float32 or float64, got {str(low[0][1]).replace('torch.', '')} "
-                        f"at {low[0][0]}; call transform.float()")
+        raise TypeError(
+            f"transform parameters must be float32 or float64, got {str(low[0][1]).replace('torch.', '')} "
+            f"at {low[0][0]}; call transform.float()"
+        )
     dtype = next((p.dtype for p in transform.parameters()), torch.float32)
     probe = torch.randn(2, channels, generator=torch.Generator().manual_seed(0)).to(dtype)
     device = next((p.device for p in transform.parameters()), torch.device("cpu"))
@@ -168,8 +171,9 @@ def _check_transform(transform: nn.Module, channels: int) -> None:
     except (RuntimeError, ValueError, TypeError, IndexError) as error:
         ok, got = False, f"{type(error).__name__}: {error}"
     if not ok:
-        raise ValueError(f"transform must map [N, C={channels}] rows to ([N, {channels}], [N]) like the head's "
-                         f"channels, got {got}")
+        raise ValueError(
+            f"transform must map [N, C={channels}] rows to ([N, {channels}], [N]) like the head's channels, got {got}"
+        )
 
 
 class FlowDensityHead(nn.Module):
@@ -282,13 +286,19 @@ class FlowDensityHead(nn.Module):
                 f"ignore_index must not be a class index 0..{self.num_classes - 1}, got {self.ignore_index}"
             )
         if transform is None:
-            transform = glow_flow(self.channels, depth=2 if depth is None else depth,
-                                  hidden=256 if hidden is None else hidden, clamp=2.0 if clamp is None else clamp)
+            transform = glow_flow(
+                self.channels,
+                depth=2 if depth is None else depth,
+                hidden=256 if hidden is None else hidden,
+                clamp=2.0 if clamp is None else clamp,
+            )
         else:
             for name, value in (("depth", depth), ("hidden", hidden), ("clamp", clamp)):
                 if value is not None:
-                    raise ValueError(f"{name} configures the built-in flow and must not be given with transform "
-                                     f"(got {name}={value!r}); configure the transform itself")
+                    raise ValueError(
+                        f"{name} configures the built-in flow and must not be given with transform "
+                        f"(got {name}={value!r}); configure the transform itself"
+                    )
             if _is_zuko_lazy_transform(transform):
                 transform = ZukoTransform(transform)
             if not isinstance(transform, nn.Module) or not callable(getattr(transform, "inverse", None)):
@@ -328,8 +338,9 @@ class FlowDensityHead(nn.Module):
             )
         device = self.prior.means.device
         if features.device != device:
-            raise ValueError(f"{name} must be on the head's device ({device}), got {features.device}; "
-                             "move the head with .to(device)")
+            raise ValueError(
+                f"{name} must be on the head's device ({device}), got {features.device}; move the head with .to(device)"
+            )
         work = self._param_dtype()
         if features.dtype == torch.float64 and work != torch.float64:
             raise TypeError(

@@ -164,8 +164,10 @@ class ActNorm(nn.Module):
         """
         rows = _check_rows(inputs, self.features).to(self.log_scale.dtype)
         if rows.shape[0] < self.min_init_rows:
-            raise ValueError(f"inputs must have at least {self.min_init_rows} rows (min_init_rows) to initialise "
-                             f"ActNorm, got shape {tuple(rows.shape)}")
+            raise ValueError(
+                f"inputs must have at least {self.min_init_rows} rows (min_init_rows) to initialise "
+                f"ActNorm, got shape {tuple(rows.shape)}"
+            )
         mean = rows.mean(dim=0)
         std = rows.std(dim=0, unbiased=False)
         live = std > self.eps
@@ -182,8 +184,7 @@ class ActNorm(nn.Module):
     def forward(self, inputs: torch.Tensor, context: object = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``y = x * exp(log_scale) + shift`` (initialising first, in training, if needed)."""
         rows = _check_rows(inputs, self.features, self.log_scale.dtype)
-        if (self.training and self._init_allowed and rows.shape[0] >= self.min_init_rows
-                and not self.is_initialized()):
+        if self.training and self._init_allowed and rows.shape[0] >= self.min_init_rows and not self.is_initialized():
             self.initialize(rows)
         outputs = rows * torch.exp(self.log_scale) + self.shift
         logabsdet = self.log_scale.sum().expand(rows.shape[0])
@@ -315,8 +316,14 @@ class Permutation(nn.Module):
 
     def __init__(self, permutation: torch.Tensor) -> None:
         super().__init__()
-        permutation = check_tensor("permutation", permutation, ndim=1, dims="[C]", dtypes=INT_DTYPES,
-                                   dtype_words="an integer type (int64 preferred)")
+        permutation = check_tensor(
+            "permutation",
+            permutation,
+            ndim=1,
+            dims="[C]",
+            dtypes=INT_DTYPES,
+            dtype_words="an integer type (int64 preferred)",
+        )
         d = permutation.numel()
         expected = torch.arange(d, device=permutation.device)
         if d < 1 or not torch.equal(torch.sort(permutation.long()).values, expected):

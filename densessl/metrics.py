@@ -93,8 +93,9 @@ def _as_label_array(name: str, x: object, ndim: Sequence[int] = (2,)) -> np.ndar
     words = {2: "[H, W]", 3: "[B, H, W]"}
     shape_words = " or ".join(words[n] for n in ndim)
     if isinstance(x, torch.Tensor):
-        check_tensor(name, x, ndim=tuple(ndim), dims=shape_words, dtypes=_TORCH_INT_DTYPES,
-                     dtype_words="an integer type")
+        check_tensor(
+            name, x, ndim=tuple(ndim), dims=shape_words, dtypes=_TORCH_INT_DTYPES, dtype_words="an integer type"
+        )
         x = x.detach().cpu().numpy()
     elif isinstance(x, np.ndarray):
         if x.ndim not in tuple(ndim):
@@ -114,8 +115,9 @@ def _as_label_array(name: str, x: object, ndim: Sequence[int] = (2,)) -> np.ndar
     return x
 
 
-def _check_pair(pred_name: str, pred: object, gt_name: str, gt: object,
-                ndim: Sequence[int] = (2,)) -> tuple[np.ndarray, np.ndarray]:
+def _check_pair(
+    pred_name: str, pred: object, gt_name: str, gt: object, ndim: Sequence[int] = (2,)
+) -> tuple[np.ndarray, np.ndarray]:
     pred = _as_label_array(pred_name, pred, ndim)
     gt = _as_label_array(gt_name, gt, ndim)
     if pred.shape != gt.shape:
@@ -159,7 +161,10 @@ def _relabel(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _best_partner(
-    rows: np.ndarray, cols: np.ndarray, overlap: np.ndarray, n_rows: int,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    overlap: np.ndarray,
+    n_rows: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each row label ``1..n_rows`` the column of largest overlap (ties: smaller column).
 
@@ -217,8 +222,14 @@ def _match(pred: np.ndarray, gt: np.ndarray) -> _Matches:
     pred_for_gt, gt_overlap = _best_partner(g, p, counts, n_gt)
     gt_for_pred, pred_overlap = _best_partner(p, g, counts, n_pred)
     return _Matches(
-        gt=gt_r, pred=pred_r, gt_area=gt_area.astype(np.int64), pred_area=pred_area.astype(np.int64),
-        pred_for_gt=pred_for_gt, gt_for_pred=gt_for_pred, gt_overlap=gt_overlap, pred_overlap=pred_overlap,
+        gt=gt_r,
+        pred=pred_r,
+        gt_area=gt_area.astype(np.int64),
+        pred_area=pred_area.astype(np.int64),
+        pred_for_gt=pred_for_gt,
+        gt_for_pred=gt_for_pred,
+        gt_overlap=gt_overlap,
+        pred_overlap=pred_overlap,
     )
 
 
@@ -233,7 +244,8 @@ class _Objects:
         self.labels = labels
         self.slices = ndimage.find_objects(labels, max_label=n) if n else []
         self.boxes = np.array(
-            [[s[0].start, s[0].stop - 1, s[1].start, s[1].stop - 1] for s in self.slices], dtype=np.float64,
+            [[s[0].start, s[0].stop - 1, s[1].start, s[1].stop - 1] for s in self.slices],
+            dtype=np.float64,
         ).reshape(n, 4)
         self._extremes: np.ndarray | None = None
 

@@ -147,8 +147,10 @@ class DensityPerturbation(nn.Module):
         return self.__dict__["_head"]
 
     def extra_repr(self) -> str:
-        return (f"density={type(self.density).__name__}, xi={self.xi}, relative={self.relative}, "
-                f"head={None if self.head is None else type(self.head).__name__}")
+        return (
+            f"density={type(self.density).__name__}, xi={self.xi}, relative={self.relative}, "
+            f"head={None if self.head is None else type(self.head).__name__}"
+        )
 
     def perturbation(
         self,
@@ -195,8 +197,10 @@ class DensityPerturbation(nn.Module):
         density: Any = self.density  # any object with log_prob (duck-typed, see the class docstring)
         head = self.head
         if density is None:
-            raise RuntimeError("DensityPerturbation has no density (it is not pickled with the module): "
-                               "set it again with perturb.density = model")
+            raise RuntimeError(
+                "DensityPerturbation has no density (it is not pickled with the module): "
+                "set it again with perturb.density = model"
+            )
 
         def log_prob(x: torch.Tensor) -> torch.Tensor:
             h = x if head is None else head(x)

@@ -107,8 +107,9 @@ class EntropyPseudoLabeler(nn.Module):
         [[[0, 1, 255]]]
     """
 
-    def __init__(self, threshold: float, normalized: bool = False, ignore_index: int = 255,
-                 min_class_keep: float = 0.0) -> None:
+    def __init__(
+        self, threshold: float, normalized: bool = False, ignore_index: int = 255, min_class_keep: float = 0.0
+    ) -> None:
         super().__init__()
         self.min_class_keep = float(check_number("min_class_keep", min_class_keep, low=0.0, high=1.0))
         if not isinstance(normalized, bool):
@@ -166,4 +167,3 @@ class EntropyPseudoLabeler(nn.Module):
         dropped = torch.full_like(keep, self.ignore_index, dtype=torch.long)
         labels = torch.where(keep, argmax, dropped)
         return PseudoLabels(labels, keep, ent)
-

@@ -93,8 +93,9 @@ class EMATeacher(nn.Module):
 
     num_updates: torch.Tensor
 
-    def __init__(self, student: nn.Module, decay: float = 0.99, buffers: str = "copy",
-                 sync_buffers: bool = True) -> None:
+    def __init__(
+        self, student: nn.Module, decay: float = 0.99, buffers: str = "copy", sync_buffers: bool = True
+    ) -> None:
         super().__init__()
         if not isinstance(sync_buffers, bool):
             raise TypeError(f"sync_buffers must be a bool, got {type(sync_buffers).__name__}")
@@ -136,8 +137,7 @@ class EMATeacher(nn.Module):
             extra = sorted(set(s_names) - set(t_names))
             raise ValueError(
                 f"student must have the teacher's {kind} (same names, same order); "
-                f"missing: {missing[:5]}, unexpected: {extra[:5]}"
-                + ("" if missing or extra else "; the order differs")
+                f"missing: {missing[:5]}, unexpected: {extra[:5]}" + ("" if missing or extra else "; the order differs")
             )
         for (name, t), (_, s) in zip(teacher, student):
             if t.shape != s.shape or t.dtype != s.dtype or t.device != s.device:

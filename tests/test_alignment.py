@@ -40,12 +40,15 @@ def test_equal_source_and_target_change_nothing_and_gradients_flow():
     assert logits.grad is not None
 
 
-@pytest.mark.parametrize("source,target,pattern", [
-    (torch.ones(2), torch.ones(3) / 3, "source must have K=3"),
-    (torch.ones(3), torch.tensor([0.5, 0.6, -0.1]), "target must be >= 0"),
-    (torch.tensor([1.0, float("nan"), 0.0]), torch.ones(3), "source must be finite"),
-    (torch.ones(1, 3), torch.ones(3), r"source must be a 1-D tensor \[K\]"),
-])
+@pytest.mark.parametrize(
+    "source,target,pattern",
+    [
+        (torch.ones(2), torch.ones(3) / 3, "source must have K=3"),
+        (torch.ones(3), torch.tensor([0.5, 0.6, -0.1]), "target must be >= 0"),
+        (torch.tensor([1.0, float("nan"), 0.0]), torch.ones(3), "source must be finite"),
+        (torch.ones(1, 3), torch.ones(3), r"source must be a 1-D tensor \[K\]"),
+    ],
+)
 def test_align_distribution_names_the_bad_argument(source, target, pattern):
     with pytest.raises(ValueError, match=pattern):
         align_distribution(torch.zeros(1, 3, 2, 2), source, target)
@@ -116,8 +119,10 @@ def test_min_class_keep_keeps_at_least_that_share_of_every_predicted_class(seed,
 
 def test_min_class_keep_zero_and_one():
     logits = torch.randn(1, 3, 4, 4)
-    torch.testing.assert_close(densessl.EntropyPseudoLabeler(0.3, min_class_keep=0.0)(logits).mask,
-                               densessl.EntropyPseudoLabeler(0.3)(logits).mask)
+    torch.testing.assert_close(
+        densessl.EntropyPseudoLabeler(0.3, min_class_keep=0.0)(logits).mask,
+        densessl.EntropyPseudoLabeler(0.3)(logits).mask,
+    )
     assert bool(densessl.EntropyPseudoLabeler(0.3, min_class_keep=1.0)(logits).mask.all())
     with pytest.raises(ValueError, match="min_class_keep"):
         densessl.EntropyPseudoLabeler(0.3, min_class_keep=1.5)

@@ -95,8 +95,13 @@ def _dihedral(a: np.ndarray) -> list[np.ndarray]:
 
 
 @settings(max_examples=25, deadline=None)
-@given(h=st.integers(8, 40), w=st.integers(8, 40), out_h=st.integers(1, 8), out_w=st.integers(1, 8),
-       seed=st.integers(0, 2**31))
+@given(
+    h=st.integers(8, 40),
+    w=st.integers(8, 40),
+    out_h=st.integers(1, 8),
+    out_w=st.integers(1, 8),
+    seed=st.integers(0, 2**31),
+)
 def test_weak_view_is_a_dihedral_transform_of_a_crop_applied_to_both(h, w, out_h, out_w, seed):
     image, instances = _coordinate_image(h, w)
     view, labels = weak_view(image, instances, np.random.default_rng(seed), (out_h, out_w))
@@ -170,8 +175,9 @@ def test_weak_view_keeps_labels_and_dtype():
     ],
 )
 def test_weak_view_bad_inputs(kwargs, error, name):
-    args = dict(image=np.zeros((8, 8, 3), np.uint8), instances=np.zeros((8, 8), np.int32),
-                rng=np.random.default_rng(0), size=4)
+    args = dict(
+        image=np.zeros((8, 8, 3), np.uint8), instances=np.zeros((8, 8), np.int32), rng=np.random.default_rng(0), size=4
+    )
     args.update(kwargs)
     with pytest.raises(error, match=name):
         weak_view(**args)
@@ -234,8 +240,15 @@ def test_strong_view_is_pointwise_without_blur_and_noise():
     rng = np.random.default_rng(0)
     palette = rng.integers(0, 256, size=(5, 3), dtype=np.uint8)
     images = palette[rng.integers(0, 5, size=(6, 20, 20))]
-    strong = strong_from_weak(to_tensor(images), torch.Generator().manual_seed(0),
-                              jitter_p=1.0, stain_p=1.0, grayscale_p=0.5, blur_p=0.0, noise_std=0.0)
+    strong = strong_from_weak(
+        to_tensor(images),
+        torch.Generator().manual_seed(0),
+        jitter_p=1.0,
+        stain_p=1.0,
+        grayscale_p=0.5,
+        blur_p=0.0,
+        noise_std=0.0,
+    )
     weak = to_tensor(images)
     assert not torch.allclose(strong, weak)
     for k in range(6):
@@ -264,8 +277,10 @@ def test_strong_view_correlates_with_the_weak_view_at_zero_shift():
 def test_strong_view_grayscale_is_luma():
     images = np.random.default_rng(0).integers(0, 256, size=(3, 8, 8, 3), dtype=np.uint8)
     out = strong_from_weak(to_tensor(images), torch.Generator().manual_seed(0), **{**OFF, "grayscale_p": 1.0})
-    rgb = out.double() * torch.tensor(IMAGENET_STD, dtype=torch.float64)[:, None, None] + torch.tensor(
-        IMAGENET_MEAN, dtype=torch.float64)[:, None, None]
+    rgb = (
+        out.double() * torch.tensor(IMAGENET_STD, dtype=torch.float64)[:, None, None]
+        + torch.tensor(IMAGENET_MEAN, dtype=torch.float64)[:, None, None]
+    )
     expected = images.astype(np.float64) @ np.array([0.299, 0.587, 0.114]) / 255.0
     for c in range(3):
         np.testing.assert_allclose(rgb[:, c].numpy(), expected, atol=1e-5)
@@ -273,8 +288,11 @@ def test_strong_view_grayscale_is_luma():
 
 def test_strong_view_brightness_is_a_per_sample_factor_in_range():
     images = np.random.default_rng(0).integers(20, 200, size=(6, 8, 8, 3), dtype=np.uint8)
-    out = strong_from_weak(to_tensor(images), torch.Generator().manual_seed(0),
-                           **{**OFF, "jitter_p": 1.0, "brightness": 0.2, "contrast": 0.0, "saturation": 0.0})
+    out = strong_from_weak(
+        to_tensor(images),
+        torch.Generator().manual_seed(0),
+        **{**OFF, "jitter_p": 1.0, "brightness": 0.2, "contrast": 0.0, "saturation": 0.0},
+    )
     rgb = from_tensor(out).astype(np.float64)
     factors = rgb / images
     for k in range(6):
@@ -290,8 +308,9 @@ def test_gaussian_blur_matches_scipy(sigma):
     out = _gaussian_blur(x, torch.tensor([sigma, 0.0]), sigma)
     radius = int(np.ceil(3 * sigma))
     # torch's 'reflect' padding is scipy's 'mirror'; truncate so that scipy uses the same radius
-    expected = ndimage.gaussian_filter(x[0].double().numpy(), sigma=(0, sigma, sigma), mode="mirror",
-                                       truncate=(radius + 0.25) / sigma)
+    expected = ndimage.gaussian_filter(
+        x[0].double().numpy(), sigma=(0, sigma, sigma), mode="mirror", truncate=(radius + 0.25) / sigma
+    )
     np.testing.assert_allclose(out[0].numpy(), expected, atol=1e-5)
     torch.testing.assert_close(out[1], x[1])  # sigma 0: unchanged
 
@@ -337,8 +356,14 @@ def _box_of(mask: np.ndarray) -> tuple[int, int, int, int] | None:
 
 
 @settings(max_examples=25, deadline=None)
-@given(b=st.integers(2, 6), h=st.integers(4, 20), w=st.integers(4, 20), seed=st.integers(0, 2**31),
-       low=st.floats(0.0, 1.0), width=st.floats(0.0, 1.0))
+@given(
+    b=st.integers(2, 6),
+    h=st.integers(4, 20),
+    w=st.integers(4, 20),
+    seed=st.integers(0, 2**31),
+    low=st.floats(0.0, 1.0),
+    width=st.floats(0.0, 1.0),
+)
 def test_cutmix_pastes_another_images_box_into_images_and_maps(b, h, w, seed, low, width):
     high = min(1.0, low + width)
     gen = torch.Generator().manual_seed(seed)
@@ -347,7 +372,8 @@ def test_cutmix_pastes_another_images_box_into_images_and_maps(b, h, w, seed, lo
     labels = torch.randint(0, 255, (b, h, w), generator=gen)
     mask = torch.rand(b, h, w, generator=gen) > 0.5
     mixed, mixed_probs, mixed_labels, mixed_mask, box = cutmix(
-        images, probs, labels, mask, generator=torch.Generator().manual_seed(seed), area=(low, high))
+        images, probs, labels, mask, generator=torch.Generator().manual_seed(seed), area=(low, high)
+    )
     assert box.dtype == torch.bool and box.shape == (b, h, w)
     sources = []
     for i in range(b):  # naive per-sample oracle

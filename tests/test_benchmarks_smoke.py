@@ -44,9 +44,21 @@ def test_teacher_vs_student_scores_both_networks_of_a_run(tmp_path):
     from benchmarks import teacher_vs_student
     from examples.dpfr_gland import train as T
 
-    config = T.TrainConfig(method="mean_teacher", synthetic_size=64, synthetic_train=6, synthetic_test=1,
-                           crop_size=64, iterations=2, label_ratio="1/3", eval_pictures=0, eval_tile=64,
-                           eval_overlap=16, supervised_warmup=0, rampup=0, log_every=1)
+    config = T.TrainConfig(
+        method="mean_teacher",
+        synthetic_size=64,
+        synthetic_train=6,
+        synthetic_test=1,
+        crop_size=64,
+        iterations=2,
+        label_ratio="1/3",
+        eval_pictures=0,
+        eval_tile=64,
+        eval_overlap=16,
+        supervised_warmup=0,
+        rampup=0,
+        log_every=1,
+    )
     T.train(config, tmp_path / "run", progress=False)
     result = teacher_vs_student.main([str(tmp_path / "run"), "--count", "2", "--out", str(tmp_path / "r.json")])
     (row,) = result["rows"]
@@ -60,8 +72,18 @@ def test_ssl_quality_toy_study_runs_resumes_and_draws(tmp_path):
 
     from benchmarks import ssl_quality
 
-    args = ["--scale", "toy", "--methods", "supervised,mean_teacher,dpfr", "--results", str(tmp_path / "r"),
-            "--outputs", str(tmp_path / "o"), "--figures", str(tmp_path / "f")]
+    args = [
+        "--scale",
+        "toy",
+        "--methods",
+        "supervised,mean_teacher,dpfr",
+        "--results",
+        str(tmp_path / "r"),
+        "--outputs",
+        str(tmp_path / "o"),
+        "--figures",
+        str(tmp_path / "f"),
+    ]
     summary = ssl_quality.main(args)
     cells = {(c["group"], c["method"], c["label_ratio"], json.dumps(c["extra"])) for c in summary["cells"]}
     assert {m for g, m, _, _ in cells if g == "main"} == {"supervised", "mean_teacher", "dpfr"}
@@ -79,8 +101,24 @@ def test_ssl_quality_toy_study_runs_resumes_and_draws(tmp_path):
     ssl_quality.main(args)
     assert {p: p.stat().st_mtime_ns for p in runs} == stamps
     # a variant (--set) is trained as its own run, beside the recipe's, which stay as they are
-    variant = ["--scale", "toy", "--methods", "supervised", "--seeds", "0", "--groups", "main", "--set", "lr=0.002",
-               "--outputs", str(tmp_path / "o2"), "--results", str(tmp_path / "r2"), "--figures", str(tmp_path / "f2")]
+    variant = [
+        "--scale",
+        "toy",
+        "--methods",
+        "supervised",
+        "--seeds",
+        "0",
+        "--groups",
+        "main",
+        "--set",
+        "lr=0.002",
+        "--outputs",
+        str(tmp_path / "o2"),
+        "--results",
+        str(tmp_path / "r2"),
+        "--figures",
+        str(tmp_path / "f2"),
+    ]
     changed = ssl_quality.main(variant)
     assert changed["runs"] == 1 and changed["sets"] == ["lr=0.002"]
     (run,) = (tmp_path / "r2").glob("*_s0.json")
@@ -100,8 +138,10 @@ def test_ssl_quality_plan_is_valid_and_every_run_distinct(scale):
     # mean_teacher (then trained once); nothing else repeats
     repeated = {f for f in fingerprints if fingerprints.count(f) > 1}
     again = [spec for spec, f in zip(runs, fingerprints) if f in repeated and spec is not runs[fingerprints.index(f)]]
-    assert all(spec.group == "sweep" or (spec.group == "pseudo" and spec.extra == (("pseudo_labels", "entropy"),))
-               for spec in again)
+    assert all(
+        spec.group == "sweep" or (spec.group == "pseudo" and spec.extra == (("pseudo_labels", "entropy"),))
+        for spec in again
+    )
     main = [(s, c) for s, c in zip(runs, configs) if s.group == "main" and s.preset not in Q.REAL_CONFIGS]
     assert {c.method for _, c in main} == set(Q.METHODS) and {c.label_ratio for _, c in main} == {"1/8"}
     real = [(s, c) for s, c in zip(runs, configs) if s.preset in Q.REAL_CONFIGS]
@@ -132,9 +172,26 @@ def test_ssl_quality_real_preset_runs_on_a_glas_layout_folder_and_reports(tmp_pa
     from examples.dpfr_gland.data import write_synthetic
 
     data = write_synthetic(tmp_path / "glas", "glas", 165, preset="easy", size=96)  # train_1 .. train_85
-    args = ["--scale", "toy", "--presets", "glas", "--groups", "curve,main", "--methods", "supervised,mean_teacher",
-            "--seeds", "0", "--data", f"glas={data}", "--results", str(tmp_path / "r"), "--outputs",
-            str(tmp_path / "o"), "--figures", str(tmp_path / "f")]
+    args = [
+        "--scale",
+        "toy",
+        "--presets",
+        "glas",
+        "--groups",
+        "curve,main",
+        "--methods",
+        "supervised,mean_teacher",
+        "--seeds",
+        "0",
+        "--data",
+        f"glas={data}",
+        "--results",
+        str(tmp_path / "r"),
+        "--outputs",
+        str(tmp_path / "o"),
+        "--figures",
+        str(tmp_path / "f"),
+    ]
     summary = ssl_quality.main(args)
     cells = {(c["group"], c["method"], c["label_ratio"]) for c in summary["cells"]}
     assert {("curve", "supervised", r) for r in ssl_quality.CURVE_RATIOS} <= cells
@@ -146,20 +203,57 @@ def test_ssl_quality_real_preset_runs_on_a_glas_layout_folder_and_reports(tmp_pa
     assert "glas: supervised learning curve" in text and "O.F1 - supervised" in text
     assert (tmp_path / "f" / "glas_learning_curve.png").is_file()
     # the pseudo-label rules on the validation part, paired against the default rule
-    pseudo = ssl_quality.main(["--scale", "toy", "--presets", "glas", "--groups", "pseudo,curve", "--seeds", "0",
-                               "--ratios", "1/8",
-                               "--split", "validation", "--data", f"glas={data}", "--results", str(tmp_path / "r2"),
-                               "--outputs", str(tmp_path / "o2"), "--figures", str(tmp_path / "f2")])
-    assert {c["extra"].get("pseudo_labels", c["method"]) for c in pseudo["cells"]} == \
-        {*ssl_quality.PSEUDO_RULES, "supervised"}
+    pseudo = ssl_quality.main(
+        [
+            "--scale",
+            "toy",
+            "--presets",
+            "glas",
+            "--groups",
+            "pseudo,curve",
+            "--seeds",
+            "0",
+            "--ratios",
+            "1/8",
+            "--split",
+            "validation",
+            "--data",
+            f"glas={data}",
+            "--results",
+            str(tmp_path / "r2"),
+            "--outputs",
+            str(tmp_path / "o2"),
+            "--figures",
+            str(tmp_path / "f2"),
+        ]
+    )
+    assert {c["extra"].get("pseudo_labels", c["method"]) for c in pseudo["cells"]} == {
+        *ssl_quality.PSEUDO_RULES,
+        "supervised",
+    }
     row = json.loads(next((tmp_path / "r2").glob("glas_mean_teacher_1of8_s0_pseudo_labelssoft.json")).read_text())
     assert row["config"]["test_split"] == "validation" and row["num_test_images"] == 12
     text = capsys.readouterr().out
     assert "pseudo-label rules under mean_teacher" in text and "on the validation part" in text
     assert "O.F1 - entropy" in text
-    missing = ssl_quality.main(["--scale", "toy", "--presets", "glas", "--data", f"glas={tmp_path / 'none'}",
-                                "--results", str(tmp_path / "r3"), "--outputs", str(tmp_path / "o3"),
-                                "--figures", str(tmp_path / "f3"), "--groups", "curve"])
+    missing = ssl_quality.main(
+        [
+            "--scale",
+            "toy",
+            "--presets",
+            "glas",
+            "--data",
+            f"glas={tmp_path / 'none'}",
+            "--results",
+            str(tmp_path / "r3"),
+            "--outputs",
+            str(tmp_path / "o3"),
+            "--figures",
+            str(tmp_path / "f3"),
+            "--groups",
+            "curve",
+        ]
+    )
     assert missing["runs"] == 0 and "skipping the real preset 'glas'" in capsys.readouterr().out
 
 
@@ -203,8 +297,20 @@ def test_ssl_quality_reuses_a_run_only_when_every_field_its_method_reads_is_unch
 def test_large_image_benchmark_measures_every_stage(tmp_path):
     from benchmarks import large_image
 
-    argv = ["--sides", "256", "--models", "colour,cenet", "--tile", "128", "--overlap", "32",
-            "--out", str(tmp_path / "r.json"), "--cache", str(tmp_path / "cache")]
+    argv = [
+        "--sides",
+        "256",
+        "--models",
+        "colour,cenet",
+        "--tile",
+        "128",
+        "--overlap",
+        "32",
+        "--out",
+        str(tmp_path / "r.json"),
+        "--cache",
+        str(tmp_path / "cache"),
+    ]
     result = large_image.main(argv)
     tiled = [r for r in result["rows"] if r["mode"] == "tiled"]
     assert {r["model"] for r in tiled} == {"colour", "cenet"}
@@ -214,8 +320,12 @@ def test_large_image_benchmark_measures_every_stage(tmp_path):
     (untiled,) = [r for r in result["rows"] if r["mode"] == "untiled"]
     assert 0.9 <= untiled["class_agreement_with_tiled"] <= 1.0  # blending differs from a plain average
     (whole,) = [r for r in result["rows"] if r["mode"] == "predict_file"]
-    assert set(whole["files_mib"]) == {"slide_256_instances.tif", "slide_256_classes.tif", "slide_256_overlay.png",
-                                       "slide_256.geojson"}
+    assert set(whole["files_mib"]) == {
+        "slide_256_instances.tif",
+        "slide_256_classes.tif",
+        "slide_256_overlay.png",
+        "slide_256.geojson",
+    }
     colour = next(r for r in tiled if r["model"] == "colour")
     assert whole["glands"] == colour["glands"] > 0  # the command finds the glands the stages found
     # a restart measures nothing again: every row comes back from the results file
@@ -226,8 +336,16 @@ def test_large_image_benchmark_measures_every_stage(tmp_path):
 def test_active_labels_toy_study_runs_every_strategy_and_resumes(tmp_path):
     from benchmarks import active_labels
 
-    args = ["--scale", "toy", "--results", str(tmp_path / "r"), "--outputs", str(tmp_path / "o"),
-            "--figure", str(tmp_path / "f.png")]
+    args = [
+        "--scale",
+        "toy",
+        "--results",
+        str(tmp_path / "r"),
+        "--outputs",
+        str(tmp_path / "o"),
+        "--figure",
+        str(tmp_path / "f.png"),
+    ]
     summary = active_labels.main(args)
     assert set(summary["curve"]) == set(active_labels.STRATEGIES)
     for points in summary["curve"].values():
@@ -294,7 +412,8 @@ def test_active_labels_overrides_reach_every_run_and_a_variant_gets_its_own_fold
     summary = active_labels.main(["--report", "--set", "iterations=1200", "--outputs", str(tmp_path / "o")])
     assert summary["sets"] == ["iterations=1200"] and summary["curve"] == {}
     assert [p.name for p in (tmp_path / "active_labels").iterdir()] == [
-        "cpu_set-" + hashlib.sha256(b"iterations=1200").hexdigest()[:8]]
+        "cpu_set-" + hashlib.sha256(b"iterations=1200").hexdigest()[:8]
+    ]
     with pytest.raises(ValueError, match="iteration"):
         active_labels._config(active_labels.SCALES["cpu"], 0, [1], ["iterations=-3"])
 
@@ -303,13 +422,25 @@ def test_summary_pairs_seeds_and_the_target_ignores_the_shared_start():
     from benchmarks.active_labels import summarise
 
     def row(seed, strategy, round_, f1):
-        return {"seed": seed, "strategy": strategy, "round": round_, "num_labelled": 4 + 4 * round_,
-                "minority_labelled": 0, "pooled_f1": f1}
+        return {
+            "seed": seed,
+            "strategy": strategy,
+            "round": round_,
+            "num_labelled": 4 + 4 * round_,
+            "minority_labelled": 0,
+            "pooled_f1": f1,
+        }
 
     rows = [row(0, "start", 0, 0.70), row(1, "start", 0, 0.60)]
-    rows += [row(0, "random", 1, 0.50), row(1, "random", 1, 0.70), row(0, "combined", 1, 0.55),
-             row(1, "combined", 1, 0.60), row(0, "entropy", 1, 0.50), row(1, "entropy", 1, 0.70),
-             row(0, "density", 1, 0.40)]
+    rows += [
+        row(0, "random", 1, 0.50),
+        row(1, "random", 1, 0.70),
+        row(0, "combined", 1, 0.55),
+        row(1, "combined", 1, 0.60),
+        row(0, "entropy", 1, 0.50),
+        row(1, "entropy", 1, 0.70),
+        row(0, "density", 1, 0.40),
+    ]
     summary = summarise(rows)
     combined = next(e for e in summary["paired"] if e["strategy"] == "combined")
     assert combined["f1"]["diffs"] == pytest.approx([0.05, -0.10]) and combined["f1"]["positive"] == 1
@@ -335,8 +466,17 @@ def test_wide_test_score_splits_by_appearance_and_its_own_part_equals_the_recipe
 
     torch.manual_seed(0)
     model = torch.nn.Conv2d(3, 3, kernel_size=3, padding=1)  # a weak but not blank segmenter
-    config = TrainConfig(synthetic_size=64, crop_size=64, synthetic_train=2, synthetic_test=3, synthetic_mix="hard:0.5",
-                         synthetic_seed=5, eval_tile=64, eval_overlap=16, min_size=4)
+    config = TrainConfig(
+        synthetic_size=64,
+        crop_size=64,
+        synthetic_train=2,
+        synthetic_test=3,
+        synthetic_mix="hard:0.5",
+        synthetic_seed=5,
+        eval_tile=64,
+        eval_overlap=16,
+        min_size=4,
+    )
     scores = score_by_appearance(model, config, 8)
     wide = build_datasets(dataclasses.replace(config, synthetic_test=8))[1]
     minority = [i for i, name in enumerate(wide.names) if name.endswith("_minority")]
@@ -349,8 +489,10 @@ def test_wide_test_score_splits_by_appearance_and_its_own_part_equals_the_recipe
     assert own["pooled_dice"] > 0  # the model finds objects, so the equalities below can fail
     assert scores["own"]["pooled_dice"] == pytest.approx(own["pooled_dice"])
     assert scores["own"]["pooled_hausdorff"] == pytest.approx(own["pooled_hausdorff"])
-    preds = [predict_instances(model, wide[i][0], tile=64, overlap=16, min_size=4, dilation=config.contour_width)
-             for i in minority]
+    preds = [
+        predict_instances(model, wide[i][0], tile=64, overlap=16, min_size=4, dilation=config.contour_width)
+        for i in minority
+    ]
     expected = glas_metrics(preds, [wide[i][1] for i in minority])
     assert scores["minority"]["pooled_f1"] == pytest.approx(expected["f1"])
     assert scores["minority"]["pooled_dice"] == pytest.approx(expected["dice"])
@@ -366,7 +508,7 @@ def test_truth_class_shares_are_counted_at_the_networks_scale():
     from examples.dpfr_gland.targets import instances_to_classes
 
     yy, xx = np.mgrid[:200, :200]
-    instances = ((yy - 100) ** 2 + (xx - 100) ** 2 < 60 ** 2).astype(np.int32)
+    instances = ((yy - 100) ** 2 + (xx - 100) ** 2 < 60**2).astype(np.int32)
     dataset = [(np.zeros((200, 200, 3), np.uint8), instances)]
     native = np.bincount(instances_to_classes(instances, contour_width=2).ravel(), minlength=3) / instances.size
     at_half = truth_shares(dataset, TrainConfig(scale=0.5, contour_width=2))
@@ -396,6 +538,8 @@ def test_one_pass_test_measurements_equal_evaluations_instances_and_argmax():
     for (image, instances), counts in zip(dataset, objects["per_image"]):
         pred = predict_instances(model, image, tile=64, overlap=16, min_size=4, dilation=2, scale=0.5)
         assert tuple(counts) == object_counts(pred, instances)
-    argmax = sum(np.bincount(predict_probabilities(model, image, scale=0.5, tile=64, overlap=16).argmax(0).ravel(),
-                             minlength=3) for image, _ in dataset)
+    argmax = sum(
+        np.bincount(predict_probabilities(model, image, scale=0.5, tile=64, overlap=16).argmax(0).ravel(), minlength=3)
+        for image, _ in dataset
+    )
     assert shares["predicted"]["contour"] == pytest.approx(argmax[2] / argmax.sum())

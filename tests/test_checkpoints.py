@@ -71,13 +71,25 @@ def test_load_run_rebuilds_student_teacher_and_flow_of_a_resume_checkpoint_and_o
     from examples.dpfr_gland.step import Trainer
 
     torch.manual_seed(0)
-    config = TrainConfig(method="dpfr", crop_size=32, batch_labelled=2, batch_unlabelled=2, supervised_warmup=0,
-                         rampup=0, flow_warmup=1, num_anchors=8, num_negatives=16, perturb_at="decoder")
+    config = TrainConfig(
+        method="dpfr",
+        crop_size=32,
+        batch_labelled=2,
+        batch_unlabelled=2,
+        supervised_warmup=0,
+        rampup=0,
+        flow_warmup=1,
+        num_anchors=8,
+        num_negatives=16,
+        perturb_at="decoder",
+    )
     trainer = Trainer(config)
     g = torch.Generator().manual_seed(0)
     for _ in range(3):
-        trainer.step((torch.rand(2, 3, 32, 32, generator=g), torch.randint(0, 3, (2, 32, 32), generator=g)),
-                     torch.rand(2, 3, 32, 32, generator=g))
+        trainer.step(
+            (torch.rand(2, 3, 32, 32, generator=g), torch.randint(0, 3, (2, 32, 32), generator=g)),
+            torch.rand(2, 3, 32, 32, generator=g),
+        )
     atomic_save({**trainer.state_dict(), "config": dataclasses.asdict(config)}, tmp_path / "checkpoint.pt")
     run = load_run(tmp_path / "checkpoint.pt", networks=("student", "teacher", "flow"))
     assert run.config == config and not run.student.training and not run.flow.training

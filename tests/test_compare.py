@@ -9,9 +9,26 @@ import pytest
 from examples.dpfr_gland import compare as C
 from examples.dpfr_gland.config import TrainConfig
 
-TINY = dict(synthetic_size=64, synthetic_train=6, synthetic_test=2, crop_size=64, iterations=2, label_ratio="1/3",
-            supervised_warmup=0, rampup=0, flow_warmup=1, log_every=1, eval_pictures=0, eval_tile=64,
-            eval_overlap=16, flow_hidden=16, projection_hidden=16, projection_dim=8, num_anchors=8, num_negatives=16)
+TINY = dict(
+    synthetic_size=64,
+    synthetic_train=6,
+    synthetic_test=2,
+    crop_size=64,
+    iterations=2,
+    label_ratio="1/3",
+    supervised_warmup=0,
+    rampup=0,
+    flow_warmup=1,
+    log_every=1,
+    eval_pictures=0,
+    eval_tile=64,
+    eval_overlap=16,
+    flow_hidden=16,
+    projection_hidden=16,
+    projection_dim=8,
+    num_anchors=8,
+    num_negatives=16,
+)
 
 
 @pytest.mark.slow
@@ -23,8 +40,9 @@ def test_compare_trains_each_method_on_one_config_and_tabulates(tmp_path, capsys
         saved = json.loads((tmp_path / method / "config.json").read_text())
         assert saved["method"] == method
         # the same seed, budget and data for every method: only the method differs
-        assert {k: v for k, v in saved.items() if k != "method"} == \
-            {k: v for k, v in json.loads((tmp_path / "dpfr" / "config.json").read_text()).items() if k != "method"}
+        assert {k: v for k, v in saved.items() if k != "method"} == {
+            k: v for k, v in json.loads((tmp_path / "dpfr" / "config.json").read_text()).items() if k != "method"
+        }
         assert results[method]["num_images"] == 2 and "teacher" in results[method]
     printed = capsys.readouterr().out
     assert "| mean_teacher |" in printed and "| dpfr |" in printed
@@ -46,8 +64,17 @@ def test_compare_refuses_bad_method_lists(methods, tmp_path):
 
 def test_cli_refuses_a_repeated_method(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        C.main(["--config", "examples/dpfr_gland/configs/demo_cpu.json", "--methods", "dpfr", "dpfr",
-                "--out", str(tmp_path)])
+        C.main(
+            [
+                "--config",
+                "examples/dpfr_gland/configs/demo_cpu.json",
+                "--methods",
+                "dpfr",
+                "dpfr",
+                "--out",
+                str(tmp_path),
+            ]
+        )
     assert "each method once" in capsys.readouterr().err
 
 
@@ -84,8 +111,16 @@ def test_glas_runs_score_testA_and_testB_separately(tmp_path, capsys):
     from examples.dpfr_gland.loop import train
 
     write_synthetic(tmp_path / "glas", "glas", num=12, size=64, seed=0)
-    config = TrainConfig(**{**TINY, "method": "mean_teacher", "dataset": "glas", "data": str(tmp_path / "glas"),
-                            "test_split": "testA,testB", "label_ratio": "1/2"})
+    config = TrainConfig(
+        **{
+            **TINY,
+            "method": "mean_teacher",
+            "dataset": "glas",
+            "data": str(tmp_path / "glas"),
+            "test_split": "testA,testB",
+            "label_ratio": "1/2",
+        }
+    )
     metrics = train(config, tmp_path / "run", progress=False)["metrics"]
     assert set(metrics["splits"]) == {"testA", "testB"}
     assert metrics["pooled_f1"] == metrics["splits"]["testA"]["pooled_f1"]  # the first split is the headline

@@ -26,8 +26,19 @@ FAST = settings(max_examples=25, deadline=None)
 
 
 # --------------------------------------------------------------------------- oracle
-def naive_contrast(emb, labels, *, tau, num_anchors, negatives=None, mask=None, probs=None,
-                   ignore_index=255, detach_mean=True, chosen=None):
+def naive_contrast(
+    emb,
+    labels,
+    *,
+    tau,
+    num_anchors,
+    negatives=None,
+    mask=None,
+    probs=None,
+    ignore_index=255,
+    detach_mean=True,
+    chosen=None,
+):
     """Loops over pixels, anchors and negatives in float64, following the written definition.
 
     ``negatives``: ``None`` for all other-class used pixels, or a dict mapping an anchor's
@@ -93,13 +104,18 @@ def random_case(seed, b=2, d=3, h=3, w=4, k=3, ignore_frac=0.2):
 
 # ----------------------------------------------------------------- against the oracle
 @FAST
-@given(seed=st.integers(0, 10_000), num_anchors=st.sampled_from([1, 2, 5, None]),
-       tau=st.floats(0.1, 2.0), use_mask=st.booleans())
+@given(
+    seed=st.integers(0, 10_000),
+    num_anchors=st.sampled_from([1, 2, 5, None]),
+    tau=st.floats(0.1, 2.0),
+    use_mask=st.booleans(),
+)
 def test_all_negatives_matches_naive_loop(seed, num_anchors, tau, use_mask):
     emb, labels = random_case(seed)
     mask = torch.rand(labels.shape, generator=torch.Generator().manual_seed(seed + 1)) < 0.8 if use_mask else None
-    got, idx = hard_anchor_contrast(emb, labels, mask=mask, temperature=tau, num_anchors=num_anchors,
-                                    num_negatives=None, return_indices=True)
+    got, idx = hard_anchor_contrast(
+        emb, labels, mask=mask, temperature=tau, num_anchors=num_anchors, num_negatives=None, return_indices=True
+    )
     chosen = list(zip(idx.anchors.tolist(), idx.anchor_classes.tolist()))
     expected, anchors = naive_contrast(emb, labels, tau=tau, num_anchors=num_anchors, mask=mask, chosen=chosen)
     assert anchors == chosen
@@ -114,8 +130,15 @@ def test_all_negatives_matches_naive_loop(seed, num_anchors, tau, use_mask):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_sampled_negatives_match_naive_loop_with_the_same_draws(seed, d, m):
     emb, labels = random_case(seed, d=d, h=4, w=4)
-    loss, idx = hard_anchor_contrast(emb, labels, temperature=0.5, num_anchors=3, num_negatives=m,
-                                     generator=torch.Generator().manual_seed(seed), return_indices=True)
+    loss, idx = hard_anchor_contrast(
+        emb,
+        labels,
+        temperature=0.5,
+        num_anchors=3,
+        num_negatives=m,
+        generator=torch.Generator().manual_seed(seed),
+        return_indices=True,
+    )
     flat = labels.reshape(-1)
     assert idx.negatives.shape == (idx.anchors.shape[0], m)
     # every negative is a used pixel of another class than its anchor
@@ -145,13 +168,29 @@ def test_probability_anchors_match_naive_loop():
     probs = torch.softmax(torch.randn(2, 3, 3, 4, generator=torch.Generator().manual_seed(3)), dim=1)
     expected, anchors = naive_contrast(emb, labels, tau=0.7, num_anchors=2, probs=probs)
     for mode in ("confidence", "auto"):
-        loss, idx = hard_anchor_contrast(emb, labels, probabilities=probs, temperature=0.7, num_anchors=2,
-                                         num_negatives=None, hard_selection=mode, return_indices=True)
+        loss, idx = hard_anchor_contrast(
+            emb,
+            labels,
+            probabilities=probs,
+            temperature=0.7,
+            num_anchors=2,
+            num_negatives=None,
+            hard_selection=mode,
+            return_indices=True,
+        )
         assert [(int(a), int(c)) for a, c in zip(idx.anchors, idx.anchor_classes)] == anchors
         torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-12)
     # "distance" ignores the probabilities for ranking
-    dist, idx = hard_anchor_contrast(emb, labels, probabilities=probs, temperature=0.7, num_anchors=2,
-                                     num_negatives=None, hard_selection="distance", return_indices=True)
+    dist, idx = hard_anchor_contrast(
+        emb,
+        labels,
+        probabilities=probs,
+        temperature=0.7,
+        num_anchors=2,
+        num_negatives=None,
+        hard_selection="distance",
+        return_indices=True,
+    )
     chosen = list(zip(idx.anchors.tolist(), idx.anchor_classes.tolist()))
     torch.testing.assert_close(dist, naive_contrast(emb, labels, tau=0.7, num_anchors=2, chosen=chosen)[0])
 
@@ -174,8 +213,15 @@ def test_hard_anchors_are_the_k_least_confident_hand_case():
     labels = torch.tensor([[[0, 0, 0, 1, 1]]])
     p0 = torch.tensor([0.9, 0.3, 0.6, 0.2, 0.4])  # prob of class 0 at each pixel
     probs = torch.stack([p0, 1 - p0]).reshape(1, 2, 1, 5)
-    _, idx = hard_anchor_contrast(emb, labels, probabilities=probs, num_anchors=2, num_negatives=None,
-                                  hard_selection="confidence", return_indices=True)
+    _, idx = hard_anchor_contrast(
+        emb,
+        labels,
+        probabilities=probs,
+        num_anchors=2,
+        num_negatives=None,
+        hard_selection="confidence",
+        return_indices=True,
+    )
     # class 0 confidences 0.9, 0.3, 0.6 -> pixels 1, 2; class 1 confidences 0.8, 0.6 -> pixel 4 then 3
     assert idx.anchors.tolist() == [1, 2, 4, 3]
 
@@ -215,8 +261,9 @@ def test_sample_negatives_rejects_a_class_with_nothing_else():
 def test_positive_is_detached_gradient_matches_oracle_with_fixed_mean():
     emb, labels = random_case(11, d=3, h=3, w=3)
     emb.requires_grad_(True)
-    loss, idx = hard_anchor_contrast(emb, labels, temperature=0.5, num_anchors=2, num_negatives=None,
-                                     return_indices=True)
+    loss, idx = hard_anchor_contrast(
+        emb, labels, temperature=0.5, num_anchors=2, num_negatives=None, return_indices=True
+    )
     loss.backward()
     ours = emb.grad.clone()
     chosen = list(zip(idx.anchors.tolist(), idx.anchor_classes.tolist()))
@@ -239,8 +286,14 @@ def test_pixels_only_in_the_mean_get_no_gradient():
     labels = torch.tensor([[[0, 0, 0, 1]]])
     for seed in range(100):
         emb = torch.stack([ang.cos(), ang.sin()]).reshape(1, 2, 1, 4).double().requires_grad_(True)
-        loss, idx = hard_anchor_contrast(emb, labels, num_anchors=1, num_negatives=1, return_indices=True,
-                                         generator=torch.Generator().manual_seed(seed))
+        loss, idx = hard_anchor_contrast(
+            emb,
+            labels,
+            num_anchors=1,
+            num_negatives=1,
+            return_indices=True,
+            generator=torch.Generator().manual_seed(seed),
+        )
         if idx.negatives[1].tolist() == [1]:
             break
     assert idx.anchors.tolist() == [1, 3] and idx.negatives.tolist() == [[3], [1]]
@@ -307,8 +360,9 @@ def test_fewer_than_two_classes_is_a_zero_with_a_graph(case):
 @given(seed=st.integers(0, 10_000), log_scale=st.floats(-6.0, 6.0))
 def test_invariant_to_positive_per_pixel_rescaling(seed, log_scale):
     emb, labels = random_case(seed)
-    scale = torch.exp(log_scale + torch.rand(2, 1, 3, 4, generator=torch.Generator().manual_seed(seed),
-                                             dtype=torch.float64))
+    scale = torch.exp(
+        log_scale + torch.rand(2, 1, 3, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    )
     a = hard_anchor_contrast(emb, labels, num_anchors=3, num_negatives=None)
     b = hard_anchor_contrast(emb * scale, labels, num_anchors=3, num_negatives=None)
     torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
@@ -322,13 +376,19 @@ def test_loss_equals_hand_computed_value_for_orthogonal_and_opposite_classes(tau
     # loss = log(1 + M exp((cos - 1) / tau)) exactly, for M negatives.
     h = w = 4
     labels = torch.zeros(1, h, w, dtype=torch.long)
-    labels[..., w // 2:] = 1
+    labels[..., w // 2 :] = 1
     for cos in (0.0, -1.0):
         e0 = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
         e1 = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64) if cos == 0.0 else -e0
         emb = torch.where(labels[:, None] == 0, e0[None, :, None, None], e1[None, :, None, None]) * 3.0
-        loss = hard_anchor_contrast(emb, labels, temperature=tau, num_anchors=3, num_negatives=negatives,
-                                    generator=torch.Generator().manual_seed(0))
+        loss = hard_anchor_contrast(
+            emb,
+            labels,
+            temperature=tau,
+            num_anchors=3,
+            num_negatives=negatives,
+            generator=torch.Generator().manual_seed(0),
+        )
         expected = math.log1p(negatives * math.exp((cos - 1.0) / tau))
         assert loss.item() == pytest.approx(expected, rel=1e-12)
 
@@ -352,20 +412,24 @@ def test_mask_is_keyword_only():
 
 def test_temperature_behaviour():
     emb, labels = clustered(3, noise=0.05, h=4, w=4)
-    losses = [hard_anchor_contrast(emb, labels, temperature=t, num_anchors=4, num_negatives=None).item()
-              for t in (0.05, 0.2, 0.5, 2.0)]
+    losses = [
+        hard_anchor_contrast(emb, labels, temperature=t, num_anchors=4, num_negatives=None).item()
+        for t in (0.05, 0.2, 0.5, 2.0)
+    ]
     # every positive beats every negative: a colder temperature means a lower loss
     assert losses == sorted(losses)
     # hot limit: all logits -> 0, each anchor's term -> log(1 + number of other-class pixels)
-    hot, idx = hard_anchor_contrast(emb, labels, temperature=1e6, num_anchors=4, num_negatives=None,
-                                    return_indices=True)
+    hot, idx = hard_anchor_contrast(
+        emb, labels, temperature=1e6, num_anchors=4, num_negatives=None, return_indices=True
+    )
     flat = labels.reshape(-1)
     others = torch.stack([(flat != c).sum() for c in idx.anchor_classes]).double()
     assert hot.item() == pytest.approx(torch.log1p(others).mean().item(), rel=1e-5)
     # anti-clustered features (anchors closer to other classes) get worse when colder
     flip = torch.roll(labels, 1, dims=2)
-    cold, warm = (hard_anchor_contrast(emb, flip, temperature=t, num_anchors=4, num_negatives=None).item()
-                  for t in (0.1, 1.0))
+    cold, warm = (
+        hard_anchor_contrast(emb, flip, temperature=t, num_anchors=4, num_negatives=None).item() for t in (0.1, 1.0)
+    )
     assert cold > warm
 
 
@@ -388,7 +452,8 @@ def test_ignored_and_masked_pixels_are_excluded():
     assert bool((x.grad[out[:, None].expand_as(x)] == 0).all())
     # custom ignore_index
     torch.testing.assert_close(
-        hard_anchor_contrast(emb, labels.masked_fill(labels == 255, -1), mask=mask, ignore_index=-1, **kw), base)
+        hard_anchor_contrast(emb, labels.masked_fill(labels == 255, -1), mask=mask, ignore_index=-1, **kw), base
+    )
 
 
 def test_large_norm_embeddings_do_not_overflow():
@@ -446,16 +511,19 @@ def test_class_means_match_numpy():
 
 
 # ----------------------------------------------------------------------- bad inputs
-@pytest.mark.parametrize("make,err,word", [
-    (lambda e, y: (e[0], y), ValueError, "embeddings"),                 # rank 3
-    (lambda e, y: (e.long(), y), TypeError, "embeddings"),              # integer embeddings
-    (lambda e, y: (e, y.float()), TypeError, "labels"),                 # float labels
-    (lambda e, y: (e, y[:, :2]), ValueError, "labels"),                 # spatial mismatch
-    (lambda e, y: (e, y[:1]), ValueError, "labels"),                    # batch mismatch
-    (lambda e, y: (e, y[0]), ValueError, "labels"),                     # rank 2 labels
-    (lambda e, y: (e, y.masked_fill(y == 0, -3)), ValueError, "labels"),  # negative labels
-    (lambda e, y: (e.masked_fill(e > 1, float("nan")), y), ValueError, "embeddings"),
-])
+@pytest.mark.parametrize(
+    "make,err,word",
+    [
+        (lambda e, y: (e[0], y), ValueError, "embeddings"),  # rank 3
+        (lambda e, y: (e.long(), y), TypeError, "embeddings"),  # integer embeddings
+        (lambda e, y: (e, y.float()), TypeError, "labels"),  # float labels
+        (lambda e, y: (e, y[:, :2]), ValueError, "labels"),  # spatial mismatch
+        (lambda e, y: (e, y[:1]), ValueError, "labels"),  # batch mismatch
+        (lambda e, y: (e, y[0]), ValueError, "labels"),  # rank 2 labels
+        (lambda e, y: (e, y.masked_fill(y == 0, -3)), ValueError, "labels"),  # negative labels
+        (lambda e, y: (e.masked_fill(e > 1, float("nan")), y), ValueError, "embeddings"),
+    ],
+)
 def test_bad_inputs_name_the_argument(make, err, word):
     emb, labels = random_case(0)
     with pytest.raises(err, match=word):
@@ -480,16 +548,19 @@ def test_bad_mask_and_probabilities_name_the_argument():
         HardAnchorContrast(hard_selection="confidence")(emb, labels)
 
 
-@pytest.mark.parametrize("kwargs,err,word", [
-    (dict(temperature=0.0), ValueError, "temperature"),
-    (dict(temperature=-1.0), ValueError, "temperature"),
-    (dict(temperature="hot"), TypeError, "temperature"),
-    (dict(num_anchors=0), ValueError, "num_anchors"),
-    (dict(num_anchors=2.5), TypeError, "num_anchors"),
-    (dict(num_negatives=0), ValueError, "num_negatives"),
-    (dict(ignore_index=1.5), TypeError, "ignore_index"),
-    (dict(hard_selection="random"), ValueError, "hard_selection"),
-])
+@pytest.mark.parametrize(
+    "kwargs,err,word",
+    [
+        (dict(temperature=0.0), ValueError, "temperature"),
+        (dict(temperature=-1.0), ValueError, "temperature"),
+        (dict(temperature="hot"), TypeError, "temperature"),
+        (dict(num_anchors=0), ValueError, "num_anchors"),
+        (dict(num_anchors=2.5), TypeError, "num_anchors"),
+        (dict(num_negatives=0), ValueError, "num_negatives"),
+        (dict(ignore_index=1.5), TypeError, "ignore_index"),
+        (dict(hard_selection="random"), ValueError, "hard_selection"),
+    ],
+)
 def test_bad_constructor_arguments(kwargs, err, word):
     with pytest.raises(err, match=word):
         HardAnchorContrast(**kwargs)
@@ -512,12 +583,15 @@ def test_projection_head_is_conv_bn_relu_conv_per_pixel():
     torch.testing.assert_close(head(x), out.reshape(2, 4, 5, 3).permute(0, 3, 1, 2))
 
 
-@pytest.mark.parametrize("kwargs,err,word", [
-    (dict(in_channels=0), ValueError, "in_channels"),
-    (dict(in_channels=4, hidden_channels=0), ValueError, "hidden_channels"),
-    (dict(in_channels=4, out_channels=-1), ValueError, "out_channels"),
-    (dict(in_channels=2.0), TypeError, "in_channels"),
-])
+@pytest.mark.parametrize(
+    "kwargs,err,word",
+    [
+        (dict(in_channels=0), ValueError, "in_channels"),
+        (dict(in_channels=4, hidden_channels=0), ValueError, "hidden_channels"),
+        (dict(in_channels=4, out_channels=-1), ValueError, "out_channels"),
+        (dict(in_channels=2.0), TypeError, "in_channels"),
+    ],
+)
 def test_projection_head_bad_constructor_arguments(kwargs, err, word):
     with pytest.raises(err, match=word):
         ProjectionHead(**kwargs)

@@ -102,7 +102,10 @@ def test_glas_grades_per_sample_from_padded_csv(glas_root):
     assert GlaSDataset(root, "testA").grades == ["malignant"]
     assert GlaSDataset(root, "testB").names == ["testB_3"]
     assert read_glas_grades(root / "Grade.csv") == {
-        "testA_1": "malignant", "train_1": "benign", "train_10": "malignant", "testB_3": "benign",
+        "testA_1": "malignant",
+        "train_1": "benign",
+        "train_10": "malignant",
+        "testB_3": "benign",
     }
 
 
@@ -345,8 +348,26 @@ def test_parse_ratio_forms_and_errors():
 
 
 def test_synth_glas_layout_round_trip(tmp_path):
-    assert main(["synth", "--out", str(tmp_path), "--layout", "glas", "--num", "6", "--preset", "hard",
-                 "--size", "64", "--seed", "3"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                "--out",
+                str(tmp_path),
+                "--layout",
+                "glas",
+                "--num",
+                "6",
+                "--preset",
+                "hard",
+                "--size",
+                "64",
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
     generator = SyntheticGlands("hard", size=64, seed=3)
     index = 0
     counts = []

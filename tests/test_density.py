@@ -159,16 +159,16 @@ def test_log_prob_is_the_change_of_variables_by_autograd_jacobian_and_scipy() ->
     log_pi = torch.log_softmax(head.prior.mixture_logits.detach(), 0).numpy()
     per_class = np.stack([stats.norm(means[j], scales[j]).logpdf(z).sum(1) for j in range(k)], 1)
     expected_marginal = logsumexp(per_class + log_pi, axis=1) + jac_logdet
-    np.testing.assert_allclose(head.log_prob(features).reshape(-1).detach().numpy(), expected_marginal,
-                               rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(
+        head.log_prob(features).reshape(-1).detach().numpy(), expected_marginal, rtol=1e-9, atol=1e-9
+    )
     labels = torch.randint(0, k, (2, 3, 3))
     labels[0, 0, 0] = 255
     flat = labels.reshape(-1).numpy()
     cond = np.where(
         flat == 255, expected_marginal, per_class[np.arange(flat.size), np.minimum(flat, k - 1)] + jac_logdet
     )
-    np.testing.assert_allclose(head.log_prob(features, labels).reshape(-1).detach().numpy(), cond,
-                               rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(head.log_prob(features, labels).reshape(-1).detach().numpy(), cond, rtol=1e-9, atol=1e-9)
 
 
 def test_actual_nflows_transform_plugs_in() -> None:
@@ -179,11 +179,13 @@ def test_actual_nflows_transform_plugs_in() -> None:
 
     torch.manual_seed(1)
     mask = torch.tensor([1, 0, 1, 0, 1])
-    transform = nt.CompositeTransform([
-        nt.ActNorm(5),
-        nt.LULinear(5),
-        nt.AffineCouplingTransform(mask, lambda i, o: ResidualNet(i, o, hidden_features=8, num_blocks=1)),
-    ])
+    transform = nt.CompositeTransform(
+        [
+            nt.ActNorm(5),
+            nt.LULinear(5),
+            nt.AffineCouplingTransform(mask, lambda i, o: ResidualNet(i, o, hidden_features=8, num_blocks=1)),
+        ]
+    )
     head = _standard_normal_head(5, transform=transform, chunk_size=4)
     features = torch.randn(1, 5, 3, 3) + 1
     head.train()
@@ -348,8 +350,10 @@ def test_nll_mask_of_the_wrong_shape_names_mask(shape) -> None:
     # B == H crashed in a broadcast without naming the argument.
     head = FlowDensityHead(4, 2, depth=1, hidden=4)
     with pytest.raises(ValueError, match="mask"):
-        head.nll(torch.randn(2, 4, 3, 3) if shape != (3, 3) else torch.randn(3, 4, 3, 3),
-                 mask=torch.ones(shape, dtype=torch.bool))
+        head.nll(
+            torch.randn(2, 4, 3, 3) if shape != (3, 3) else torch.randn(3, 4, 3, 3),
+            mask=torch.ones(shape, dtype=torch.bool),
+        )
 
 
 class _NoHostReads:
@@ -586,13 +590,13 @@ def test_lu_weight_is_formed_once_per_call_not_per_chunk(backward) -> None:
         with FlopCounterMode(display=False) as counter:
             unchunked.log_prob(features)
         forward = counter.get_total_flops()
-        lu_product = 2 * c ** 3
+        lu_product = 2 * c**3
         assert split <= base + forward - 2 * lu_product  # the recompute re-forms no W
     # small calls (fewer pixels than channels) never form W at all
     few = torch.randn(1, c, 2, 3)
     with FlopCounterMode(display=False) as counter:
         unchunked.log_prob(few)
-    assert counter.get_total_flops() < 2 * 2 * c ** 3
+    assert counter.get_total_flops() < 2 * 2 * c**3
 
 
 def test_labelled_calls_and_perturbation_read_nothing_back_to_the_host(monkeypatch) -> None:

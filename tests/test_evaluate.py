@@ -328,8 +328,11 @@ def test_save_predictions_writes_large_three_panel_pictures_with_their_scores(tm
         assert name == path.stem and np.array_equal(gt_drawn, gt)
         np.testing.assert_array_equal(pred, predict_instances(_Perfect(), image, tile=32))
         # the title's numbers are this image's object scores
-        assert scores == {"f1": object_f1(pred, gt), "dice": object_dice(pred, gt),
-                          "hausdorff": object_hausdorff(pred, gt)}
+        assert scores == {
+            "f1": object_f1(pred, gt),
+            "dice": object_dice(pred, gt),
+            "hausdorff": object_hausdorff(pred, gt),
+        }
         picture = np.asarray(Image.open(path))
         h, w = gt.shape
         assert picture.shape[1] >= 3 * 3 * w and picture.shape[0] >= 3 * h  # three panels, each drawn >= 3x
@@ -386,8 +389,14 @@ def test_checkpoint_loading_and_the_command_line(tmp_path):
             for p in student.parameters():
                 p.mul_(0.9)
         teacher.update(student)
-    config = {"backbone": "resnet34", "perturb_at": "bottleneck", "eval_tile": 64, "eval_overlap": 16,
-              "min_size": 16, "contour_width": 2}
+    config = {
+        "backbone": "resnet34",
+        "perturb_at": "bottleneck",
+        "eval_tile": 64,
+        "eval_overlap": 16,
+        "min_size": 16,
+        "contour_width": 2,
+    }
     path = tmp_path / "checkpoint.pt"
     torch.save({"student": student.state_dict(), "teacher": teacher.state_dict(), "config": config}, path)
 
@@ -405,8 +414,22 @@ def test_checkpoint_loading_and_the_command_line(tmp_path):
     data_root = tmp_path / "glas"
     data_root.mkdir()
     _glas_folder(data_root)
-    scores = main(["--checkpoint", str(path), "--data", str(data_root), "--layout", "glas", "--split", "testA",
-                   "--out", str(tmp_path / "out"), "--device", "cpu"])
+    scores = main(
+        [
+            "--checkpoint",
+            str(path),
+            "--data",
+            str(data_root),
+            "--layout",
+            "glas",
+            "--split",
+            "testA",
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+        ]
+    )
     record = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert record["scores"] == scores and scores["num_images"] == 2 and record["weights"] == "student"
     assert record["tile"] == 64 and record["overlap"] == 16

@@ -293,7 +293,7 @@ def _gaussian_nll_and_grad_norm(flow: torch.nn.Module, x: torch.Tensor) -> tuple
     z, logdet = flow(x)
     nll = (0.5 * (z * z).sum(1) + 0.5 * z.shape[1] * math.log(2 * math.pi) - logdet).mean()
     nll.backward()
-    grad = torch.sqrt(sum((p.grad ** 2).sum() for p in flow.parameters() if p.grad is not None))
+    grad = torch.sqrt(sum((p.grad**2).sum() for p in flow.parameters() if p.grad is not None))
     return nll.item(), grad.item()
 
 

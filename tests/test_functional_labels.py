@@ -28,7 +28,7 @@ def _majority_oracle(labels: np.ndarray, factor: int, num_classes: int) -> np.nd
     for i in range(b):
         for y in range(h // factor):
             for x in range(w // factor):
-                block = labels[i, y * factor:(y + 1) * factor, x * factor:(x + 1) * factor].ravel()
+                block = labels[i, y * factor : (y + 1) * factor, x * factor : (x + 1) * factor].ravel()
                 block = block[block != IGN]
                 if block.size:
                     counts = np.bincount(block, minlength=num_classes)
@@ -154,20 +154,50 @@ def test_masked_ce_half_precision_logits_give_float32_loss():
         (torch.randn(1, 3, 4, 4), torch.zeros(1, 4, 5, dtype=torch.long), {}, ValueError, "labels"),
         (torch.randn(1, 3, 4, 4), torch.zeros(1, 4, 4), {}, TypeError, "labels"),
         (torch.randn(1, 3, 4, 4), torch.full((1, 4, 4), 3), {}, ValueError, "labels"),
-        (torch.randn(1, 3, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long), {"mask": torch.ones(1, 4, 4)}, TypeError,
-         "mask"),
-        (torch.randn(1, 3, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long), {"weight": torch.ones(2)}, ValueError,
-         "weight"),
+        (
+            torch.randn(1, 3, 4, 4),
+            torch.zeros(1, 4, 4, dtype=torch.long),
+            {"mask": torch.ones(1, 4, 4)},
+            TypeError,
+            "mask",
+        ),
+        (
+            torch.randn(1, 3, 4, 4),
+            torch.zeros(1, 4, 4, dtype=torch.long),
+            {"weight": torch.ones(2)},
+            ValueError,
+            "weight",
+        ),
         (torch.full((1, 3, 2, 2), float("nan")), torch.zeros(1, 2, 2, dtype=torch.long), {}, ValueError, "logits"),
         # weight that is not a float [K] tensor used to raise AttributeError or be cast silently
-        (torch.randn(1, 3, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long), {"weight": [1.0, 2.0, 3.0]}, TypeError,
-         "weight"),
-        (torch.randn(1, 3, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long), {"weight": torch.ones(3, 1)}, ValueError,
-         "weight"),
-        (torch.randn(1, 3, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long), {"weight": torch.ones(3, dtype=torch.long)},
-         TypeError, "weight"),
-        (torch.randn(1, 3, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long),
-         {"weight": torch.tensor([1.0, float("nan"), 1.0])}, ValueError, "weight"),
+        (
+            torch.randn(1, 3, 4, 4),
+            torch.zeros(1, 4, 4, dtype=torch.long),
+            {"weight": [1.0, 2.0, 3.0]},
+            TypeError,
+            "weight",
+        ),
+        (
+            torch.randn(1, 3, 4, 4),
+            torch.zeros(1, 4, 4, dtype=torch.long),
+            {"weight": torch.ones(3, 1)},
+            ValueError,
+            "weight",
+        ),
+        (
+            torch.randn(1, 3, 4, 4),
+            torch.zeros(1, 4, 4, dtype=torch.long),
+            {"weight": torch.ones(3, dtype=torch.long)},
+            TypeError,
+            "weight",
+        ),
+        (
+            torch.randn(1, 3, 4, 4),
+            torch.zeros(1, 4, 4, dtype=torch.long),
+            {"weight": torch.tensor([1.0, float("nan"), 1.0])},
+            ValueError,
+            "weight",
+        ),
     ],
 )
 def test_masked_ce_rejects_bad_input(logits, labels, kw, exc, word):

@@ -124,10 +124,16 @@ def test_bad_inputs_are_named():
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.integers(0, 50), st.integers(3, 90), st.sampled_from([1, 2]), st.sampled_from([0, 1, 2, 3]),
-       st.sampled_from([0, 16]))
-def test_strips_give_the_untiled_instances_glands_straddling_every_border(seed, strip, connectivity, dilation,
-                                                                        min_size):
+@given(
+    st.integers(0, 50),
+    st.integers(3, 90),
+    st.sampled_from([1, 2]),
+    st.sampled_from([0, 1, 2, 3]),
+    st.sampled_from([0, 16]),
+)
+def test_strips_give_the_untiled_instances_glands_straddling_every_border(
+    seed, strip, connectivity, dilation, min_size
+):
     from densessl.metrics import object_dice, object_f1
     from examples.dpfr_gland.large import instances_by_strips
     from examples.dpfr_gland.synthetic import SyntheticGlands
@@ -166,8 +172,9 @@ def test_a_memory_mapped_tiff_and_an_openslide_style_slide_are_read_by_region(tm
     tifffile.imwrite(tmp_path / "slide.tif", image)  # uncompressed, contiguous: memory-mappable
     model = torch.nn.Conv2d(3, 3, kernel_size=1)
     expected = predict_large(model, image, tile=64, overlap=16)
-    np.testing.assert_array_equal(predict_large(model, tiff_regions(str(tmp_path / "slide.tif")), tile=64, overlap=16),
-                                  expected)
+    np.testing.assert_array_equal(
+        predict_large(model, tiff_regions(str(tmp_path / "slide.tif")), tile=64, overlap=16), expected
+    )
 
     class Slide:  # the OpenSlide calling convention: (x, y) location, level, (w, h) size, RGBA out
         dimensions = (130, 90)

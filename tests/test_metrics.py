@@ -124,7 +124,8 @@ def random_map(rng: np.random.Generator, shape, labels) -> np.ndarray:
 
 maps_strategy = st.tuples(
     st.integers(0, 2**32 - 1),  # seed
-    st.integers(1, 12), st.integers(1, 12),  # shape
+    st.integers(1, 12),
+    st.integers(1, 12),  # shape
     st.sampled_from([[0, 1], [0, 0, 1, 2], [0, 1, 2, 3], [0, 0, 0, 5, 300, 70000], [0, 7, 2**31 - 1]]),
 )
 
@@ -248,8 +249,13 @@ def test_large_labels_and_dtypes():
     assert all_three(*tensors) == pytest.approx(expected)
     assert all_three(torch.from_numpy(pred_small).to(torch.uint16), torch.from_numpy(small)) == pytest.approx(expected)
     # Plain Python floats come back, not numpy scalars.
-    values = [*all_three(*tensors), *glas_metrics([pred_small], [small]).values(), pixel_dice(pred_small, small),
-              pixel_f1(pred_small, small), mean_iou(pred_small, small)]
+    values = [
+        *all_three(*tensors),
+        *glas_metrics([pred_small], [small]).values(),
+        pixel_dice(pred_small, small),
+        pixel_f1(pred_small, small),
+        mean_iou(pred_small, small),
+    ]
     assert all(type(v) is float for v in values)
     # The hand values: S1 (3 px) covers 1 of G1 (2 px) and G3 (1 px) -> tie -> G1, 1 of 2 = 50 %: FP.
     # S2 (1 px) covers 1 of G2's 2 px = 50 %: FP. TP 0 -> F1 0.

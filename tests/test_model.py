@@ -35,8 +35,11 @@ BACKBONES = ["resnet34", "resnet50", "resnet101"]
 PUBLISHED_WITH_FC = {"resnet34": 21_797_672, "resnet50": 25_557_032, "resnet101": 44_549_160}
 FC = {"resnet34": 513_000, "resnet50": 2_049_000, "resnet101": 2_049_000}
 ENCODER_COUNTS = {"resnet34": 21_284_672, "resnet50": 23_508_032, "resnet101": 42_500_160}
-LAYOUT = {"resnet34": ("basic", [3, 4, 6, 3]), "resnet50": ("bottleneck", [3, 4, 6, 3]),
-          "resnet101": ("bottleneck", [3, 4, 23, 3])}
+LAYOUT = {
+    "resnet34": ("basic", [3, 4, 6, 3]),
+    "resnet50": ("bottleneck", [3, 4, 6, 3]),
+    "resnet101": ("bottleneck", [3, 4, 23, 3]),
+}
 
 
 def _count(module: torch.nn.Module) -> int:
@@ -66,8 +69,14 @@ def _resnet_params_from_formula(backbone: str) -> int:
                 total += conv(3, cin, planes) + bn(planes) + conv(3, planes, planes) + bn(planes)
             else:
                 cout = 4 * planes
-                total += (conv(1, cin, planes) + bn(planes) + conv(3, planes, planes) + bn(planes)
-                          + conv(1, planes, cout) + bn(cout))
+                total += (
+                    conv(1, cin, planes)
+                    + bn(planes)
+                    + conv(3, planes, planes)
+                    + bn(planes)
+                    + conv(1, planes, cout)
+                    + bn(cout)
+                )
             if stride != 1 or cin != cout:
                 total += conv(1, cin, cout) + bn(cout)
             cin = cout
@@ -132,8 +141,13 @@ def test_output_shapes(backbone, size, batch, cf, cd):
 
 
 @settings(max_examples=6, deadline=None)
-@given(batch=st.integers(1, 2), hm=st.integers(1, 3), wm=st.integers(1, 3),
-       k=st.integers(1, 4), where=st.sampled_from(["bottleneck", "decoder"]))
+@given(
+    batch=st.integers(1, 2),
+    hm=st.integers(1, 3),
+    wm=st.integers(1, 3),
+    k=st.integers(1, 4),
+    where=st.sampled_from(["bottleneck", "decoder"]),
+)
 def test_output_shapes_property(batch, hm, wm, k, where):
     net = _small_net(k, where)
     with torch.no_grad():
@@ -262,8 +276,9 @@ def test_rmp_matches_numpy_block_max():
         padded[:, :12, :12] = xn
         blocks = padded.reshape(2, n, k, n, k).max(axis=(2, 4))
         conv = 1.0 * blocks[0] - 0.5 * blocks[1] + 0.25
-        expected = F.interpolate(torch.from_numpy(conv)[None, None], size=(12, 12), mode="bilinear",
-                                 align_corners=False)[0, 0]
+        expected = F.interpolate(
+            torch.from_numpy(conv)[None, None], size=(12, 12), mode="bilinear", align_corners=False
+        )[0, 0]
         torch.testing.assert_close(out[0, j], expected)
 
 
@@ -292,8 +307,18 @@ def test_decoder_block_shapes_and_bottleneck_width():
 
 def _capture(net: CENet, images: torch.Tensor) -> dict:
     seen, handles = {}, []
-    for name in ("encoder.layer1", "encoder.layer2", "encoder.layer3", "encoder.layer4",
-                 "decoder4", "decoder3", "decoder2", "decoder1", "dac", "head"):
+    for name in (
+        "encoder.layer1",
+        "encoder.layer2",
+        "encoder.layer3",
+        "encoder.layer4",
+        "decoder4",
+        "decoder3",
+        "decoder2",
+        "decoder1",
+        "dac",
+        "head",
+    ):
         mod = net.get_submodule(name)
         handles.append(mod.register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o)))
         handles.append(mod.register_forward_pre_hook(lambda m, i, name=name: seen.__setitem__(name + ":in", i[0])))

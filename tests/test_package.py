@@ -30,8 +30,16 @@ NO_TENSORS = {"densessl.functional.ema_decay"}
 
 
 def test_every_public_name_documents_shapes_and_has_an_example():
-    modules = ["densessl.density", "densessl.flows", "densessl.perturbation", "densessl.contrast",
-               "densessl.teacher", "densessl.pseudo_label", "densessl.metrics", "densessl.functional"]
+    modules = [
+        "densessl.density",
+        "densessl.flows",
+        "densessl.perturbation",
+        "densessl.contrast",
+        "densessl.teacher",
+        "densessl.pseudo_label",
+        "densessl.metrics",
+        "densessl.functional",
+    ]
     missing = []
     for module_name in modules:
         module = importlib.import_module(module_name)
@@ -46,8 +54,10 @@ def test_every_public_name_documents_shapes_and_has_an_example():
 
 
 def test_library_does_not_import_examples_or_heavy_optional_packages():
-    code = ("import sys, densessl; bad = [m for m in ('examples', 'nflows', 'PIL', 'matplotlib') "
-            "if m in sys.modules]; print(bad)")
+    code = (
+        "import sys, densessl; bad = [m for m in ('examples', 'nflows', 'PIL', 'matplotlib') "
+        "if m in sys.modules]; print(bad)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -59,8 +69,12 @@ def test_recipe_and_benchmarks_use_only_public_densessl_names():
 
     root = Path(__file__).resolve().parents[1]
     private = re.compile(r"^\s*(from|import)\s+densessl(\.\w+)*\._\w+", re.MULTILINE)
-    offenders = [str(p.relative_to(root)) for folder in ("examples", "benchmarks")
-                 for p in (root / folder).rglob("*.py") if private.search(p.read_text())]
+    offenders = [
+        str(p.relative_to(root))
+        for folder in ("examples", "benchmarks")
+        for p in (root / folder).rglob("*.py")
+        if private.search(p.read_text())
+    ]
     assert offenders == []
     import densessl.checks
 

@@ -32,10 +32,15 @@ class GaussianDensity(nn.Module):
         self.calls: list[dict] = []
 
     def log_prob(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        self.calls.append({
-            "dtype": x.dtype, "training": self.training, "dropout_training": self.dropout.training,
-            "grad_enabled": torch.is_grad_enabled(), "autocast": torch.is_autocast_enabled("cpu"),
-        })
+        self.calls.append(
+            {
+                "dtype": x.dtype,
+                "training": self.training,
+                "dropout_training": self.dropout.training,
+                "grad_enabled": torch.is_grad_enabled(),
+                "autocast": torch.is_autocast_enabled("cpu"),
+            }
+        )
         x = self.dropout(x)
         if labels is None:
             mu = self.means[0][None, :, None, None]
@@ -89,6 +94,7 @@ def test_matches_per_pixel_autograd_jacobian_float64():
         for i in range(2):
             for j in range(3):
                 v = features[b, :, i, j].clone()
+
                 def nll(u: torch.Tensor) -> torch.Tensor:
                     return -density.log_prob(u[None, :, None, None])[0, 0, 0]
 
@@ -144,8 +150,13 @@ def test_increases_nll_for_small_step():
 
 @settings(max_examples=30, deadline=None)
 @given(
-    b=st.integers(1, 2), c=st.integers(1, 6), h=st.integers(1, 4), w=st.integers(1, 4),
-    xi=st.floats(0.0, 50.0), scale=st.sampled_from([1e-3, 1.0, 1e3]), relative=st.booleans(),
+    b=st.integers(1, 2),
+    c=st.integers(1, 6),
+    h=st.integers(1, 4),
+    w=st.integers(1, 4),
+    xi=st.floats(0.0, 50.0),
+    scale=st.sampled_from([1e-3, 1.0, 1e3]),
+    relative=st.booleans(),
     seed=st.integers(0, 2**31 - 1),
 )
 def test_norm_never_exceeds_xi(b, c, h, w, xi, scale, relative, seed):
@@ -249,8 +260,9 @@ def test_modes_restored_per_submodule_and_eval_during_computation():
 def test_modes_restored_after_an_error():
     density = GaussianDensity(3).train()
     with pytest.raises(ValueError, match="labels"):
-        DensityPerturbation(density).perturbation(torch.randn(1, 3, 2, 2),
-                                                  labels=torch.zeros(1, 3, 3, dtype=torch.long))
+        DensityPerturbation(density).perturbation(
+            torch.randn(1, 3, 2, 2), labels=torch.zeros(1, 3, 3, dtype=torch.long)
+        )
     assert density.training and density.dropout.training
 
 

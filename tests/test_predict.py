@@ -20,8 +20,19 @@ from examples.dpfr_gland.targets import classes_to_instances
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    config = TrainConfig(method="supervised", synthetic_size=64, synthetic_train=4, synthetic_test=1, crop_size=64,
-                         iterations=2, label_ratio="1/2", eval_pictures=0, eval_tile=64, eval_overlap=16, log_every=1)
+    config = TrainConfig(
+        method="supervised",
+        synthetic_size=64,
+        synthetic_train=4,
+        synthetic_test=1,
+        crop_size=64,
+        iterations=2,
+        label_ratio="1/2",
+        eval_pictures=0,
+        eval_tile=64,
+        eval_overlap=16,
+        log_every=1,
+    )
     train(config, out, progress=False)
     return out
 
@@ -42,8 +53,20 @@ def test_predict_writes_three_maps_per_image_that_match_predict_instances(run, t
     images = tmp_path / "images"
     images.mkdir()
     image = _images(images)
-    assert P.main(["--weights", str(run / "model.pt"), "--images", str(images), "--out", str(tmp_path / "out"),
-                   "--no-progress"]) == 0
+    assert (
+        P.main(
+            [
+                "--weights",
+                str(run / "model.pt"),
+                "--images",
+                str(images),
+                "--out",
+                str(tmp_path / "out"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     for stem in ("b_2", "b_10", "grey", "rgba"):
         for kind in ("instances", "classes", "overlay"):
             assert (tmp_path / "out" / f"{stem}_{kind}.png").is_file(), (stem, kind)
@@ -54,8 +77,14 @@ def test_predict_writes_three_maps_per_image_that_match_predict_instances(run, t
     expected = classes_to_instances(classes, min_size=config["min_size"], dilation=config["contour_width"])
     np.testing.assert_array_equal(read_instances(tmp_path / "out" / "b_2_instances.png"), expected)
     # the maps are the ones evaluation scores (one sliding window, one rule)
-    scored = predict_instances(model, image, tile=config["eval_tile"], overlap=config["eval_overlap"],
-                               min_size=config["min_size"], dilation=config["contour_width"])
+    scored = predict_instances(
+        model,
+        image,
+        tile=config["eval_tile"],
+        overlap=config["eval_overlap"],
+        min_size=config["min_size"],
+        dilation=config["contour_width"],
+    )
     np.testing.assert_array_equal(read_instances(tmp_path / "out" / "b_2_instances.png"), scored)
     classes = np.asarray(Image.open(tmp_path / "out" / "b_2_classes.png"))
     assert classes.shape == image.shape[:2] and set(np.unique(classes)) <= {0, 1, 2}
@@ -70,17 +99,44 @@ def test_bad_files_are_named_and_skipped_or_refused(run, tmp_path, capsys):
     _images(images)
     (images / "broken.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(SystemExit):
-        P.main(["--weights", str(run / "model.pt"), "--images", str(images), "--out", str(tmp_path / "a"),
-                "--no-progress"])
+        P.main(
+            ["--weights", str(run / "model.pt"), "--images", str(images), "--out", str(tmp_path / "a"), "--no-progress"]
+        )
     assert "broken.png" in capsys.readouterr().err
-    assert P.main(["--weights", str(run / "model.pt"), "--images", str(images), "--out", str(tmp_path / "b"),
-                   "--on-error", "skip", "--no-progress"]) == 1
+    assert (
+        P.main(
+            [
+                "--weights",
+                str(run / "model.pt"),
+                "--images",
+                str(images),
+                "--out",
+                str(tmp_path / "b"),
+                "--on-error",
+                "skip",
+                "--no-progress",
+            ]
+        )
+        == 1
+    )
     captured = capsys.readouterr()
     assert "skipped" in captured.err and "broken.png" in captured.out
     assert len(list((tmp_path / "b").glob("*_instances.png"))) == 4
     # a single file, and the resume checkpoint's teacher-less student
-    assert P.main(["--weights", str(run / "checkpoint.pt"), "--images", str(images / "b_2.png"),
-                   "--out", str(tmp_path / "c"), "--no-progress"]) == 0
+    assert (
+        P.main(
+            [
+                "--weights",
+                str(run / "checkpoint.pt"),
+                "--images",
+                str(images / "b_2.png"),
+                "--out",
+                str(tmp_path / "c"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
 
 
 def test_more_than_65535_glands_go_to_a_32_bit_tiff(tmp_path, monkeypatch):
@@ -101,8 +157,16 @@ def test_missing_inputs_are_named(tmp_path, run):
     with pytest.raises(SystemExit):
         P.main(["--weights", str(tmp_path / "none.pt"), "--images", str(tmp_path), "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit):
-        P.main(["--weights", str(run / "model.pt"), "--images", str(tmp_path / "empty_or_missing"),
-                "--out", str(tmp_path / "o")])
+        P.main(
+            [
+                "--weights",
+                str(run / "model.pt"),
+                "--images",
+                str(tmp_path / "empty_or_missing"),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
 
 
 @pytest.mark.slow
@@ -115,8 +179,26 @@ def test_geojson_and_memory_mapped_npy_images(run, tmp_path):
     images.mkdir()
     image = SyntheticGlands("medium", size=(100, 130), seed=5).sample(0)[0]
     np.save(images / "big.npy", image)
-    assert P.main(["--weights", str(run / "model.pt"), "--images", str(images), "--out", str(tmp_path / "out"),
-                   "--geojson", "--tile-progress", "--no-progress", "--tile", "64", "--overlap", "16"]) == 0
+    assert (
+        P.main(
+            [
+                "--weights",
+                str(run / "model.pt"),
+                "--images",
+                str(images),
+                "--out",
+                str(tmp_path / "out"),
+                "--geojson",
+                "--tile-progress",
+                "--no-progress",
+                "--tile",
+                "64",
+                "--overlap",
+                "16",
+            ]
+        )
+        == 0
+    )
     instances = read_instances(tmp_path / "out" / "big_instances.png")
     collection = json.loads((tmp_path / "out" / "big.geojson").read_text())
     np.testing.assert_array_equal(rasterize_geojson(collection, instances.shape), instances)
@@ -146,8 +228,9 @@ def test_a_large_memory_mapped_image_is_predicted_out_of_core_with_the_in_memory
     mapped = np.load(tmp_path / "slide.npy", mmap_mode="r")
     options = dict(tile=64, overlap=16, geojson=True)
     small = P.predict_file(model, tmp_path / "slide.npy", tmp_path / "in_memory", in_memory_pixels=10**9, **options)
-    big = P.predict_file(model, tmp_path / "slide.npy", tmp_path / "out_of_core", in_memory_pixels=1000,
-                         overlay_side=128, **options)
+    big = P.predict_file(
+        model, tmp_path / "slide.npy", tmp_path / "out_of_core", in_memory_pixels=1000, overlay_side=128, **options
+    )
     assert isinstance(mapped, np.memmap) and big["instances"].endswith("slide_instances.tif")
     assert small["instances"].endswith("slide_instances.png") and big["glands"] == small["glands"] > 3
     instances = tifffile.imread(big["instances"])
@@ -173,8 +256,9 @@ def test_the_out_of_core_overlay_and_a_missing_tifffile(tmp_path, monkeypatch):
     np.save(tmp_path / "slide.npy", np.zeros((64, 80, 3), np.uint8))
     monkeypatch.setitem(sys.modules, "tifffile", None)  # "import tifffile" now raises ImportError
     with pytest.raises(ValueError, match="needs tifffile"):  # before any work is done
-        P.predict_file(torch.nn.Conv2d(3, 3, 1), tmp_path / "slide.npy", tmp_path / "out", tile=64,
-                       in_memory_pixels=100)
+        P.predict_file(
+            torch.nn.Conv2d(3, 3, 1), tmp_path / "slide.npy", tmp_path / "out", tile=64, in_memory_pixels=100
+        )
 
 
 @pytest.mark.slow
@@ -182,29 +266,69 @@ def test_the_training_scale_travels_in_model_pt_and_predict_maps_back_to_the_nat
     import json
 
     out = tmp_path / "run"
-    config = TrainConfig(method="supervised", synthetic_size=96, synthetic_train=4, synthetic_test=1, crop_size=32,
-                         iterations=2, label_ratio="1/2", eval_pictures=0, eval_tile=32, eval_overlap=8, log_every=1,
-                         scale=0.5)
+    config = TrainConfig(
+        method="supervised",
+        synthetic_size=96,
+        synthetic_train=4,
+        synthetic_test=1,
+        crop_size=32,
+        iterations=2,
+        label_ratio="1/2",
+        eval_pictures=0,
+        eval_tile=32,
+        eval_overlap=8,
+        log_every=1,
+        scale=0.5,
+    )
     train(config, out, progress=False)
     model, saved = load_checkpoint_model(out / "model.pt")
     assert saved["scale"] == 0.5
     images = tmp_path / "images"
     image = SyntheticGlands("medium", size=(70, 90), seed=3).sample(0)[0]
     write_image(images / "a.png", image)
-    assert P.main(["--weights", str(out / "model.pt"), "--images", str(images), "--out", str(tmp_path / "o"),
-                   "--no-progress", "--geojson"]) == 0
+    assert (
+        P.main(
+            [
+                "--weights",
+                str(out / "model.pt"),
+                "--images",
+                str(images),
+                "--out",
+                str(tmp_path / "o"),
+                "--no-progress",
+                "--geojson",
+            ]
+        )
+        == 0
+    )
     written = read_instances(tmp_path / "o" / "a_instances.png")
     assert written.shape == image.shape[:2]  # the native grid
-    expected = predict_instances(model, image, tile=32, overlap=8, min_size=saved["min_size"],
-                                 dilation=saved["contour_width"], scale=0.5)
+    expected = predict_instances(
+        model, image, tile=32, overlap=8, min_size=saved["min_size"], dilation=saved["contour_width"], scale=0.5
+    )
     np.testing.assert_array_equal(written, expected)
     polygons = json.loads((tmp_path / "o" / "a.geojson").read_text())["features"]
     if polygons:  # native coordinates: every vertex inside the 90 x 70 image
         xs = [x for f in polygons for ring in f["geometry"]["coordinates"] for x, _ in ring]
         assert max(xs) <= 90
-    assert P.main(["--weights", str(out / "model.pt"), "--images", str(images), "--out", str(tmp_path / "o1"),
-                   "--no-progress", "--scale", "1"]) == 0
+    assert (
+        P.main(
+            [
+                "--weights",
+                str(out / "model.pt"),
+                "--images",
+                str(images),
+                "--out",
+                str(tmp_path / "o1"),
+                "--no-progress",
+                "--scale",
+                "1",
+            ]
+        )
+        == 0
+    )
     with pytest.raises(SystemExit):
-        P.main(["--weights", str(out / "model.pt"), "--images", str(images), "--out", str(tmp_path / "o2"),
-                "--scale", "0"])
+        P.main(
+            ["--weights", str(out / "model.pt"), "--images", str(images), "--out", str(tmp_path / "o2"), "--scale", "0"]
+        )
     assert "--scale" in capsys.readouterr().err

@@ -29,8 +29,12 @@ def numpy_entropy(logits: np.ndarray, axis: int = 1) -> np.ndarray:
 
 @settings(max_examples=25, deadline=None)
 @given(
-    b=st.integers(1, 2), k=st.integers(2, 6), h=st.integers(1, 4), w=st.integers(1, 4),
-    scale=st.sampled_from([0.1, 1.0, 10.0, 200.0]), seed=st.integers(0, 2**31 - 1),
+    b=st.integers(1, 2),
+    k=st.integers(2, 6),
+    h=st.integers(1, 4),
+    w=st.integers(1, 4),
+    scale=st.sampled_from([0.1, 1.0, 10.0, 200.0]),
+    seed=st.integers(0, 2**31 - 1),
 )
 def test_entropy_matches_numpy_float64(b, k, h, w, scale, seed):
     g = torch.Generator().manual_seed(seed)
@@ -81,7 +85,9 @@ def test_entropy_bad_inputs():
 
 @settings(max_examples=25, deadline=None)
 @given(
-    k=st.integers(2, 5), threshold=st.floats(0.05, 1.6), scale=st.sampled_from([0.5, 2.0, 8.0]),
+    k=st.integers(2, 5),
+    threshold=st.floats(0.05, 1.6),
+    scale=st.sampled_from([0.5, 2.0, 8.0]),
     seed=st.integers(0, 2**31 - 1),
 )
 def test_labeler_matches_numpy(k, threshold, scale, seed):

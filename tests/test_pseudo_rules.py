@@ -108,8 +108,9 @@ def test_pixel_weights_scale_each_pixels_loss_and_keep_the_mean_over_used_pixels
     expected = (per_pixel * weight * used).sum() / used.sum()
     got = masked_cross_entropy(logits, labels, pixel_weight=weight)
     torch.testing.assert_close(got, expected)
-    torch.testing.assert_close(masked_cross_entropy(logits, labels, pixel_weight=torch.ones(2, 4, 5)),
-                               masked_cross_entropy(logits, labels))
+    torch.testing.assert_close(
+        masked_cross_entropy(logits, labels, pixel_weight=torch.ones(2, 4, 5)), masked_cross_entropy(logits, labels)
+    )
     got.backward()
     assert logits.grad is not None and torch.isfinite(logits.grad).all()
     with pytest.raises(
@@ -125,8 +126,16 @@ def test_every_rule_trains_a_step_and_its_state_resumes(rule):
     from examples.dpfr_gland.config import TrainConfig
     from examples.dpfr_gland.step import Trainer
 
-    config = TrainConfig(method="mean_teacher", pseudo_labels=rule, crop_size=32, supervised_warmup=0, rampup=0,
-                         iterations=2, amp=False, device="cpu")
+    config = TrainConfig(
+        method="mean_teacher",
+        pseudo_labels=rule,
+        crop_size=32,
+        supervised_warmup=0,
+        rampup=0,
+        iterations=2,
+        amp=False,
+        device="cpu",
+    )
     trainer = Trainer(config, torch.device("cpu"))
     x = torch.randn(2, 3, 32, 32)
     y = torch.randint(0, 3, (2, 32, 32))
@@ -137,5 +146,7 @@ def test_every_rule_trains_a_step_and_its_state_resumes(rule):
     assert "pseudo_rule" in state
     again = Trainer(config, torch.device("cpu"))
     again.load_state_dict(state)
-    assert all(torch.equal(a, b) for a, b in zip(again.pseudo_labeler.state_dict().values(),
-                                                 trainer.pseudo_labeler.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(again.pseudo_labeler.state_dict().values(), trainer.pseudo_labeler.state_dict().values())
+    )

@@ -26,8 +26,13 @@ def test_an_image_of_unseen_appearance_ranks_first_by_density():
     flow.eval()
     with torch.no_grad():
         reference = flow.log_prob(seen)
-        unlabelled = torch.cat([torch.randn(5, 4, 6, 6) * 0.3 + 1.0, torch.randn(1, 4, 6, 6) * 0.3 + 4.0,
-                                torch.randn(4, 4, 6, 6) * 0.3 - 1.0])  # image 5 is the new appearance
+        unlabelled = torch.cat(
+            [
+                torch.randn(5, 4, 6, 6) * 0.3 + 1.0,
+                torch.randn(1, 4, 6, 6) * 0.3 + 4.0,
+                torch.randn(4, 4, 6, 6) * 0.3 - 1.0,
+            ]
+        )  # image 5 is the new appearance
         scores = low_density_fraction(flow.log_prob(unlabelled), reference, quantile=0.05)
     assert int(scores.argmax()) == 5 and float(scores[5]) > 0.9
     assert float(scores[torch.arange(10) != 5].max()) < 0.3
@@ -61,8 +66,9 @@ def test_duplicates_do_not_fill_the_top_k():
     rng = np.random.default_rng(0)
     base = rng.normal(size=(6, 16))
     # image 0 has four near-duplicates (1..4), all scoring high; 5..10 are distinct, scoring lower
-    features = np.concatenate([np.repeat(base[:1], 5, axis=0) + rng.normal(scale=0.01, size=(5, 16)),
-                               rng.normal(size=(6, 16))])
+    features = np.concatenate(
+        [np.repeat(base[:1], 5, axis=0) + rng.normal(scale=0.01, size=(5, 16)), rng.normal(size=(6, 16))]
+    )
     scores = torch.tensor([1.0, 0.99, 0.98, 0.97, 0.96, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25])
     features = torch.tensor(features)
     plain = diverse_top_k(scores, features, k=4, diversity=0.0).tolist()

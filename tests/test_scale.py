@@ -83,8 +83,12 @@ def test_probabilities_come_back_on_the_native_grid_and_scale_one_is_plain_predi
     torch.testing.assert_close(half.sum(0), torch.ones(90, 130))
     # a flat image is flat at any scale: the round trip adds nothing
     flat = np.full((90, 130, 3), 120, np.uint8)
-    torch.testing.assert_close(predict_probabilities(model, flat, scale=0.37, tile=32),
-                               predict(model, to_tensor(flat), tile=32), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        predict_probabilities(model, flat, scale=0.37, tile=32),
+        predict(model, to_tensor(flat), tile=32),
+        atol=1e-5,
+        rtol=1e-5,
+    )
 
 
 class _ColourClasses(nn.Module):
@@ -138,8 +142,13 @@ def test_tile_borders_disagree_no_more_than_the_inside_of_tiles():
     torch.manual_seed(3)
     # zero padding: every tile's edge pixels see a different context than their neighbours in the
     # next tile, which is what makes seams
-    model = nn.Sequential(nn.Conv2d(3, 16, 7, padding=3), nn.ReLU(), nn.Conv2d(16, 16, 7, padding=3), nn.ReLU(),
-                          nn.Conv2d(16, 3, 7, padding=3))
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 7, padding=3),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 7, padding=3),
+        nn.ReLU(),
+        nn.Conv2d(16, 3, 7, padding=3),
+    )
     from scipy import ndimage
 
     # a smooth picture, so that the prediction changes slowly inside tiles and a seam would stand out
@@ -174,8 +183,9 @@ def test_a_split_file_picks_images_by_name_from_every_reader_split(tmp_path):
     root = write_synthetic(tmp_path / "glas", "glas", 6, preset="easy", size=48)
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"_note": "skipped", "fit": ["train_3", "testB_1"], "check": ["testA_2", "train_1"]}))
-    config = TrainConfig(dataset="glas", data=str(root), split_file=str(split), train_split="fit",
-                         test_split="check", crop_size=32)
+    config = TrainConfig(
+        dataset="glas", data=str(root), split_file=str(split), train_split="fit", test_split="check", crop_size=32
+    )
     train, test = build_datasets(config)
     assert train.names == ["train_3", "testB_1"] and test.names == ["testA_2", "train_1"]
     assert list(build_test_sets(config)) == ["check"]
@@ -195,8 +205,9 @@ def test_the_shipped_glas_split_covers_every_image_once_and_keeps_patients_apart
 
     from examples.dpfr_gland.config import resolve_split_file
 
-    parts = {k: v for k, v in json.loads(resolve_split_file("glas_train85").read_text()).items()
-             if not k.startswith("_")}
+    parts = {
+        k: v for k, v in json.loads(resolve_split_file("glas_train85").read_text()).items() if not k.startswith("_")
+    }
     names = [n for part in parts.values() for n in part]
     assert sorted(names, key=lambda n: int(n.split("_")[1])) == [f"train_{i}" for i in range(1, 86)]
     assert {k: len(v) for k, v in parts.items()} == {"train": 52, "validation": 12, "test": 21}
@@ -205,7 +216,7 @@ def test_the_shipped_glas_split_covers_every_image_once_and_keeps_patients_apart
         pytest.skip(f"patients: {grades} is absent (the GlaS images are not part of the project)")
     patient = {row[0]: row[1] for row in list(csv.reader(grades.open()))[1:]}
     owners = [{patient[n] for n in part} for part in parts.values()]
-    assert all(not (a & b) for i, a in enumerate(owners) for b in owners[i + 1:])
+    assert all(not (a & b) for i, a in enumerate(owners) for b in owners[i + 1 :])
 
 
 def test_the_generator_writes_glands_of_glas_size_at_glas_image_size(tmp_path):
@@ -219,8 +230,24 @@ def test_the_generator_writes_glands_of_glas_size_at_glas_image_size(tmp_path):
         return float(np.median(areas)), image.shape
 
     plain, _ = median_area(write_synthetic(tmp_path / "plain", "glas", 6, preset="medium", size=(261, 388)))
-    assert main(["synth", "--out", str(tmp_path / "big"), "--layout", "glas", "--num", "6", "--shape", "522x775",
-                 "--zoom", "2"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                "--out",
+                str(tmp_path / "big"),
+                "--layout",
+                "glas",
+                "--num",
+                "6",
+                "--shape",
+                "522x775",
+                "--zoom",
+                "2",
+            ]
+        )
+        == 0
+    )
     big, shape = median_area(tmp_path / "big")
     assert shape == (522, 775, 3)
     assert 3.0 < big / plain < 5.0  # twice the size: about four times the area (the same glands, enlarged)

@@ -15,10 +15,27 @@ from examples.dpfr_gland.augment import to_tensor
 from examples.dpfr_gland.evaluate import evaluate_semantic, load_checkpoint_model, predict
 from examples.dpfr_gland.targets import semantic_targets
 
-TINY = dict(task="semantic", synthetic_size=64, synthetic_train=6, synthetic_test=2, crop_size=64, iterations=3,
-            label_ratio="1/3", supervised_warmup=0, rampup=0, flow_warmup=1, log_every=1, eval_pictures=0,
-            eval_tile=64, eval_overlap=16, flow_hidden=16, projection_hidden=16, projection_dim=8, num_anchors=8,
-            num_negatives=16)
+TINY = dict(
+    task="semantic",
+    synthetic_size=64,
+    synthetic_train=6,
+    synthetic_test=2,
+    crop_size=64,
+    iterations=3,
+    label_ratio="1/3",
+    supervised_warmup=0,
+    rampup=0,
+    flow_warmup=1,
+    log_every=1,
+    eval_pictures=0,
+    eval_tile=64,
+    eval_overlap=16,
+    flow_hidden=16,
+    projection_hidden=16,
+    projection_dim=8,
+    num_anchors=8,
+    num_negatives=16,
+)
 
 
 class _Fixed(torch.nn.Module):
@@ -105,16 +122,40 @@ def test_pgland_style_folder_with_0_255_masks_trains_and_predicts(tmp_path):
     )
     metrics = T.train(config, tmp_path / "run", progress=False)["metrics"]
     assert metrics["num_images"] == 2 and 0.0 <= metrics["miou"] <= 1.0
-    assert P.main(["--weights", str(tmp_path / "run" / "model.pt"), "--images", str(tmp_path / "test" / "images"),
-                   "--out", str(tmp_path / "pred"), "--no-progress"]) == 0
+    assert (
+        P.main(
+            [
+                "--weights",
+                str(tmp_path / "run" / "model.pt"),
+                "--images",
+                str(tmp_path / "test" / "images"),
+                "--out",
+                str(tmp_path / "pred"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     classes = np.asarray(Image.open(tmp_path / "pred" / "g0_classes.png"))
     assert set(np.unique(classes)) <= {0, 1} and not list((tmp_path / "pred").glob("*_instances.png"))
     assert json.loads((tmp_path / "run" / "config.json").read_text())["task"] == "semantic"
     # the evaluate command scores the run by its own task: pixel metrics, the training's numbers
     from examples.dpfr_gland import evaluate as E
 
-    scores = E.main(["--checkpoint", str(tmp_path / "run" / "model.pt"), "--data", str(tmp_path / "test"),
-                     "--layout", "folder", "--out", str(tmp_path / "eval"), "--device", "cpu"])
+    scores = E.main(
+        [
+            "--checkpoint",
+            str(tmp_path / "run" / "model.pt"),
+            "--data",
+            str(tmp_path / "test"),
+            "--layout",
+            "folder",
+            "--out",
+            str(tmp_path / "eval"),
+            "--device",
+            "cpu",
+        ]
+    )
     assert {"pixel_f1", "miou"} <= set(scores) and "pooled_f1" not in scores
     assert scores["miou"] == pytest.approx(metrics["miou"], abs=2e-3)  # float16 export against float32
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["task"] == "semantic"

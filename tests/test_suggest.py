@@ -14,10 +14,27 @@ from examples.dpfr_gland.synthetic import SyntheticGlands
 
 @pytest.mark.slow
 def test_suggest_ranks_an_unseen_appearance_and_skips_duplicates(tmp_path, capsys):
-    config = T.TrainConfig(method="dpfr", synthetic_size=64, synthetic_train=6, synthetic_test=1, crop_size=64,
-                           iterations=30, label_ratio="1/2", supervised_warmup=0, rampup=0, flow_warmup=1,
-                           log_every=10, eval_pictures=0, eval_tile=64, eval_overlap=16, flow_hidden=16,
-                           projection_hidden=16, projection_dim=8, num_anchors=8, num_negatives=16)
+    config = T.TrainConfig(
+        method="dpfr",
+        synthetic_size=64,
+        synthetic_train=6,
+        synthetic_test=1,
+        crop_size=64,
+        iterations=30,
+        label_ratio="1/2",
+        supervised_warmup=0,
+        rampup=0,
+        flow_warmup=1,
+        log_every=10,
+        eval_pictures=0,
+        eval_tile=64,
+        eval_overlap=16,
+        flow_hidden=16,
+        projection_hidden=16,
+        projection_dim=8,
+        num_anchors=8,
+        num_negatives=16,
+    )
     T.train(config, tmp_path / "run", progress=False)
     images = tmp_path / "unlabelled"
     images.mkdir()
@@ -27,8 +44,21 @@ def test_suggest_ranks_an_unseen_appearance_and_skips_duplicates(tmp_path, capsy
     odd = 255 - glands.sample(60)[0]  # an inverted stain
     for name in ("odd.png", "odd_copy1.png", "odd_copy2.png"):  # and two exact duplicates of it
         Image.fromarray(odd).save(images / name)
-    assert S.main(["--weights", str(tmp_path / "run" / "checkpoint.pt"), "--images", str(images), "--k", "3",
-                   "--out", str(tmp_path / "out")]) == 0
+    assert (
+        S.main(
+            [
+                "--weights",
+                str(tmp_path / "run" / "checkpoint.pt"),
+                "--images",
+                str(images),
+                "--k",
+                "3",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     rows = list(csv.DictReader((tmp_path / "out" / "ranking.csv").open()))
     assert len(rows) == 8 and [int(r["rank"]) for r in rows] == list(range(1, 9))
     assert [r["picked"] for r in rows[:3]] == ["1"] * 3 and all(r["picked"] == "0" for r in rows[3:])
@@ -48,10 +78,28 @@ def test_suggest_ranks_an_unseen_appearance_and_skips_duplicates(tmp_path, capsy
 
 @pytest.mark.slow
 def test_suggest_needs_a_run_with_a_flow(tmp_path, capsys):
-    config = T.TrainConfig(method="mean_teacher", synthetic_size=64, synthetic_train=4, synthetic_test=1, crop_size=64,
-                           iterations=1, label_ratio="1/2", eval_pictures=0, eval_tile=64, eval_overlap=16)
+    config = T.TrainConfig(
+        method="mean_teacher",
+        synthetic_size=64,
+        synthetic_train=4,
+        synthetic_test=1,
+        crop_size=64,
+        iterations=1,
+        label_ratio="1/2",
+        eval_pictures=0,
+        eval_tile=64,
+        eval_overlap=16,
+    )
     T.train(config, tmp_path / "run", progress=False)
     with pytest.raises(SystemExit):
-        S.main(["--weights", str(tmp_path / "run" / "checkpoint.pt"), "--images", str(tmp_path), "--out",
-                str(tmp_path / "o")])
+        S.main(
+            [
+                "--weights",
+                str(tmp_path / "run" / "checkpoint.pt"),
+                "--images",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
     assert "holds no flow" in capsys.readouterr().err

@@ -102,12 +102,14 @@ def test_presets_grow_harder_from_easy_to_medium_to_hard():
     stats = []
     for preset in ("easy", "medium", "hard"):
         samples = [SyntheticGlands(preset, size=192, seed=3).draw(i) for i in range(6)]
-        stats.append((
-            np.mean([len(np.unique(s.instances[s.instances > 0])) for s in samples]),
-            np.mean([len(_touching_pairs(s.instances)) for s in samples]),
-            np.mean([ndimage.label(s.distractors)[1] for s in samples]),
-            np.mean([(s.instances > 0).mean() for s in samples]),
-        ))
+        stats.append(
+            (
+                np.mean([len(np.unique(s.instances[s.instances > 0])) for s in samples]),
+                np.mean([len(_touching_pairs(s.instances)) for s in samples]),
+                np.mean([ndimage.label(s.distractors)[1] for s in samples]),
+                np.mean([(s.instances > 0).mean() for s in samples]),
+            )
+        )
     for easier, harder in zip(stats, stats[1:]):
         assert all(a < b for a, b in zip(easier, harder)), stats
 
@@ -164,8 +166,9 @@ def test_instance_boundaries_matches_naive_loop(labels):
     h, w = labels.shape
     for y in range(h):
         for x in range(w):
-            neighbours = [labels[v, u] for v, u in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1))
-                          if 0 <= v < h and 0 <= u < w]
+            neighbours = [
+                labels[v, u] for v, u in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)) if 0 <= v < h and 0 <= u < w
+            ]
             expected = labels[y, x] > 0 and any(n != labels[y, x] for n in neighbours)
             assert got[y, x] == expected
 
@@ -210,8 +213,17 @@ def test_constructor_and_index_errors():
 
 def test_custom_preset_is_used():
     crowded = GlandPreset(
-        glands=(12, 12), radius=(20, 22), irregularity=0.0, touching=0.9, gap=0, distractors=(0, 0),
-        contrast=1.0, stain_jitter=0.0, blur=0.5, noise=0.0, malignant=0.0,
+        glands=(12, 12),
+        radius=(20, 22),
+        irregularity=0.0,
+        touching=0.9,
+        gap=0,
+        distractors=(0, 0),
+        contrast=1.0,
+        stain_jitter=0.0,
+        blur=0.5,
+        noise=0.0,
+        malignant=0.0,
     )
     sample = SyntheticGlands(crowded, size=128, seed=0).draw(0)
     assert not sample.distractors.any()

@@ -24,9 +24,23 @@ from examples.dpfr_gland.model import CENetOutput
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(
-    synthetic_size=80, synthetic_train=6, synthetic_test=1, crop_size=64, batch_labelled=2, batch_unlabelled=2,
-    flow_hidden=32, flow_warmup=1, supervised_warmup=0, rampup=0, projection_hidden=16, projection_dim=8,
-    num_anchors=16, num_negatives=32, log_every=1, eval_pictures=0, label_ratio="1/3",
+    synthetic_size=80,
+    synthetic_train=6,
+    synthetic_test=1,
+    crop_size=64,
+    batch_labelled=2,
+    batch_unlabelled=2,
+    flow_hidden=32,
+    flow_warmup=1,
+    supervised_warmup=0,
+    rampup=0,
+    projection_hidden=16,
+    projection_dim=8,
+    num_anchors=16,
+    num_negatives=32,
+    log_every=1,
+    eval_pictures=0,
+    label_ratio="1/3",
 )
 
 
@@ -96,20 +110,23 @@ def test_overrides_convert_to_field_types():
     assert T.TrainConfig().iterations != 7  # the input is not modified
 
 
-@pytest.mark.parametrize("assignment, pattern", [
-    ("iterations=abc", "iterations: expected int"),
-    ("lr=fast", "lr: expected float"),
-    ("amp=maybe", "amp: expected a bool"),
-    ("nosuchkey=1", "'nosuchkey'"),
-    ("xi", "key=value"),
-    ("method=teacher", "method must be one of"),
-    ("crop_size=100", "crop_size must be a positive multiple of 32"),
-    ("iterations=0", "iterations must be >= 1"),
-    ("lr=nan", "lr must be a finite number"),
-    ("ema_decay=1.5", "ema_decay"),
-    ("label_ratio=2", "label_ratio"),
-    ("flow_warmup=0", "flow_warmup"),
-])
+@pytest.mark.parametrize(
+    "assignment, pattern",
+    [
+        ("iterations=abc", "iterations: expected int"),
+        ("lr=fast", "lr: expected float"),
+        ("amp=maybe", "amp: expected a bool"),
+        ("nosuchkey=1", "'nosuchkey'"),
+        ("xi", "key=value"),
+        ("method=teacher", "method must be one of"),
+        ("crop_size=100", "crop_size must be a positive multiple of 32"),
+        ("iterations=0", "iterations must be >= 1"),
+        ("lr=nan", "lr must be a finite number"),
+        ("ema_decay=1.5", "ema_decay"),
+        ("label_ratio=2", "label_ratio"),
+        ("flow_warmup=0", "flow_warmup"),
+    ],
+)
 def test_override_errors_name_the_key(assignment, pattern):
     with pytest.raises(ValueError, match=pattern):
         T.apply_overrides(T.TrainConfig(), [assignment])
@@ -147,8 +164,13 @@ def test_unsupervised_weight_schedule():
 
 
 @settings(max_examples=30, deadline=None)
-@given(size=st.integers(1, 9), batch=st.integers(1, 4), start=st.integers(0, 12), world=st.integers(1, 3),
-       seed=st.integers(0, 5))
+@given(
+    size=st.integers(1, 9),
+    batch=st.integers(1, 4),
+    start=st.integers(0, 12),
+    world=st.integers(1, 3),
+    seed=st.integers(0, 5),
+)
 def test_batch_stream_resumes_and_covers(size, batch, start, world, seed):
     streams = [iter(T.BatchStream(size, batch, seed, rank, world)) for rank in range(world)]
     full = [[next(s) for _ in range(start + 3)] for s in streams]
@@ -253,7 +275,8 @@ def test_one_teacher_pass_per_step_and_one_student_forward():
     trainer.teacher.model.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape[0]))
     student_io = []
     trainer.student.register_forward_hook(
-        lambda module, inputs, output: student_io.append((inputs[0].shape[0], output.logits.shape[0])))
+        lambda module, inputs, output: student_io.append((inputs[0].shape[0], output.logits.shape[0]))
+    )
     for step in range(3):
         trainer.step(*batches(step, n_l=2, n_u=3))
     assert seen == [5, 5, 5]
@@ -295,6 +318,7 @@ def test_random_direction_control_steps_the_same_length_in_a_fresh_direction():
     assert not isinstance(trainer.perturbation, densessl.DensityPerturbation)
     steps = []
     real = trainer.perturbation.forward
+
     def recording(f):
         out = real(f)  # drawn once: the step recorded is the step the training used
         steps.append((f.detach(), out.detach()))
@@ -306,8 +330,9 @@ def test_random_direction_control_steps_the_same_length_in_a_fresh_direction():
     assert len(steps) == 2
     for features, perturbed in steps:
         rho = perturbed - features
-        torch.testing.assert_close(torch.linalg.vector_norm(rho, dim=1),
-                                   0.3 * torch.linalg.vector_norm(features, dim=1), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(
+            torch.linalg.vector_norm(rho, dim=1), 0.3 * torch.linalg.vector_norm(features, dim=1), rtol=1e-4, atol=1e-6
+        )
     cosine = torch.nn.functional.cosine_similarity(steps[0][1] - steps[0][0], steps[1][1] - steps[1][0], dim=1)
     assert cosine.abs().mean() < 0.3  # independent directions (the features differ little between steps)
     assert all(float(row["flip"]) >= 0 and torch.isfinite(row["fdp"]) for row in logs)
@@ -372,7 +397,7 @@ def _majority(labels: np.ndarray, block: int, min_fraction: float = 0.0) -> np.n
     for i in range(b):
         for y in range(h // block):
             for x in range(w // block):
-                cell = labels[i, y * block:(y + 1) * block, x * block:(x + 1) * block]
+                cell = labels[i, y * block : (y + 1) * block, x * block : (x + 1) * block]
                 counts = np.bincount(cell.ravel(), minlength=3)
                 out[i, y, x] = counts.argmax() if counts.max() >= min_fraction * cell.size else 255
     return out
@@ -383,8 +408,11 @@ def test_flow_fits_teacher_features_labelled_by_class_unlabelled_by_mixture(monk
     # The paper's objective: the teacher's features of labelled images under their true class,
     # of unlabelled images under the mixture (no pseudo labels), all detached.
     torch.manual_seed(0)
-    trainer = T.Trainer(tiny_config(method="fdp", flow_noise=0.0, perturb_at=site, flow_pixels=10**6,
-                                    flow_normalize=site == "classifier"))
+    trainer = T.Trainer(
+        tiny_config(
+            method="fdp", flow_noise=0.0, perturb_at=site, flow_pixels=10**6, flow_normalize=site == "classifier"
+        )
+    )
     teacher_features = []
     trainer.teacher.model.register_forward_hook(lambda m, i, out: teacher_features.append(out.features))
     seen = []
@@ -392,7 +420,7 @@ def test_flow_fits_teacher_features_labelled_by_class_unlabelled_by_mixture(monk
     monkeypatch.setattr(trainer.flow, "nll", lambda f, y, **k: seen.append((f, y)) or real_nll(f, y, **k))
     labelled, unlabelled = batches(0)
     trainer.step(labelled, unlabelled)
-    (features, labels), = seen
+    ((features, labels),) = seen
     c = trainer.flow.channels
     expected = teacher_features[0].permute(0, 2, 3, 1).reshape(-1, c)  # [labelled; unlabelled] teacher rows
     if trainer.config.flow_normalize:  # the flow sees L2-normalised features (and so does the perturbation)
@@ -402,10 +430,10 @@ def test_flow_fits_teacher_features_labelled_by_class_unlabelled_by_mixture(monk
     block = 32 if site == "bottleneck" else 1
     truth = _majority(labelled[1].numpy(), block, min_fraction=0.5).reshape(-1)
     flat = labels.reshape(-1)
-    assert flat[:truth.size].tolist() == truth.tolist()
-    assert bool((flat[truth.size:] == 255).all())  # unlabelled pixels: the mixture
+    assert flat[: truth.size].tolist() == truth.tolist()
+    assert bool((flat[truth.size :] == 255).all())  # unlabelled pixels: the mixture
     if site == "classifier":  # the full-resolution site keeps every class, contours included
-        assert set(flat[:truth.size].tolist()) == {0, 1, 2}
+        assert set(flat[: truth.size].tolist()) == {0, 1, 2}
     # at most flow_pixels pixels per step
     trainer.config.flow_pixels = 5
     seen.clear()
@@ -436,6 +464,7 @@ def test_cutmix_keeps_pseudo_labels_aligned_with_student_pixels(monkeypatch):
     trainer = T.Trainer(tiny_config(method="mean_teacher"))
     trainer.teacher = _ImageTeacher()
     from examples.dpfr_gland import augment
+
     monkeypatch.setattr(augment, "strong_from_weak", lambda images, generator: images.clone())
     boxes = []
     real_cutmix = augment.cutmix
@@ -451,8 +480,9 @@ def test_cutmix_keeps_pseudo_labels_aligned_with_student_pixels(monkeypatch):
     from examples.dpfr_gland import step as S
 
     real_ce = S.masked_cross_entropy
-    monkeypatch.setattr(S, "masked_cross_entropy", lambda logits, labels, **k: targets.append(labels) or real_ce(
-        logits, labels, **k))
+    monkeypatch.setattr(
+        S, "masked_cross_entropy", lambda logits, labels, **k: targets.append(labels) or real_ce(logits, labels, **k)
+    )
     labelled, unlabelled = batches(0, n_l=2, n_u=4)
     trainer.step(labelled, unlabelled)
     student_unlabelled = inputs[0][2:6]
@@ -489,8 +519,15 @@ def test_the_logged_total_is_the_papers_equation_of_the_logged_terms(method):
     """L = sup + w(t) (lambda_u mt + alpha_1 fdp + alpha_2 contrast), each term as logged, the absent
     ones zero; during the ramp (0 < w < 1) and with the perturbation on."""
     torch.manual_seed(0)
-    config = tiny_config(method=method, supervised_warmup=0, rampup=4, flow_warmup=1, unsup_weight=0.7,
-                         alpha_perturbed=0.4, alpha_contrast=0.2)
+    config = tiny_config(
+        method=method,
+        supervised_warmup=0,
+        rampup=4,
+        flow_warmup=1,
+        unsup_weight=0.7,
+        alpha_perturbed=0.4,
+        alpha_contrast=0.2,
+    )
     trainer = T.Trainer(config)
     for t in range(3):
         labelled, unlabelled = batches(t)
@@ -541,8 +578,12 @@ def test_every_method_runs_and_writes_files(method, tmp_path):
         "fr": {"mt", "kept", "contrast"},
         "dpfr": {"mt", "kept", "fdp", "fdp_gain", "flip", "contrast", "flow_nll_per_dim"},
     }
-    semi = set() if method == "supervised" else {"skipped"} | {
-        f"{kind}_{c}" for kind in ("kept", "share", "pseudo") for c in ("background", "interior", "contour")}
+    semi = (
+        set()
+        if method == "supervised"
+        else {"skipped"}
+        | {f"{kind}_{c}" for kind in ("kept", "share", "pseudo") for c in ("background", "interior", "contour")}
+    )
     assert set(result["history"][-1]) == {"iteration", "loss", "sup", "weight"} | expected[method] | semi
     for name in ("checkpoint.pt", "model.pt", "metrics.json", "losses.png", "config.json", "log.jsonl"):
         assert (tmp_path / name).is_file(), name
@@ -560,8 +601,9 @@ def test_every_method_runs_and_writes_files(method, tmp_path):
 def test_resume_continues_exactly(tmp_path, monkeypatch):
     torch.use_deterministic_algorithms(True)
     try:
-        config = tiny_config(method="dpfr", iterations=4, flow_warmup=1, supervised_warmup=1, rampup=2,
-                             checkpoint_every=2)
+        config = tiny_config(
+            method="dpfr", iterations=4, flow_warmup=1, supervised_warmup=1, rampup=2, checkpoint_every=2
+        )
         straight = T.train(config, tmp_path / "straight", progress=False)["history"]
         # the same run, killed after its checkpoint at iteration 2 (the poly learning rate
         # depends on the total, so the interrupted run must be the same config)
@@ -578,8 +620,9 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
         monkeypatch.setattr(T.Trainer, "step", real_step)
         state = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
         assert state["iteration"] == 2 and len(state["history"]) == 2
-        resumed = T.train(config, tmp_path / "split", resume=tmp_path / "split" / "checkpoint.pt",
-                          progress=False)["history"]
+        resumed = T.train(config, tmp_path / "split", resume=tmp_path / "split" / "checkpoint.pt", progress=False)[
+            "history"
+        ]
     finally:
         torch.use_deterministic_algorithms(False)
     assert [row["iteration"] for row in resumed] == [0, 1, 2, 3]
@@ -595,8 +638,9 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
 def test_resume_keeps_history_and_log_when_checkpoints_and_logs_interleave(tmp_path, monkeypatch):
     # checkpoint_every not a multiple of log_every: the checkpoint at 2 must hold rows 0 and 1,
     # and rows logged after it (row 2) must not appear twice in log.jsonl after the resume.
-    config = tiny_config(method="supervised", iterations=4, log_every=3, checkpoint_every=2, synthetic_train=2,
-                         label_ratio="1/2")
+    config = tiny_config(
+        method="supervised", iterations=4, log_every=3, checkpoint_every=2, synthetic_train=2, label_ratio="1/2"
+    )
     straight = T.train(config, tmp_path / "straight", progress=False)["history"]
     real_step = T.Trainer.step
 
@@ -609,8 +653,9 @@ def test_resume_keeps_history_and_log_when_checkpoints_and_logs_interleave(tmp_p
     with pytest.raises(KeyboardInterrupt):
         T.train(config, tmp_path / "split", progress=False)
     monkeypatch.setattr(T.Trainer, "step", real_step)
-    assert [row["iteration"] for row in torch.load(tmp_path / "split" / "checkpoint.pt",
-                                                   weights_only=True)["history"]] == [0, 1]
+    assert [
+        row["iteration"] for row in torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)["history"]
+    ] == [0, 1]
     resumed = T.train(config, tmp_path / "split", resume=tmp_path / "split" / "checkpoint.pt", progress=False)
     assert resumed["history"] == straight and [row["iteration"] for row in straight] == [0, 1, 2, 3]
     logged = [json.loads(line) for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
@@ -618,24 +663,52 @@ def test_resume_keeps_history_and_log_when_checkpoints_and_logs_interleave(tmp_p
 
 
 def test_resume_refuses_another_method(tmp_path):
-    T.train(tiny_config(method="supervised", iterations=1, synthetic_train=2, label_ratio="1/2"), tmp_path,
-            progress=False)
+    T.train(
+        tiny_config(method="supervised", iterations=1, synthetic_train=2, label_ratio="1/2"), tmp_path, progress=False
+    )
     with pytest.raises(ValueError, match="method='supervised'"):
-        T.train(tiny_config(method="mean_teacher", iterations=2, synthetic_train=2, label_ratio="1/2"),
-                tmp_path / "b", resume=tmp_path / "checkpoint.pt", progress=False)
+        T.train(
+            tiny_config(method="mean_teacher", iterations=2, synthetic_train=2, label_ratio="1/2"),
+            tmp_path / "b",
+            resume=tmp_path / "checkpoint.pt",
+            progress=False,
+        )
 
 
 @pytest.mark.slow
 def test_two_process_ddp_on_cpu(tmp_path):
-    config = dict(TINY, method="dpfr", iterations=2, synthetic_train=4, label_ratio="1/2", batch_labelled=1,
-                  batch_unlabelled=2, device="cpu")
+    config = dict(
+        TINY,
+        method="dpfr",
+        iterations=2,
+        synthetic_train=4,
+        label_ratio="1/2",
+        batch_labelled=1,
+        batch_unlabelled=2,
+        device="cpu",
+    )
     (tmp_path / "c.json").write_text(json.dumps(config))
     env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "examples.dpfr_gland.train", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "out"),
-         "--no-progress"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "examples.dpfr_gland.train",
+            "--config",
+            str(tmp_path / "c.json"),
+            "--out",
+            str(tmp_path / "out"),
+            "--no-progress",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "2 process(es)" in result.stdout
@@ -644,7 +717,8 @@ def test_two_process_ddp_on_cpu(tmp_path):
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [row["iteration"] for row in rows] == [0, 1]  # written once, not once per rank
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["checkpoint.pt", "config.json", "log.jsonl", "losses.png", "metrics.json", "model.pt"])
+        ["checkpoint.pt", "config.json", "log.jsonl", "losses.png", "metrics.json", "model.pt"]
+    )
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["iteration"] == 2 and not any(k.startswith("module.") for k in state["student"])
 
@@ -667,8 +741,11 @@ def test_flow_gradient_is_clipped_to_the_configured_norm(monkeypatch):
 
 def test_flow_labelled_features_from_the_student_need_no_labelled_teacher_pass(monkeypatch):
     torch.manual_seed(0)
-    trainer = T.Trainer(tiny_config(method="fdp", flow_labelled_source="student", flow_noise=0.0,
-                                    flow_pixels=10**6, flow_normalize=False))
+    trainer = T.Trainer(
+        tiny_config(
+            method="fdp", flow_labelled_source="student", flow_noise=0.0, flow_pixels=10**6, flow_normalize=False
+        )
+    )
     seen, student_features = [], []
     trainer.teacher.model.register_forward_hook(lambda m, i, out: seen.append(i[0].shape[0]))
     trainer.student.register_forward_hook(lambda m, i, out: student_features.append(out.features.detach()))
@@ -710,7 +787,7 @@ def test_poly_schedule_sets_the_optimiser_learning_rate_every_step():
         tiny_config(lr_schedule="cosine")
 
 
-_DDP_TEACHERS = r'''
+_DDP_TEACHERS = r"""
 import sys
 import torch
 import torch.distributed as dist
@@ -763,7 +840,7 @@ assert digests[0] != digests[1], "without the broadcast the teachers' statistics
 if rank == 0:
     print("TEACHERS EQUAL")
 dist.destroy_process_group()
-'''
+"""
 
 
 @pytest.mark.slow
@@ -773,7 +850,12 @@ def test_ddp_teachers_have_equal_weights_and_buffers_on_every_rank(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(ROOT)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "TEACHERS EQUAL" in result.stdout
 
@@ -851,8 +933,11 @@ def test_contour_weight_weighs_the_contour_class_in_every_cross_entropy(monkeypa
     trainer = T.Trainer(tiny_config(method="mean_teacher", contour_weight=3.0, supervised_warmup=0, rampup=0))
     calls = []
     real = S.masked_cross_entropy
-    monkeypatch.setattr(S, "masked_cross_entropy", lambda logits, labels, **k: calls.append((logits, labels, k))
-                        or real(logits, labels, **k))
+    monkeypatch.setattr(
+        S,
+        "masked_cross_entropy",
+        lambda logits, labels, **k: calls.append((logits, labels, k)) or real(logits, labels, **k),
+    )
     logs = trainer.step(*batches(0))
     (s_l, y_l, k_sup), (_, _, k_mt) = calls[:2]
     expected = F.cross_entropy(s_l.float(), y_l, weight=torch.tensor([1.0, 1.0, 3.0]), ignore_index=255)

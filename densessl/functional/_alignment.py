@@ -10,8 +10,9 @@ import torch
 from .._checks import check_finite, check_labels, check_logits, check_number, check_tensor
 
 
-def align_distribution(logits: torch.Tensor, source: torch.Tensor, target: torch.Tensor,
-                       eps: float = 1e-6) -> torch.Tensor:
+def align_distribution(
+    logits: torch.Tensor, source: torch.Tensor, target: torch.Tensor, eps: float = 1e-6
+) -> torch.Tensor:
     r"""Shift class scores so that their softmax is :math:`p \cdot \pi_t / \pi_s`, renormalised.
 
     ``softmax(align_distribution(z, s, t)) = normalise(softmax(z) * t / s)`` per pixel: classes
@@ -64,8 +65,9 @@ def align_distribution(logits: torch.Tensor, source: torch.Tensor, target: torch
     return logits + shift.to(logits.device, logits.dtype).view(1, k, 1, 1)
 
 
-def balancing_weights(labels: torch.Tensor, target: torch.Tensor, ignore_index: int = 255,
-                      max_weight: float = 10.0) -> torch.Tensor:
+def balancing_weights(
+    labels: torch.Tensor, target: torch.Tensor, ignore_index: int = 255, max_weight: float = 10.0
+) -> torch.Tensor:
     r"""Per-class weights under which the used pixels of ``labels`` have the class distribution ``target``.
 
     ``w_c = target_c / share_c`` with ``share_c`` the fraction of non-ignored pixels labelled
@@ -102,8 +104,9 @@ def balancing_weights(labels: torch.Tensor, target: torch.Tensor, ignore_index: 
         >>> [round(w, 3) for w in balancing_weights(labels, torch.tensor([0.5, 0.5])).tolist()]
         [0.667, 2.0]
     """
-    check_tensor("target", target, ndim=1, dims="[K]", dtypes=(torch.float16, torch.bfloat16, torch.float32,
-                                                               torch.float64))
+    check_tensor(
+        "target", target, ndim=1, dims="[K]", dtypes=(torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    )
     check_finite("target", target)
     if bool((target < 0).any()):
         raise ValueError(f"target must be >= 0 (a class distribution), got min {float(target.min()):.4g}")

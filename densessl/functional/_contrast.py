@@ -76,7 +76,11 @@ class ContrastIndices(NamedTuple):
 
 def _check_rows(name: str, rows: object) -> torch.Tensor:
     return check_tensor(
-        name, rows, ndim=2, dims="[N, D]", dtypes=FLOAT_DTYPES,
+        name,
+        rows,
+        ndim=2,
+        dims="[N, D]",
+        dtypes=FLOAT_DTYPES,
         dtype_words="float16, bfloat16, float32 or float64",
     )
 
@@ -284,9 +288,7 @@ def info_nce(
     positive = check_tensor("positive", positive, ndim=1, dims="[A]")
     negatives = check_tensor("negatives", negatives, ndim=2, dims="[A, M]")
     if negatives.shape[0] != positive.shape[0]:
-        raise ValueError(
-            f"negatives must have shape [A={positive.shape[0]}, M], got shape {tuple(negatives.shape)}"
-        )
+        raise ValueError(f"negatives must have shape [A={positive.shape[0]}, M], got shape {tuple(negatives.shape)}")
     tau = float(check_number("temperature", temperature, low=0.0, low_inclusive=False, finite=True))
     scaled = negatives / tau
     if negative_mask is not None:
@@ -402,16 +404,19 @@ def hard_anchor_contrast(
     if num_classes is not None:
         num_classes = int(check_number("num_classes", num_classes, low=1, integer=True))
         if probabilities is not None and probabilities.shape[1] != num_classes:
-            raise ValueError(f"probabilities must have K=num_classes={num_classes} classes in dim 1, "
-                             f"got shape {tuple(probabilities.shape)}")
+            raise ValueError(
+                f"probabilities must have K=num_classes={num_classes} classes in dim 1, "
+                f"got shape {tuple(probabilities.shape)}"
+            )
     elif probabilities is not None:
         num_classes = probabilities.shape[1]
     labels = check_labels("labels", labels, num_classes=num_classes, ignore_index=ignore_index)
     check_same_spatial("embeddings", embeddings, "labels", labels)
     used = labels != ignore_index
     if used.numel() and bool((labels[used] < 0).any()):
-        raise ValueError(f"labels must hold class indices >= 0 or ignore_index={ignore_index}, "
-                         f"got {int(labels[used].min())}")
+        raise ValueError(
+            f"labels must hold class indices >= 0 or ignore_index={ignore_index}, got {int(labels[used].min())}"
+        )
     if mask is not None:
         check_mask("mask", mask, shape=labels.shape)
         used = used & mask
@@ -430,8 +435,9 @@ def hard_anchor_contrast(
     flat_used = used.reshape(-1)
     pixel_index = torch.nonzero(flat_used).squeeze(1)
     row_labels = labels.reshape(-1)[pixel_index]
-    empty = ContrastIndices(pixel_index[:0], row_labels[:0], None if num_negatives is None else
-                            pixel_index.new_zeros(0, num_negatives))
+    empty = ContrastIndices(
+        pixel_index[:0], row_labels[:0], None if num_negatives is None else pixel_index.new_zeros(0, num_negatives)
+    )
     if row_labels.numel() == 0:
         return (zero, empty) if return_indices else zero
     k = num_classes if num_classes is not None else int(row_labels.max()) + 1

@@ -79,8 +79,9 @@ def ema_update_(targets: Sequence[torch.Tensor], sources: Sequence[torch.Tensor]
         if not t.is_floating_point():
             raise TypeError(f"targets[{i}] must be floating point, got {str(t.dtype).replace('torch.', '')}")
         if t.shape != s.shape:
-            raise ValueError(f"sources[{i}] must have shape {tuple(t.shape)} like targets[{i}], "
-                             f"got shape {tuple(s.shape)}")
+            raise ValueError(
+                f"sources[{i}] must have shape {tuple(t.shape)} like targets[{i}], got shape {tuple(s.shape)}"
+            )
         if t.dtype != s.dtype:
             raise TypeError(f"sources[{i}] must have dtype {t.dtype} like targets[{i}], got {s.dtype}")
         if t.device != s.device:

@@ -55,8 +55,9 @@ def entropy(logits: torch.Tensor, dim: int = 1, normalized: bool = False) -> tor
     check_finite("logits", logits)
     k = logits.shape[dim]
     if normalized and k < 2:
-        raise ValueError(f"logits needs at least 2 classes along dim={dim} to normalise by log K, "
-                         f"got shape {tuple(logits.shape)}")
+        raise ValueError(
+            f"logits needs at least 2 classes along dim={dim} to normalise by log K, got shape {tuple(logits.shape)}"
+        )
     work = logits if logits.dtype == torch.float64 else logits.float()
     with torch.autocast(device_type=work.device.type, enabled=False):
         log_p = torch.log_softmax(work, dim=dim)

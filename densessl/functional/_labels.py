@@ -97,8 +97,10 @@ def downsample_labels(
         # ignore_index is out of range (it would pass "nearest" silently and crash one_hot).
         negative = (labels < 0) & (labels != ignore_index)
         if bool(negative.any()):
-            raise ValueError(f"labels must hold class indices >= 0 or ignore_index={ignore_index}, "
-                             f"got {int(negative.sum())} value(s) outside, e.g. {int(labels[negative][0])}")
+            raise ValueError(
+                f"labels must hold class indices >= 0 or ignore_index={ignore_index}, "
+                f"got {int(negative.sum())} value(s) outside, e.g. {int(labels[negative][0])}"
+            )
     if tuple(labels.shape[-2:]) == out_hw:
         return labels.clone()
     if mode == "nearest":
@@ -186,8 +188,14 @@ def masked_cross_entropy(
         check_mask("mask", mask, shape=labels.shape)
         used = used & mask
     if weight is not None:
-        check_tensor("weight", weight, ndim=1, dims=f"[K={k}]", dtypes=FLOAT_DTYPES,
-                     dtype_words="float16, bfloat16, float32 or float64")
+        check_tensor(
+            "weight",
+            weight,
+            ndim=1,
+            dims=f"[K={k}]",
+            dtypes=FLOAT_DTYPES,
+            dtype_words="float16, bfloat16, float32 or float64",
+        )
         if weight.shape[0] != k:
             raise ValueError(f"weight must have shape [K={k}], got shape {tuple(weight.shape)}")
         check_finite("weight", weight)
@@ -199,15 +207,24 @@ def masked_cross_entropy(
     else:  # F.cross_entropy already multiplied each pixel by weight[target]
         denom = (weight.to(work)[target] * used).sum()
     if pixel_weight is not None:
-        check_tensor("pixel_weight", pixel_weight, ndim=3, dims="[B, H, W]", dtypes=FLOAT_DTYPES,
-                     dtype_words="float16, bfloat16, float32 or float64")
+        check_tensor(
+            "pixel_weight",
+            pixel_weight,
+            ndim=3,
+            dims="[B, H, W]",
+            dtypes=FLOAT_DTYPES,
+            dtype_words="float16, bfloat16, float32 or float64",
+        )
         if pixel_weight.shape != labels.shape:
-            raise ValueError(f"pixel_weight must have the labels' shape {tuple(labels.shape)}, "
-                             f"got shape {tuple(pixel_weight.shape)}")
+            raise ValueError(
+                f"pixel_weight must have the labels' shape {tuple(labels.shape)}, got shape {tuple(pixel_weight.shape)}"
+            )
         check_finite("pixel_weight", pixel_weight)
         if bool(((pixel_weight < 0) | (pixel_weight > 1)).any()):
-            raise ValueError(f"pixel_weight must lie in [0, 1], got values in "
-                             f"[{float(pixel_weight.min()):g}, {float(pixel_weight.max()):g}]")
+            raise ValueError(
+                f"pixel_weight must lie in [0, 1], got values in "
+                f"[{float(pixel_weight.min()):g}, {float(pixel_weight.max()):g}]"
+            )
         per_pixel = per_pixel * pixel_weight.detach().to(work)
     total = (per_pixel * used).sum()
     # No used pixel: total is an exact 0 connected to logits; divide by 1 instead of 0.

@@ -109,12 +109,15 @@ def density_perturbation(
         log_p = log_prob_fn(x.view_as(x))
         check_tensor("log_prob_fn(features)", log_p, ndim=3, dims="[B, H', W']")
         if log_p.shape[0] != b:
-            raise ValueError(f"log_prob_fn(features) must have batch size B={b} in [B, H', W'], "
-                             f"got shape {tuple(log_p.shape)}")
+            raise ValueError(
+                f"log_prob_fn(features) must have batch size B={b} in [B, H', W'], got shape {tuple(log_p.shape)}"
+            )
         check_finite("log_prob_fn(features)", log_p)
         if not log_p.requires_grad:
-            raise ValueError("log_prob_fn(features) must depend differentiably on features "
-                             "(got a result without a graph: is it computed under torch.no_grad()?)")
+            raise ValueError(
+                "log_prob_fn(features) must depend differentiably on features "
+                "(got a result without a graph: is it computed under torch.no_grad()?)"
+            )
         nll = -log_p
         if mask is not None and tuple(log_p.shape) == (b, h, w):
             nll = torch.where(mask, nll, torch.zeros_like(nll))

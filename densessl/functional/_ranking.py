@@ -13,8 +13,9 @@ from ._entropy import entropy
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def low_density_fraction(log_prob: torch.Tensor, reference: torch.Tensor, quantile: float = 0.05,
-                         mask: torch.Tensor | None = None) -> torch.Tensor:
+def low_density_fraction(
+    log_prob: torch.Tensor, reference: torch.Tensor, quantile: float = 0.05, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per image, the share of pixels less likely under the density than most labelled pixels.
 
     The threshold is the ``quantile`` of ``reference`` (log-densities of labelled pixels, e.g.
@@ -72,8 +73,11 @@ def image_entropy(logits: torch.Tensor, mask: torch.Tensor | None = None) -> tor
     """
     check_logits("logits", logits)
     h = entropy(logits.detach(), dim=1, normalized=True)
-    counted = torch.ones_like(h, dtype=torch.bool) if mask is None else \
-        check_mask("mask", mask, shape=(logits.shape[0], *logits.shape[2:]))
+    counted = (
+        torch.ones_like(h, dtype=torch.bool)
+        if mask is None
+        else check_mask("mask", mask, shape=(logits.shape[0], *logits.shape[2:]))
+    )
     return ((h * counted).flatten(1).sum(1) / counted.flatten(1).sum(1).clamp(min=1)).float()
 
 
@@ -104,8 +108,10 @@ def rank_combined(density: torch.Tensor, uncertainty: torch.Tensor, weight: floa
         check_tensor(name, x, ndim=1, dims="[N]", dtypes=_FLOATS)
         check_finite(name, x)
     if density.shape != uncertainty.shape:
-        raise ValueError(f"density and uncertainty must have the same shape, got {tuple(density.shape)} "
-                         f"and {tuple(uncertainty.shape)}")
+        raise ValueError(
+            f"density and uncertainty must have the same shape, got {tuple(density.shape)} "
+            f"and {tuple(uncertainty.shape)}"
+        )
     w = float(check_number("weight", weight, low=0.0, high=1.0))
     return w * _ranks(density) + (1 - w) * _ranks(uncertainty)
 

@@ -54,9 +54,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Colour deconvolution (Ruifrok & Johnston 2001): rows are the optical densities of
 # hematoxylin, eosin and DAB; optical density is linear in stain concentration.
-_RGB_FROM_HED = torch.tensor(
-    [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float64
-)
+_RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float64)
 _RGB_FROM_HED = _RGB_FROM_HED / _RGB_FROM_HED.norm(dim=1, keepdim=True)
 _HED_FROM_RGB = torch.linalg.inv(_RGB_FROM_HED)
 # ITU-R 601 luma weights, as torchvision's rgb_to_grayscale.
@@ -99,8 +97,9 @@ def _torch_generator(generator: object, name: str = "generator") -> torch.Genera
     )
 
 
-def _uniform(shape: Sequence[int], low: float, high: float, generator: torch.Generator | None,
-             device: torch.device) -> torch.Tensor:
+def _uniform(
+    shape: Sequence[int], low: float, high: float, generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
     """Uniform draws in ``[low, high)`` made on the generator's device, moved to ``device``."""
     where = generator.device if generator is not None else device
     u = torch.rand(tuple(shape), generator=generator, device=where, dtype=torch.float32)
@@ -205,8 +204,14 @@ def from_tensor(
         >>> bool((from_tensor(to_tensor(image)) == image).all())
         True
     """
-    tensor = check_tensor("tensor", tensor, ndim=(3, 4), dims="[3, H, W] or [B, 3, H, W]",
-                          dtypes=FLOAT_DTYPES, dtype_words="float16, bfloat16, float32 or float64")
+    tensor = check_tensor(
+        "tensor",
+        tensor,
+        ndim=(3, 4),
+        dims="[3, H, W] or [B, 3, H, W]",
+        dtypes=FLOAT_DTYPES,
+        dtype_words="float16, bfloat16, float32 or float64",
+    )
     if tensor.shape[-3] != 3:
         raise ValueError(f"tensor must have 3 channels (RGB) in dim -3, got shape {tuple(tensor.shape)}")
     check_finite("tensor", tensor)
@@ -281,9 +286,7 @@ def weak_view(
         got = instances.dtype if isinstance(instances, np.ndarray) else type(instances).__name__
         raise TypeError(f"instances must be an integer numpy array [H, W], got {got}")
     if instances.shape != image.shape[:2]:
-        raise ValueError(
-            f"instances must have the image's size {image.shape[:2]} [H, W], got shape {instances.shape}"
-        )
+        raise ValueError(f"instances must have the image's size {image.shape[:2]} [H, W], got shape {instances.shape}")
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
     out_h, out_w = _size_pair(size)
@@ -325,8 +328,9 @@ def _grey(x: torch.Tensor) -> torch.Tensor:
     return (_LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b).unsqueeze(1)
 
 
-def _stain_jitter(x: torch.Tensor, sigma: float, apply: torch.Tensor, generator: torch.Generator | None
-                  ) -> torch.Tensor:
+def _stain_jitter(
+    x: torch.Tensor, sigma: float, apply: torch.Tensor, generator: torch.Generator | None
+) -> torch.Tensor:
     """Scale and shift each stain's concentration: ``c' = c * a + b`` in HED space."""
     b = x.shape[0]
     scale = _uniform((b, 3), 1 - sigma, 1 + sigma, generator, x.device)
@@ -434,15 +438,28 @@ def strong_from_weak(
         >>> strong.shape, bool(torch.equal(strong, strong_from_weak(weak, torch.Generator().manual_seed(0))))
         (torch.Size([2, 3, 16, 16]), True)
     """
-    images = check_tensor("images", images, ndim=4, dims="[B, 3, H, W]", dtypes=FLOAT_DTYPES,
-                          dtype_words="float16, bfloat16, float32 or float64")
+    images = check_tensor(
+        "images",
+        images,
+        ndim=4,
+        dims="[B, 3, H, W]",
+        dtypes=FLOAT_DTYPES,
+        dtype_words="float16, bfloat16, float32 or float64",
+    )
     if images.shape[1] != 3:
         raise ValueError(f"images must have 3 channels (RGB) in dim 1 [B, 3, H, W], got shape {tuple(images.shape)}")
     check_finite("images", images)
     generator = _torch_generator(generator)
-    for name, value in (("jitter_p", jitter_p), ("brightness", brightness), ("contrast", contrast),
-                        ("saturation", saturation), ("stain_p", stain_p), ("stain", stain),
-                        ("grayscale_p", grayscale_p), ("blur_p", blur_p)):
+    for name, value in (
+        ("jitter_p", jitter_p),
+        ("brightness", brightness),
+        ("contrast", contrast),
+        ("saturation", saturation),
+        ("stain_p", stain_p),
+        ("stain", stain),
+        ("grayscale_p", grayscale_p),
+        ("blur_p", blur_p),
+    ):
         check_number(name, value, low=0.0, high=1.0)
     noise_std = float(check_number("noise_std", noise_std, low=0.0, finite=True))
     sigma_low, sigma_high = _range("blur_sigma", blur_sigma, 0.0)
@@ -561,8 +578,7 @@ def cutmix(
             raise ValueError(f"{name} must be [B, H, W] or [B, ..., H, W], got shape {tuple(m.shape)}")
         if (m.shape[0], m.shape[-2], m.shape[-1]) != (b, h, w):
             raise ValueError(
-                f"{name} must match images in batch and spatial size (B={b}, H={h}, W={w}), "
-                f"got shape {tuple(m.shape)}"
+                f"{name} must match images in batch and spatial size (B={b}, H={h}, W={w}), got shape {tuple(m.shape)}"
             )
         if m.device != images.device:
             raise ValueError(f"{name} must be on the same device as images ({images.device}), got {m.device}")

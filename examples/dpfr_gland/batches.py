@@ -35,8 +35,7 @@ def minority_indices(seed: int, start: int, count: int, share: float) -> set[int
         >>> sorted(minority_indices(0, 0, 20, 0.0)), len(minority_indices(0, 0, 20, 1.0))
         ([], 20)
     """
-    return {i for i in range(start, start + count)
-            if np.random.default_rng([seed, i, 7919]).random() < share}
+    return {i for i in range(start, start + count) if np.random.default_rng([seed, i, 7919]).random() < share}
 
 
 class _SyntheticSplit:
@@ -44,8 +43,9 @@ class _SyntheticSplit:
     ``mix = (preset, share)`` a ``share`` of them (by :func:`minority_indices`) come from that
     preset instead, a minority appearance."""
 
-    def __init__(self, preset: str, size: int, seed: int, start: int, count: int,
-                 mix: tuple[str, float] | None = None) -> None:
+    def __init__(
+        self, preset: str, size: int, seed: int, start: int, count: int, mix: tuple[str, float] | None = None
+    ) -> None:
         glands = SyntheticGlands(preset=preset, size=size, seed=seed)
         minority = set() if mix is None else minority_indices(seed, start, count, mix[1])
         other = None if mix is None else SyntheticGlands(preset=mix[0], size=size, seed=seed + 1)
@@ -118,8 +118,10 @@ def split_part(config: TrainConfig, part: str) -> PairedDataset:
         raise ValueError(f"split_file {path} is not valid JSON: {error}") from None
     parts = {k: v for k, v in parts.items() if not k.startswith("_")} if isinstance(parts, dict) else None
     if not parts or not all(isinstance(v, list) and all(isinstance(n, str) for n in v) for v in parts.values()):
-        raise ValueError(f"split_file {path} must hold a JSON object of image-name lists, e.g. "
-                         f'{{"train": ["train_1", ...], "test": [...]}}')
+        raise ValueError(
+            f"split_file {path} must hold a JSON object of image-name lists, e.g. "
+            f'{{"train": ["train_1", ...], "test": [...]}}'
+        )
     if part not in parts:
         raise ValueError(f"split_file {path} has no part {part!r}; it has {', '.join(map(repr, parts))}")
     if not config.data:
@@ -140,8 +142,10 @@ def split_part(config: TrainConfig, part: str) -> PairedDataset:
         pool.update({n: (i, a) for n, i, a in zip(dataset.names, dataset.image_paths, dataset.annotation_paths)})
     missing = [name for name in parts[part] if name not in pool]
     if missing:
-        raise ValueError(f"split_file {path} part {part!r} names {len(missing)} image(s) that {root} does not "
-                         f"hold: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
+        raise ValueError(
+            f"split_file {path} part {part!r} names {len(missing)} image(s) that {root} does not "
+            f"hold: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}"
+        )
     chosen = parts[part]
     dataset = PairedDataset([pool[n][0] for n in chosen], [pool[n][1] for n in chosen], names=chosen)
     grades = root / "Grade.csv"
@@ -191,8 +195,10 @@ def _native_datasets(config: TrainConfig) -> tuple[Any, Any | None]:
         test = _SyntheticSplit(config.synthetic_preset, size, seed, config.synthetic_train, config.synthetic_test, mix)
         return train, test
     if not config.data:
-        raise ValueError(f"data must name the {config.dataset} folder for dataset={config.dataset!r} "
-                         f"(e.g. --set data=/path/to/{config.dataset})")
+        raise ValueError(
+            f"data must name the {config.dataset} folder for dataset={config.dataset!r} "
+            f"(e.g. --set data=/path/to/{config.dataset})"
+        )
     root = Path(config.data)
     if config.split_file:
         return split_part(config, config.train_split), split_part(config, evaluation_splits(config)[0])
@@ -200,8 +206,9 @@ def _native_datasets(config: TrainConfig) -> tuple[Any, Any | None]:
         reader = GlaSDataset if config.dataset == "glas" else CRAGDataset
         return reader(root, config.train_split), reader(root, evaluation_splits(config)[0])
     train = FolderDataset(root / "images", root / "masks")
-    test = FolderDataset(Path(config.test_data) / "images", Path(config.test_data) / "masks") \
-        if config.test_data else None
+    test = (
+        FolderDataset(Path(config.test_data) / "images", Path(config.test_data) / "masks") if config.test_data else None
+    )
     return train, test
 
 
@@ -237,9 +244,19 @@ class ViewDataset:
         1
     """
 
-    def __init__(self, base: Any, indices: Sequence[int], crop_size: int, seed: int = 0, stream: int = 0,
-                 rank: int = 0, labelled: bool = True, contour_width: int = 2, task: Task | str = "instance",
-                 num_classes: int = 2) -> None:
+    def __init__(
+        self,
+        base: Any,
+        indices: Sequence[int],
+        crop_size: int,
+        seed: int = 0,
+        stream: int = 0,
+        rank: int = 0,
+        labelled: bool = True,
+        contour_width: int = 2,
+        task: Task | str = "instance",
+        num_classes: int = 2,
+    ) -> None:
         self.task, self.num_classes = TASKS[task] if isinstance(task, str) else task, num_classes
         self.base, self.indices = base, [int(i) for i in indices]
         self.crop_size, self.seed, self.stream, self.rank = crop_size, seed, stream, rank
@@ -256,8 +273,9 @@ class ViewDataset:
         tensor = augment.to_tensor(image)
         if not self.labelled:
             return tensor
-        classes = self.task.targets(instances, self.contour_width, self.num_classes,
-                                    name=f"mask of image {self.indices[k]}")
+        classes = self.task.targets(
+            instances, self.contour_width, self.num_classes, name=f"mask of image {self.indices[k]}"
+        )
         return tensor, torch.from_numpy(classes.astype(np.int64))
 
 
@@ -295,16 +313,18 @@ class BatchStream:
         [0, 1]
     """
 
-    def __init__(self, size: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 start: int = 0) -> None:
+    def __init__(
+        self, size: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1, start: int = 0
+    ) -> None:
         if size < 1:
             raise ValueError(f"size must be >= 1 (a non-empty subset), got {size}")
         self.size, self.batch_size, self.seed = size, batch_size, seed
         self.rank, self.world_size, self.start = rank, world_size, start
 
     def _epoch(self, epoch: int) -> list[int]:
-        sampler = DistributedSampler(_Sized(self.size), num_replicas=self.world_size, rank=self.rank,
-                                     shuffle=True, seed=self.seed)
+        sampler = DistributedSampler(
+            _Sized(self.size), num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=self.seed
+        )
         sampler.set_epoch(epoch)
         return list(sampler)
 
@@ -325,5 +345,8 @@ class BatchStream:
 
 
 def _loader(dataset: ViewDataset, stream: BatchStream, num_workers: int, pin: bool) -> Iterator[Any]:
-    return iter(DataLoader(dataset, batch_sampler=stream, num_workers=num_workers, pin_memory=pin,
-                           persistent_workers=num_workers > 0))
+    return iter(
+        DataLoader(
+            dataset, batch_sampler=stream, num_workers=num_workers, pin_memory=pin, persistent_workers=num_workers > 0
+        )
+    )

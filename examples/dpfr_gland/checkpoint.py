@@ -11,8 +11,16 @@ either file a run writes (``checkpoint.pt`` or the ``model.pt`` export): evaluat
 
 from __future__ import annotations
 
-__all__ = ["Run", "atomic_save", "atomic_write", "atomic_write_text", "inference_export", "load_checkpoint",
-           "load_checkpoint_model", "load_run"]
+__all__ = [
+    "Run",
+    "atomic_save",
+    "atomic_write",
+    "atomic_write_text",
+    "inference_export",
+    "load_checkpoint",
+    "load_checkpoint_model",
+    "load_run",
+]
 
 import os
 import tempfile
@@ -80,8 +88,9 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     return atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
-def inference_export(state: dict[str, torch.Tensor], config: dict[str, Any], weights: str = "student",
-                     dtype: torch.dtype = torch.float16) -> dict[str, Any]:
+def inference_export(
+    state: dict[str, torch.Tensor], config: dict[str, Any], weights: str = "student", dtype: torch.dtype = torch.float16
+) -> dict[str, Any]:
     """What a user needs to segment images: one network's weights and the config that rebuilds it.
 
     Floating-point tensors are stored as ``dtype`` (float16 halves the file; loading copies them
@@ -183,8 +192,7 @@ def _fit(module: nn.Module, state: dict[str, torch.Tensor], path: Path, what: st
         )
 
 
-def load_run(path: str | Path, device: str | torch.device = "cpu",
-             networks: Sequence[str] = ("student",)) -> Run:
+def load_run(path: str | Path, device: str | torch.device = "cpu", networks: Sequence[str] = ("student",)) -> Run:
     """Rebuild the ``networks`` of a run from its ``checkpoint.pt`` or its ``model.pt`` export.
 
     The file is read with ``weights_only=True``; its ``"config"`` dict rebuilds the CE-Net
@@ -237,35 +245,51 @@ def load_run(path: str | Path, device: str | torch.device = "cpu",
         if name == "flow":
             continue
         if isinstance(exported, str) and name != exported:
-            raise ValueError(f"checkpoint {path} is an inference export of the {exported} only, got {name!r}; "
-                             f"use the run's checkpoint.pt for the other network")
+            raise ValueError(
+                f"checkpoint {path} is an inference export of the {exported} only, got {name!r}; "
+                f"use the run's checkpoint.pt for the other network"
+            )
         key = next((k for k in (name, "model") if isinstance(checkpoint.get(k), dict)), name)
         state = checkpoint.get(key)
         if not isinstance(state, dict):
-            raise ValueError(f"checkpoint {path} must hold a {name!r} (or 'model') state dict and a 'config' dict, "
-                             f"got keys {sorted(checkpoint)}")
+            raise ValueError(
+                f"checkpoint {path} must hold a {name!r} (or 'model') state dict and a 'config' dict, "
+                f"got keys {sorted(checkpoint)}"
+            )
         model = CENet(num_classes=config.num_classes, backbone=config.backbone, perturb_at=config.perturb_at)
-        _fit(model, state, path, f"{key!r} into CENet({config.backbone}, {config.num_classes} classes, "
-                                 f"perturb_at={config.perturb_at!r})")
+        _fit(
+            model,
+            state,
+            path,
+            f"{key!r} into CENet({config.backbone}, {config.num_classes} classes, perturb_at={config.perturb_at!r})",
+        )
         built[name] = model.to(device).eval()
     if "flow" in networks:
         if not isinstance(checkpoint.get("flow"), dict):
-            raise ValueError(f"checkpoint {path} holds no flow (keys {sorted(checkpoint)}): the flow is in the "
-                             f"checkpoint.pt of an fdp or dpfr run (the model.pt export keeps one network only)")
+            raise ValueError(
+                f"checkpoint {path} holds no flow (keys {sorted(checkpoint)}): the flow is in the "
+                f"checkpoint.pt of an fdp or dpfr run (the model.pt export keeps one network only)"
+            )
         import densessl
 
-        channels = CENet(num_classes=config.num_classes, backbone=config.backbone,
-                         perturb_at=config.perturb_at).feature_channels if built["student"] is None and \
-            built["teacher"] is None else next(m for m in (built["student"], built["teacher"]) if m).feature_channels
-        flow = densessl.FlowDensityHead(channels, config.num_classes, depth=config.flow_depth,
-                                        hidden=config.flow_hidden, ignore_index=255)
+        channels = (
+            CENet(
+                num_classes=config.num_classes, backbone=config.backbone, perturb_at=config.perturb_at
+            ).feature_channels
+            if built["student"] is None and built["teacher"] is None
+            else next(m for m in (built["student"], built["teacher"]) if m).feature_channels
+        )
+        flow = densessl.FlowDensityHead(
+            channels, config.num_classes, depth=config.flow_depth, hidden=config.flow_hidden, ignore_index=255
+        )
         _fit(flow, checkpoint["flow"], path, "'flow'")
         built["flow"] = flow.to(device).eval()
     return Run(config, stored, built["student"], built["teacher"], built["flow"], torch.device(device))
 
 
-def load_checkpoint_model(path: str | Path, device: str | torch.device = "cpu",
-                          weights: str = "student") -> tuple[nn.Module, dict]:
+def load_checkpoint_model(
+    path: str | Path, device: str | torch.device = "cpu", weights: str = "student"
+) -> tuple[nn.Module, dict]:
     """One network of a run, in eval mode, and its stored config (:func:`load_run` of one network).
 
     Args:

@@ -61,15 +61,19 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     lines = ["| method (student) | O.F1 | O.Dice | O.HD | teacher O.F1 | test images |", "|---|---|---|---|---|---|"]
     for method, m in results.items():
         teacher = m.get("teacher")
-        lines.append(f"| {method} | {m['pooled_f1']:.3f} | {m['pooled_dice']:.3f} | {m['pooled_hausdorff']:.1f} | "
-                     f"{teacher['pooled_f1']:.3f} | {m['num_images']} |" if teacher else
-                     f"| {method} | {m['pooled_f1']:.3f} | {m['pooled_dice']:.3f} | {m['pooled_hausdorff']:.1f} | "
-                     f"- | {m['num_images']} |")
+        lines.append(
+            f"| {method} | {m['pooled_f1']:.3f} | {m['pooled_dice']:.3f} | {m['pooled_hausdorff']:.1f} | "
+            f"{teacher['pooled_f1']:.3f} | {m['num_images']} |"
+            if teacher
+            else f"| {method} | {m['pooled_f1']:.3f} | {m['pooled_dice']:.3f} | {m['pooled_hausdorff']:.1f} | "
+            f"- | {m['num_images']} |"
+        )
     return "\n".join(lines)
 
 
 def _pictures(results: dict[str, dict[str, Any]], config: TrainConfig, out: Path, count: int) -> list[Path]:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -98,9 +102,20 @@ def _pictures(results: dict[str, dict[str, Any]], config: TrainConfig, out: Path
     for i in range(count):
         image, gt = test[i]
         panels = [("ground truth", gt)] + [
-            (m, predict_instances(models[m], image, tile=config.eval_tile, overlap=config.eval_overlap,
-                                  min_size=config.min_size, dilation=config.contour_width, scale=config.scale))
-            for m in methods]
+            (
+                m,
+                predict_instances(
+                    models[m],
+                    image,
+                    tile=config.eval_tile,
+                    overlap=config.eval_overlap,
+                    min_size=config.min_size,
+                    dilation=config.contour_width,
+                    scale=config.scale,
+                ),
+            )
+            for m in methods
+        ]
         for ax, (name, instances) in zip(axes[i], panels):
             ax.imshow(draw_outlines(image, np.asarray(instances)))
             ax.set_axis_off()
@@ -110,8 +125,9 @@ def _pictures(results: dict[str, dict[str, Any]], config: TrainConfig, out: Path
     return written
 
 
-def compare(config: TrainConfig, methods: Sequence[str], out: str | Path, pictures: int = 3,
-            progress: bool = True) -> dict[str, dict[str, Any]]:
+def compare(
+    config: TrainConfig, methods: Sequence[str], out: str | Path, pictures: int = 3, progress: bool = True
+) -> dict[str, dict[str, Any]]:
     """Train every method of ``methods`` on ``config`` (its seed and budget), score, tabulate, draw.
 
     Args:
@@ -155,8 +171,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="JSON config shared by every method")
     parser.add_argument("--methods", nargs="+", default=["mean_teacher", "dpfr"], choices=METHODS)
     parser.add_argument("--out", default="outputs/compare", help="output folder")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field for every method (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field for every method (repeatable)",
+    )
     parser.add_argument("--pictures", type=int, default=3, help="test images in predictions.png")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     args = parser.parse_args(argv)

@@ -7,8 +7,17 @@ name the key of any bad value.
 
 from __future__ import annotations
 
-__all__ = ["METHODS", "METHOD_SECTIONS", "SECTIONS", "TrainConfig", "apply_overrides", "config_from_dict",
-           "fields_read", "load_config", "resolve_split_file"]
+__all__ = [
+    "METHODS",
+    "METHOD_SECTIONS",
+    "SECTIONS",
+    "TrainConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "fields_read",
+    "load_config",
+    "resolve_split_file",
+]
 
 import dataclasses
 import difflib
@@ -304,8 +313,10 @@ class TrainConfig:
         if not (math.isfinite(self.contour_weight) and self.contour_weight > 0):
             raise ValueError(f"contour_weight must be a finite number > 0, got {self.contour_weight}")
         if self.contour_weight != 1.0 and not task_of(self).has_instances:
-            raise ValueError(f"contour_weight applies to the instance task (it has a contour class), got "
-                             f"contour_weight={self.contour_weight} with task={self.task!r}")
+            raise ValueError(
+                f"contour_weight applies to the instance task (it has a contour class), got "
+                f"contour_weight={self.contour_weight} with task={self.task!r}"
+            )
         if self.split_file:
             if self.dataset == "synthetic":
                 raise ValueError("split_file names images of a data folder; dataset='synthetic' has none")
@@ -319,8 +330,10 @@ class TrainConfig:
             except ValueError:
                 share_value = -1.0
             if preset not in ("easy", "medium", "hard") or not 0 <= share_value <= 1:
-                raise ValueError(f"synthetic_mix must be 'PRESET:SHARE' with a preset easy/medium/hard and a share "
-                                 f"in [0, 1], got {self.synthetic_mix!r}")
+                raise ValueError(
+                    f"synthetic_mix must be 'PRESET:SHARE' with a preset easy/medium/hard and a share "
+                    f"in [0, 1], got {self.synthetic_mix!r}"
+                )
         if self.labelled:
             try:
                 indices = [int(part) for part in self.labelled.split(",")]
@@ -335,19 +348,43 @@ class TrainConfig:
         if not 0 <= self.flow_label_fraction <= 1:
             raise ValueError(f"flow_label_fraction must be in [0, 1], got {self.flow_label_fraction}")
         if self.cutmix and self.semi and self.batch_unlabelled < 2:
-            raise ValueError(f"cutmix pastes boxes between unlabelled images of a batch and needs "
-                             f"batch_unlabelled >= 2, got {self.batch_unlabelled}; set cutmix=false")
+            raise ValueError(
+                f"cutmix pastes boxes between unlabelled images of a batch and needs "
+                f"batch_unlabelled >= 2, got {self.batch_unlabelled}; set cutmix=false"
+            )
         for name in ("crop_size", "eval_tile"):
             value = getattr(self, name)
             if value < 32 or value % 32:
                 raise ValueError(f"{name} must be a positive multiple of 32, got {value}")
-        for name in ("batch_labelled", "batch_unlabelled", "iterations", "flow_depth", "flow_hidden",
-                     "flow_pixels", "num_anchors", "num_negatives", "projection_hidden", "projection_dim",
-                     "contour_width", "log_every", "synthetic_train", "synthetic_test"):
+        for name in (
+            "batch_labelled",
+            "batch_unlabelled",
+            "iterations",
+            "flow_depth",
+            "flow_hidden",
+            "flow_pixels",
+            "num_anchors",
+            "num_negatives",
+            "projection_hidden",
+            "projection_dim",
+            "contour_width",
+            "log_every",
+            "synthetic_train",
+            "synthetic_test",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("supervised_warmup", "rampup", "num_workers", "checkpoint_every", "eval_overlap",
-                     "eval_limit", "eval_pictures", "min_size", "seed"):
+        for name in (
+            "supervised_warmup",
+            "rampup",
+            "num_workers",
+            "checkpoint_every",
+            "eval_overlap",
+            "eval_limit",
+            "eval_pictures",
+            "min_size",
+            "seed",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("lr", "flow_lr", "threshold", "temperature", "lr_power", "scale"):
@@ -374,8 +411,10 @@ class TrainConfig:
         if not 0 <= self.ema_decay <= 1:
             raise ValueError(f"ema_decay must be in [0, 1], got {self.ema_decay}")
         if self.uses_flow and self.flow_warmup < 1:
-            raise ValueError(f"flow_warmup must be >= 1 for method {self.method!r} (the flow must be fitted "
-                             f"before it perturbs), got {self.flow_warmup}")
+            raise ValueError(
+                f"flow_warmup must be >= 1 for method {self.method!r} (the flow must be fitted "
+                f"before it perturbs), got {self.flow_warmup}"
+            )
         if self.eval_overlap >= self.eval_tile:
             raise ValueError(f"eval_overlap must be smaller than eval_tile={self.eval_tile}, got {self.eval_overlap}")
         if self.synthetic_size < self.crop_size and self.dataset == "synthetic":
@@ -549,20 +588,75 @@ def _parse_value(key: str, text: str, kind: Any) -> object:
 #: The config's fields by section. A method reads the sections :data:`METHOD_SECTIONS` names; the
 #: studies reuse a finished run when every field its method reads is unchanged.
 SECTIONS: dict[str, tuple[str, ...]] = {
-    "data": ("task", "semantic_classes", "dataset", "data", "test_data", "split_file", "train_split", "test_split",
-             "synthetic_preset", "synthetic_size", "synthetic_train", "synthetic_test", "synthetic_seed",
-             "synthetic_mix", "label_ratio", "labelled", "scale", "target_mpp"),
+    "data": (
+        "task",
+        "semantic_classes",
+        "dataset",
+        "data",
+        "test_data",
+        "split_file",
+        "train_split",
+        "test_split",
+        "synthetic_preset",
+        "synthetic_size",
+        "synthetic_train",
+        "synthetic_test",
+        "synthetic_seed",
+        "synthetic_mix",
+        "label_ratio",
+        "labelled",
+        "scale",
+        "target_mpp",
+    ),
     "model": ("backbone", "pretrained"),
-    "optimisation": ("method", "seed", "crop_size", "batch_labelled", "iterations", "lr", "lr_schedule", "lr_power",
-                     "weight_decay", "contour_weight", "augment_labelled"),
+    "optimisation": (
+        "method",
+        "seed",
+        "crop_size",
+        "batch_labelled",
+        "iterations",
+        "lr",
+        "lr_schedule",
+        "lr_power",
+        "weight_decay",
+        "contour_weight",
+        "augment_labelled",
+    ),
     # the teacher, its pseudo labels and the unlabelled branch (every semi-supervised method)
-    "semi": ("ema_decay", "teacher_buffers", "threshold", "pseudo_labels", "min_class_keep", "distribution_alignment",
-             "alignment_momentum", "unsup_class_balance", "unsup_weight", "batch_unlabelled", "cutmix",
-             "supervised_warmup", "rampup"),
+    "semi": (
+        "ema_decay",
+        "teacher_buffers",
+        "threshold",
+        "pseudo_labels",
+        "min_class_keep",
+        "distribution_alignment",
+        "alignment_momentum",
+        "unsup_class_balance",
+        "unsup_weight",
+        "batch_unlabelled",
+        "cutmix",
+        "supervised_warmup",
+        "rampup",
+    ),
     # the flow and the density perturbation (fdp, dpfr)
-    "fdp": ("alpha_perturbed", "xi", "xi_relative", "perturb_at", "perturb_direction", "flow_warmup", "flow_depth",
-            "flow_hidden", "flow_lr", "flow_grad_clip", "flow_pixels", "flow_noise", "flow_normalize",
-            "flow_labelled_source", "flow_pseudo_labels", "flow_label_fraction"),
+    "fdp": (
+        "alpha_perturbed",
+        "xi",
+        "xi_relative",
+        "perturb_at",
+        "perturb_direction",
+        "flow_warmup",
+        "flow_depth",
+        "flow_hidden",
+        "flow_lr",
+        "flow_grad_clip",
+        "flow_pixels",
+        "flow_noise",
+        "flow_normalize",
+        "flow_labelled_source",
+        "flow_pseudo_labels",
+        "flow_label_fraction",
+    ),
     # the projection head and the hard-anchor contrast (fr, dpfr)
     "fr": ("alpha_contrast", "num_anchors", "num_negatives", "temperature", "projection_hidden", "projection_dim"),
     "evaluation": ("contour_width", "min_size", "eval_tile", "eval_overlap", "eval_limit", "eval_pictures"),
@@ -626,8 +720,9 @@ def apply_overrides(config: TrainConfig, assignments: Sequence[str]) -> TrainCon
         section, dot, name = key.rpartition(".")
         if dot:
             if section not in SECTIONS:
-                raise ValueError(f"unknown config section {section!r} in {assignment!r}; the sections are "
-                                 f"{', '.join(SECTIONS)}")
+                raise ValueError(
+                    f"unknown config section {section!r} in {assignment!r}; the sections are {', '.join(SECTIONS)}"
+                )
             if name not in SECTIONS[section]:
                 raise ValueError(f"{name!r} is not in section {section!r} ({', '.join(SECTIONS[section])})")
             key = name

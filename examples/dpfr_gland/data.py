@@ -462,9 +462,7 @@ def read_glas_grades(path: str | Path) -> dict[str, str]:
         name_col = header.index("name")
         grade_col = header.index("grade (glas)")
     except ValueError:
-        raise ValueError(
-            f"grade file {path} needs columns 'name' and 'grade (GlaS)', got header {rows[0]}"
-        ) from None
+        raise ValueError(f"grade file {path} needs columns 'name' and 'grade (GlaS)', got header {rows[0]}") from None
     grades = {}
     for line, row in enumerate(rows[1:], start=2):
         if len(row) <= max(name_col, grade_col):
@@ -694,14 +692,19 @@ def _layout_files(out: Path, layout: str) -> set[Path]:
     else:
         folders, stem = [out / "images", out / "masks"], None
     return {
-        p for folder in folders if folder.is_dir() for p in _images_in(folder)
-        if stem is None or stem.match(p.stem)
+        p for folder in folders if folder.is_dir() for p in _images_in(folder) if stem is None or stem.match(p.stem)
     }
 
 
 def write_synthetic(
-    out: str | Path, layout: str, num: int, preset: str = "medium", size: int | tuple[int, int] = 256, seed: int = 0,
-    overwrite: bool = False, zoom: float = 1.0,
+    out: str | Path,
+    layout: str,
+    num: int,
+    preset: str = "medium",
+    size: int | tuple[int, int] = 256,
+    seed: int = 0,
+    overwrite: bool = False,
+    zoom: float = 1.0,
 ) -> Path:
     """Write ``num`` synthetic gland images to ``out`` in the GlaS, CRAG or plain-folder layout.
 
@@ -758,8 +761,9 @@ def write_synthetic(
             return sample
         from .scale import resize_image, resize_labels
 
-        return sample._replace(image=resize_image(sample.image, shape),
-                               instances=resize_labels(sample.instances, shape))
+        return sample._replace(
+            image=resize_image(sample.image, shape), instances=resize_labels(sample.instances, shape)
+        )
 
     if layout == "glas":
         splits = list(zip(_GLAS_SPLITS, _split_counts(num, (85, 60, 20))))
@@ -841,16 +845,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     synth.add_argument("--layout", choices=("glas", "crag", "folder"), default="glas")
     synth.add_argument("--num", type=int, default=40, help="number of images in all splits together")
     synth.add_argument("--sheet", help="also write a contact sheet PNG of the first samples here")
-    synth.add_argument("--overwrite", action="store_true",
-                       help="delete files of the layout in --out left by an earlier, larger run")
+    synth.add_argument(
+        "--overwrite", action="store_true", help="delete files of the layout in --out left by an earlier, larger run"
+    )
     synth.add_argument(
         "--zoom",
         type=float,
         default=1.0,
         help="glands this many times the generator's size (1.9: median gland area about GlaS's 10 400 px^2 at 20x)",
     )
-    synth.add_argument("--shape", default="", metavar="HxW",
-                       help="image size as HEIGHTxWIDTH instead of a square --size (GlaS: 522x775)")
+    synth.add_argument(
+        "--shape",
+        default="",
+        metavar="HxW",
+        help="image size as HEIGHTxWIDTH instead of a square --size (GlaS: 522x775)",
+    )
     sheet = commands.add_parser("sheet", help="write a contact sheet PNG of synthetic samples with outlines")
     sheet.add_argument("--out", required=True, help="the PNG to write")
     sheet.add_argument("--num", type=int, default=4, help="samples per preset")
@@ -872,8 +881,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 parser.error(f"--shape must be HEIGHTxWIDTH, e.g. 522x775, got {args.shape!r}")
             size = (height, width)
         try:
-            out = write_synthetic(args.out, args.layout, args.num, preset=preset, size=size, seed=args.seed,
-                                  overwrite=args.overwrite, zoom=args.zoom)
+            out = write_synthetic(
+                args.out,
+                args.layout,
+                args.num,
+                preset=preset,
+                size=size,
+                seed=args.seed,
+                overwrite=args.overwrite,
+                zoom=args.zoom,
+            )
         except (FileExistsError, ValueError) as error:
             parser.error(str(error))
         print(f"wrote {args.num} synthetic '{preset}' samples in the {args.layout} layout to {out}")

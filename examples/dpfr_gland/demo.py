@@ -124,8 +124,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     # 1. synthetic glands on disk, read back by the real reader
     # overwrite: a rerun with a smaller --num must not read the earlier run's extra images
-    data_dir = write_synthetic(out / "data", "glas", args.num, preset=args.preset, size=args.size, seed=args.seed,
-                               overwrite=True)
+    data_dir = write_synthetic(
+        out / "data", "glas", args.num, preset=args.preset, size=args.size, seed=args.seed, overwrite=True
+    )
     train, test = GlaSDataset(data_dir, "train"), GlaSDataset(data_dir, "testA")
     write_contact_sheet(out / "contact_sheet.png", presets=(args.preset,), num=4, size=args.size, seed=args.seed)
     print(f"data: {len(train)} train / {len(test)} test images in {data_dir}")
@@ -175,40 +176,54 @@ def main(argv: Sequence[str] | None = None) -> dict:
     predicted = posterior.argmax(1)
     accuracy = float((predicted == test_classes).float().mean())
     majority = float((test_classes == test_classes.flatten().mode().values).float().mean())
-    miou = mean_iou(predicted.flatten(1).numpy().reshape(-1, args.size), test_classes.numpy().reshape(-1, args.size),
-                    num_classes=3)
+    miou = mean_iou(
+        predicted.flatten(1).numpy().reshape(-1, args.size), test_classes.numpy().reshape(-1, args.size), num_classes=3
+    )
     perturb = densessl.DensityPerturbation(head, xi=1.0)
     with torch.no_grad():
         log_p_perturbed = head.log_prob(perturb(test_feats))
     drop = float((log_p - log_p_perturbed).mean())
-    print(f"density head: posterior pixel accuracy {accuracy:.3f} (majority class {majority:.3f}), "
-          f"3-class mIoU {miou:.3f}; "
-          f"a xi=1 perturbation lowers log p by {drop:.3f} nats per pixel on average")
+    print(
+        f"density head: posterior pixel accuracy {accuracy:.3f} (majority class {majority:.3f}), "
+        f"3-class mIoU {miou:.3f}; "
+        f"a xi=1 perturbation lowers log p by {drop:.3f} nats per pixel on average"
+    )
 
     # 5. pictures
     rows = []
     for i in range(min(4, len(test))):
         image = test[i][0]
-        rows.append(np.concatenate([
-            draw_outlines(image, gts[i]),
-            _CLASS_COLOURS[test_classes[i].numpy()],
-            _CLASS_COLOURS[posterior[i].argmax(0).numpy()],
-            _heat(log_p[i].numpy()),
-        ], axis=1))
+        rows.append(
+            np.concatenate(
+                [
+                    draw_outlines(image, gts[i]),
+                    _CLASS_COLOURS[test_classes[i].numpy()],
+                    _CLASS_COLOURS[posterior[i].argmax(0).numpy()],
+                    _heat(log_p[i].numpy()),
+                ],
+                axis=1,
+            )
+        )
     _save(out / "density_demo.png", np.concatenate(rows, axis=0))
 
     summary = {
-        "train_images": len(train), "test_images": len(test),
-        "labelled": len(labelled), "unlabelled": len(unlabelled),
+        "train_images": len(train),
+        "test_images": len(test),
+        "labelled": len(labelled),
+        "unlabelled": len(unlabelled),
         "targets_round_trip_pooled": round_trip,
-        "posterior_accuracy": accuracy, "majority_class_accuracy": majority, "posterior_mean_iou": miou,
+        "posterior_accuracy": accuracy,
+        "majority_class_accuracy": majority,
+        "posterior_mean_iou": miou,
         "perturbation_log_p_drop": drop,
     }
     tmp = out / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))
     tmp.replace(out / "summary.json")
-    print(f"wrote {out / 'contact_sheet.png'}, {out / 'density_demo.png'} (columns: image with outlines, "
-          f"target, posterior class, log p) and {out / 'summary.json'}")
+    print(
+        f"wrote {out / 'contact_sheet.png'}, {out / 'density_demo.png'} (columns: image with outlines, "
+        f"target, posterior class, log p) and {out / 'summary.json'}"
+    )
     return summary
 
 

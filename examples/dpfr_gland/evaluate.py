@@ -116,8 +116,14 @@ def predict(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    image = check_tensor("image", image, ndim=(3, 4), dims="[3, H, W] or [B, 3, H, W]", dtypes=FLOAT_DTYPES,
-                         dtype_words="float16, bfloat16, float32 or float64")
+    image = check_tensor(
+        "image",
+        image,
+        ndim=(3, 4),
+        dims="[3, H, W] or [B, 3, H, W]",
+        dtypes=FLOAT_DTYPES,
+        dtype_words="float16, bfloat16, float32 or float64",
+    )
     check_finite("image", image)
     check_tiling(tile, overlap, batch_size)
     single = image.dim() == 3
@@ -193,8 +199,15 @@ def predict_probabilities(
 
     native = image.shape[:2]
     size = scaled_size(*native, scale, minimum=min(STRIDE, *native), what="image")
-    probs = predict(model, to_tensor(resize_image(image, size), mean, std), tile=tile, overlap=overlap,
-                    batch_size=batch_size, amp=amp, window=window).cpu()
+    probs = predict(
+        model,
+        to_tensor(resize_image(image, size), mean, std),
+        tile=tile,
+        overlap=overlap,
+        batch_size=batch_size,
+        amp=amp,
+        window=window,
+    ).cpu()
     if tuple(probs.shape[-2:]) != tuple(native):
         probs = F.interpolate(probs[None], size=native, mode="bilinear", align_corners=False)[0]
     return probs
@@ -298,8 +311,9 @@ def predict_instances(
         >>> predict_instances(model, np.zeros((40, 40, 3), np.uint8), tile=32).shape
         (40, 40)
     """
-    probs = predict_probabilities(model, image, scale=scale, tile=tile, overlap=overlap, batch_size=batch_size,
-                                  amp=amp, mean=mean, std=std)
+    probs = predict_probabilities(
+        model, image, scale=scale, tile=tile, overlap=overlap, batch_size=batch_size, amp=amp, mean=mean, std=std
+    )
     if probs.shape[0] != 3:
         raise ValueError(
             f"model output (logits) must have 3 classes (background, interior, contour), got {probs.shape[0]}"
@@ -366,16 +380,19 @@ def evaluate_semantic(
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     dice = []
     tp = fp = fn = 0
-    for index, image, mask in tqdm(_samples(dataset, limit), total=_length(dataset, limit), disable=not progress,
-                                   desc="evaluate"):
-        probs = predict_probabilities(model, image, scale=scale, tile=tile, overlap=overlap, batch_size=batch_size,
-                                      amp=amp)
+    for index, image, mask in tqdm(
+        _samples(dataset, limit), total=_length(dataset, limit), disable=not progress, desc="evaluate"
+    ):
+        probs = predict_probabilities(
+            model, image, scale=scale, tile=tile, overlap=overlap, batch_size=batch_size, amp=amp
+        )
         if probs.shape[0] != num_classes:
             raise ValueError(f"model output (logits) must have {num_classes} classes, got {probs.shape[0]}")
         pred = probs.argmax(0).cpu().numpy()
         gt = semantic_targets(mask, num_classes, name=f"mask of image {index}")
-        confusion += np.bincount(gt.ravel() * num_classes + pred.ravel(),
-                                 minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+        confusion += np.bincount(gt.ravel() * num_classes + pred.ravel(), minlength=num_classes * num_classes).reshape(
+            num_classes, num_classes
+        )
         p, g = pred > 0, gt > 0
         tp += int(np.count_nonzero(p & g))
         fp += int(np.count_nonzero(p & ~g))
@@ -437,25 +454,36 @@ def prediction_picture(
     import io
 
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scores = {"f1": float(object_f1(pred, gt)), "dice": float(object_dice(pred, gt)),
-              "hausdorff": float(object_hausdorff(pred, gt))}
+    scores = {
+        "f1": float(object_f1(pred, gt)),
+        "dice": float(object_dice(pred, gt)),
+        "hausdorff": float(object_hausdorff(pred, gt)),
+    }
     h, w = gt.shape
     side = max(3.5, min(6.0, w / 110))
     fig, axes = plt.subplots(1, 3, figsize=(3 * side, side * h / w + 0.5), layout="constrained")
+
     def count(instances: np.ndarray) -> int:
         return len(np.unique(instances[instances > 0]))
 
-    panels = ((image, "image"), (draw_outlines(image, gt.astype(np.int64)), f"ground truth ({count(gt)} glands)"),
-              (draw_outlines(image, pred.astype(np.int64)), f"prediction ({count(pred)} glands)"))
+    panels = (
+        (image, "image"),
+        (draw_outlines(image, gt.astype(np.int64)), f"ground truth ({count(gt)} glands)"),
+        (draw_outlines(image, pred.astype(np.int64)), f"prediction ({count(pred)} glands)"),
+    )
     for ax, (picture, title) in zip(axes, panels):
         ax.imshow(picture, interpolation="nearest")
         ax.set_title(title, fontsize=10)
         ax.set_axis_off()
-    fig.suptitle(f"{name}: object F1 {scores['f1']:.3f}, object Dice {scores['dice']:.3f}, "
-                 f"object Hausdorff {scores['hausdorff']:.1f} px", fontsize=11)
+    fig.suptitle(
+        f"{name}: object F1 {scores['f1']:.3f}, object Dice {scores['dice']:.3f}, "
+        f"object Hausdorff {scores['hausdorff']:.1f} px",
+        fontsize=11,
+    )
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
@@ -555,8 +583,19 @@ def evaluate(
     tp = fp = fn = 0
     samples = _samples(dataset, limit)
     for index, image, gt in tqdm(samples, total=_length(dataset, limit), disable=not progress, desc="evaluate"):
-        pred = predict_instances(model, image, tile=tile, overlap=overlap, batch_size=batch_size,
-                                 min_size=min_size, dilation=dilation, amp=amp, mean=mean, std=std, scale=scale)
+        pred = predict_instances(
+            model,
+            image,
+            tile=tile,
+            overlap=overlap,
+            batch_size=batch_size,
+            min_size=min_size,
+            dilation=dilation,
+            amp=amp,
+            mean=mean,
+            std=std,
+            scale=scale,
+        )
         preds.append(pred)
         gts.append(gt)
         p, g = pred > 0, gt > 0
@@ -640,8 +679,19 @@ def save_predictions(
     written = []
     samples = _samples(dataset, limit)
     for index, image, gt in tqdm(samples, total=_length(dataset, limit), disable=not progress, desc="pictures"):
-        pred = predict_instances(model, image, tile=tile, overlap=overlap, batch_size=batch_size,
-                                 min_size=min_size, dilation=dilation, amp=amp, mean=mean, std=std, scale=scale)
+        pred = predict_instances(
+            model,
+            image,
+            tile=tile,
+            overlap=overlap,
+            batch_size=batch_size,
+            min_size=min_size,
+            dilation=dilation,
+            amp=amp,
+            mean=mean,
+            std=std,
+            scale=scale,
+        )
         name = names[index] if names is not None and index < len(names) else f"{index:04d}"
         path = folder / f"{name}.png"
         _write_prediction(path, image, gt, pred, name)
@@ -663,9 +713,15 @@ def _dataset(data: str, layout: str, split: str) -> object:
     return FolderDataset(root / "images", root / "masks")
 
 
-_TABLE = (("pooled_f1", "O.F1", 3), ("pooled_dice", "O.Dice", 3), ("pooled_hausdorff", "O.HD", 1),
-          ("per_image_f1", "img O.F1", 3), ("per_image_dice", "img O.Dice", 3), ("per_image_hausdorff", "img O.HD", 1),
-          ("pixel_dice", "pixel Dice", 3))
+_TABLE = (
+    ("pooled_f1", "O.F1", 3),
+    ("pooled_dice", "O.Dice", 3),
+    ("pooled_hausdorff", "O.HD", 1),
+    ("per_image_f1", "img O.F1", 3),
+    ("per_image_dice", "img O.Dice", 3),
+    ("per_image_hausdorff", "img O.HD", 1),
+    ("pixel_dice", "pixel Dice", 3),
+)
 
 
 def score_table(rows: dict[str, dict[str, Any]], first: str = "run") -> str:
@@ -710,8 +766,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(prog="python -m examples.dpfr_gland.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", required=True, help="training checkpoint (.pt)")
     parser.add_argument("--data", required=True, help="dataset root")
-    parser.add_argument("--layout", choices=("glas", "crag", "folder"), default="glas",
-                        help="glas: flat GlaS release; crag: SPLIT/Images + Annotation; folder: images/ + masks/")
+    parser.add_argument(
+        "--layout",
+        choices=("glas", "crag", "folder"),
+        default="glas",
+        help="glas: flat GlaS release; crag: SPLIT/Images + Annotation; folder: images/ + masks/",
+    )
     parser.add_argument("--split", default="testA", help="testA / testB / train (GlaS), valid / train (CRAG)")
     parser.add_argument("--out", required=True, help="output folder: metrics.json and pictures/")
     parser.add_argument("--tile", type=int, default=None, help="tile side, a multiple of 32 (default: config or 256)")
@@ -720,15 +780,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser.add_argument(
         "--min-size", type=int, default=None, help="smallest gland interior kept (default: config or 16)"
     )
-    parser.add_argument("--dilation", type=int, default=None,
-                        help="interior growth (default: config contour_width or 2)")
+    parser.add_argument(
+        "--dilation", type=int, default=None, help="interior growth (default: config contour_width or 2)"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--scale", type=float, default=None,
-                        help="network pixels per image pixel (default: the run's scale); scores are on the native grid")
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=None,
+        help="network pixels per image pixel (default: the run's scale); scores are on the native grid",
+    )
     parser.add_argument("--limit", type=int, default=None, help="only the first N images")
     parser.add_argument("--no-pictures", action="store_true", help="do not write pictures")
-    parser.add_argument("--weights", choices=("student", "teacher"), default="student",
-                        help="which network of a training checkpoint (default: student, the paper's)")
+    parser.add_argument(
+        "--weights",
+        choices=("student", "teacher"),
+        default="student",
+        help="which network of a training checkpoint (default: student, the paper's)",
+    )
     args = parser.parse_args(argv)
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -745,9 +814,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
     task = task_of(config)
     num_classes = task.num_classes(int(config.get("semantic_classes", 2)))
-    scores = task.score(model, dataset, num_classes=num_classes, tile=tile, overlap=overlap,
-                        batch_size=args.batch_size, min_size=min_size, dilation=dilation, amp=True, limit=args.limit,
-                        pictures=None if args.no_pictures else out / "pictures", progress=True, scale=scale)
+    scores = task.score(
+        model,
+        dataset,
+        num_classes=num_classes,
+        tile=tile,
+        overlap=overlap,
+        batch_size=args.batch_size,
+        min_size=min_size,
+        dilation=dilation,
+        amp=True,
+        limit=args.limit,
+        pictures=None if args.no_pictures else out / "pictures",
+        progress=True,
+        scale=scale,
+    )
     record = {
         "checkpoint": str(args.checkpoint),
         "weights": args.weights,

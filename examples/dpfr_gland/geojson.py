@@ -55,8 +55,7 @@ def _rings(mask: np.ndarray) -> list[list[tuple[int, int]]]:
                 nxt = options.pop(0)
             else:  # a corner shared by two rings: turn right (towards the set)
                 right = (-direction[1], direction[0])
-                pick = next((i for i, o in enumerate(options)
-                             if (o[0] - current[0], o[1] - current[1]) == right), 0)
+                pick = next((i for i, o in enumerate(options) if (o[0] - current[0], o[1] - current[1]) == right), 0)
                 nxt = options.pop(pick)
             if not options:
                 del edges[current]
@@ -124,25 +123,43 @@ def _boxes(instances: np.ndarray, strip: int = 1024) -> dict[int, tuple[slice, s
     return {label: (slice(b[0], b[1]), slice(b[2], b[3])) for label, b in sorted(boxes.items())}
 
 
-def _feature(instances: np.ndarray, probability: np.ndarray | None, label: int, box: tuple[slice, slice],
-             classification: str, colour: tuple[int, int, int]) -> dict[str, Any]:
+def _feature(
+    instances: np.ndarray,
+    probability: np.ndarray | None,
+    label: int,
+    box: tuple[slice, slice],
+    classification: str,
+    colour: tuple[int, int, int],
+) -> dict[str, Any]:
     mask = np.asarray(instances[box]) == label
     pieces, count = ndimage.label(mask)
     # each piece traced on its own crop: a gland in many pieces must not cost pieces x box area
-    polygons = [_polygon(pieces[piece] == k, (box[1].start + piece[1].start, box[0].start + piece[0].start))
-                for k, piece in enumerate(ndimage.find_objects(pieces), start=1)]
-    geometry = {"type": "Polygon", "coordinates": polygons[0]} if count == 1 else \
-        {"type": "MultiPolygon", "coordinates": polygons}
-    properties: dict[str, Any] = {"objectType": "detection", "id": int(label),
-                                  "classification": {"name": classification, "color": list(colour)},
-                                  "area": int(mask.sum())}
+    polygons = [
+        _polygon(pieces[piece] == k, (box[1].start + piece[1].start, box[0].start + piece[0].start))
+        for k, piece in enumerate(ndimage.find_objects(pieces), start=1)
+    ]
+    geometry = (
+        {"type": "Polygon", "coordinates": polygons[0]}
+        if count == 1
+        else {"type": "MultiPolygon", "coordinates": polygons}
+    )
+    properties: dict[str, Any] = {
+        "objectType": "detection",
+        "id": int(label),
+        "classification": {"name": classification, "color": list(colour)},
+        "area": int(mask.sum()),
+    }
     if probability is not None:
         properties["mean_probability"] = float(np.asarray(probability[box], dtype=np.float64)[mask].mean())
     return {"type": "Feature", "geometry": geometry, "properties": properties}
 
 
-def gland_features(instances: np.ndarray, probability: np.ndarray | None = None, classification: str = "Gland",
-                   colour: tuple[int, int, int] = (0, 200, 120)) -> Iterator[dict[str, Any]]:
+def gland_features(
+    instances: np.ndarray,
+    probability: np.ndarray | None = None,
+    classification: str = "Gland",
+    colour: tuple[int, int, int] = (0, 200, 120),
+) -> Iterator[dict[str, Any]]:
     """The GeoJSON features of :func:`instances_to_geojson`, one at a time, for maps too large to
     hold every polygon: the map's bounding boxes are found strip by strip, then each gland is
     traced on its own crop and yielded, in label order.
@@ -167,8 +184,12 @@ def gland_features(instances: np.ndarray, probability: np.ndarray | None = None,
         yield _feature(instances, probability, label, box, classification, colour)
 
 
-def instances_to_geojson(instances: np.ndarray, probability: np.ndarray | None = None,
-                         classification: str = "Gland", colour: tuple[int, int, int] = (0, 200, 120)) -> dict[str, Any]:
+def instances_to_geojson(
+    instances: np.ndarray,
+    probability: np.ndarray | None = None,
+    classification: str = "Gland",
+    colour: tuple[int, int, int] = (0, 200, 120),
+) -> dict[str, Any]:
     """A GeoJSON ``FeatureCollection`` with one feature per gland of ``instances``.
 
     Each feature is a ``Polygon`` (a ``MultiPolygon`` for a gland in several 4-connected
@@ -266,5 +287,5 @@ def rasterize_geojson(collection: dict[str, Any], shape: tuple[int, int]) -> np.
         for row, xs in crossings.items():
             xs.sort()
             for a, b in zip(xs[0::2], xs[1::2]):
-                out[row, max(0, a):min(width, b)] = label
+                out[row, max(0, a) : min(width, b)] = label
     return out

@@ -13,8 +13,16 @@ memory), TIAToolbox's semantic segmentor (tile-by-tile reading with margins).
 
 from __future__ import annotations
 
-__all__ = ["ArrayRegions", "ScaledRegions", "SlideRegions", "WINDOWS", "instances_by_strips", "predict_large",
-           "tiff_regions", "window_weights"]
+__all__ = [
+    "ArrayRegions",
+    "ScaledRegions",
+    "SlideRegions",
+    "WINDOWS",
+    "instances_by_strips",
+    "predict_large",
+    "tiff_regions",
+    "window_weights",
+]
 
 import math
 from typing import Any, Protocol
@@ -119,8 +127,10 @@ def tiff_regions(path: str) -> ArrayRegions:
     try:
         array = tifffile.memmap(path, mode="r")
     except ValueError as error:
-        raise ValueError(f"{path} cannot be memory-mapped ({error}): it is compressed or tiled; convert it to "
-                         f"an uncompressed TIFF or .npy, or read it with OpenSlide (SlideRegions)") from error
+        raise ValueError(
+            f"{path} cannot be memory-mapped ({error}): it is compressed or tiled; convert it to "
+            f"an uncompressed TIFF or .npy, or read it with OpenSlide (SlideRegions)"
+        ) from error
     return ArrayRegions(array)
 
 
@@ -128,8 +138,10 @@ def _reader(image: Any) -> Any:
     if isinstance(image, np.ndarray):
         return ArrayRegions(image)
     if not (hasattr(image, "shape") and callable(getattr(image, "read_region", None))):
-        raise TypeError(f"image must be a uint8 [H, W, 3] array or have shape and read_region(y, x, h, w), "
-                        f"got {type(image).__name__}")
+        raise TypeError(
+            f"image must be a uint8 [H, W, 3] array or have shape and read_region(y, x, h, w), "
+            f"got {type(image).__name__}"
+        )
     return image
 
 
@@ -245,12 +257,24 @@ def predict_large(
     def read(y: int, x: int, h: int, w: int) -> torch.Tensor:
         region = np.asarray(network.read_region(y, x, h, w))
         if region.shape != (h, w, 3) or region.dtype != np.uint8:
-            raise ValueError(f"read_region({y}, {x}, {h}, {w}) must give a uint8 [{h}, {w}, 3] array, "
-                             f"got {region.dtype} {region.shape}")
+            raise ValueError(
+                f"read_region({y}, {x}, {h}, {w}) must give a uint8 [{h}, {w}, 3] array, "
+                f"got {region.dtype} {region.shape}"
+            )
         return to_tensor(region, mean=mean, std=std)
 
-    for top, probs in blend_tiles(model, net_h, net_w, read, tile=tile, overlap=overlap, batch_size=batch_size,
-                                  window=window, amp=amp, progress=progress):
+    for top, probs in blend_tiles(
+        model,
+        net_h,
+        net_w,
+        read,
+        tile=tile,
+        overlap=overlap,
+        batch_size=batch_size,
+        window=window,
+        amp=amp,
+        progress=progress,
+    ):
         best, classes = probs.max(dim=0)
         rows = np.flatnonzero((source_rows >= top) & (source_rows < top + probs.shape[1]))
         if rows.size == 0:  # enlarging: a band of network rows no native row looks at
@@ -281,8 +305,14 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def instances_by_strips(classes: np.ndarray, min_size: int = 16, dilation: int = 2, connectivity: int = 1,
-                        strip: int = 1024, out: np.ndarray | None = None) -> np.ndarray:
+def instances_by_strips(
+    classes: np.ndarray,
+    min_size: int = 16,
+    dilation: int = 2,
+    connectivity: int = 1,
+    strip: int = 1024,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """:func:`~examples.dpfr_gland.targets.classes_to_instances` of a class map too large to
     label at once, strip by strip; glands cut by a strip border stay whole.
 
@@ -335,7 +365,7 @@ def instances_by_strips(classes: np.ndarray, min_size: int = 16, dilation: int =
         labels, count = local(k)
         offsets.append(total)
         global_labels = np.where(labels > 0, labels + total - 1, 0)
-        flat = (np.arange(y0, y1)[:, None] * width + np.arange(width)[None, :])
+        flat = np.arange(y0, y1)[:, None] * width + np.arange(width)[None, :]
         sizes.append(np.bincount(labels.ravel(), minlength=count + 1)[1:].astype(np.int64))
         first = np.full(count + 1, np.iinfo(np.int64).max, np.int64)
         np.minimum.at(first, labels.ravel(), flat.ravel())

@@ -31,13 +31,20 @@ from .tasks import task_of
 
 def _evaluate(model: nn.Module, dataset: Any, config: TrainConfig, out: Path) -> dict[str, Any]:
     """Test metrics by :func:`examples.dpfr_gland.evaluate.evaluate`, pictures by ``save_predictions``."""
-    options = dict(tile=config.eval_tile, overlap=config.eval_overlap, min_size=config.min_size,
-                   dilation=config.contour_width, amp=config.amp, scale=config.scale)
+    options = dict(
+        tile=config.eval_tile,
+        overlap=config.eval_overlap,
+        min_size=config.min_size,
+        dilation=config.contour_width,
+        amp=config.amp,
+        scale=config.scale,
+    )
     task = task_of(config)
     metrics = task.score(model, dataset, num_classes=config.num_classes, limit=config.eval_limit or None, **options)
     if config.eval_pictures and task.has_instances:
-        evaluate.save_predictions(model, dataset, out / "predictions", limit=config.eval_pictures,
-                                  progress=False, **options)
+        evaluate.save_predictions(
+            model, dataset, out / "predictions", limit=config.eval_pictures, progress=False, **options
+        )
     return dict(metrics)
 
 
@@ -65,8 +72,10 @@ def labelled_split(config: TrainConfig, count: int) -> tuple[Any, Any]:
 
 def _resolve_device(config: TrainConfig, local_rank: int, world_size: int = 1) -> torch.device:
     if world_size > 1 and config.device.startswith("cuda:"):
-        raise ValueError(f"device={config.device!r} under torchrun: each process takes cuda:LOCAL_RANK; set "
-                         f"device=cuda or auto (and CUDA_VISIBLE_DEVICES to choose the cards)")
+        raise ValueError(
+            f"device={config.device!r} under torchrun: each process takes cuda:LOCAL_RANK; set "
+            f"device=cuda or auto (and CUDA_VISIBLE_DEVICES to choose the cards)"
+        )
     if config.device == "auto":
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     if config.device == "cuda":
@@ -74,8 +83,9 @@ def _resolve_device(config: TrainConfig, local_rank: int, world_size: int = 1) -
     return torch.device(config.device)
 
 
-def train(config: TrainConfig, out: str | Path, resume: str | Path | None = None,
-          progress: bool = True) -> dict[str, Any]:
+def train(
+    config: TrainConfig, out: str | Path, resume: str | Path | None = None, progress: bool = True
+) -> dict[str, Any]:
     """Train as ``config`` says, write checkpoints, metrics and the loss picture to ``out``.
 
     Under ``torchrun`` (``WORLD_SIZE > 1`` in the environment) the process group is set up
@@ -113,8 +123,15 @@ def train(config: TrainConfig, out: str | Path, resume: str | Path | None = None
             dist.destroy_process_group()
 
 
-def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: bool, rank: int,
-           world_size: int, device: torch.device) -> dict[str, Any]:
+def _train(
+    config: TrainConfig,
+    out: Path,
+    resume: str | Path | None,
+    progress: bool,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+) -> dict[str, Any]:
     main_process = rank == 0
     if main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -129,32 +146,47 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
         state = load_checkpoint(resume, map_location=device)
         saved_method = state.get("config", {}).get("method")
         if saved_method is not None and saved_method != config.method:
-            raise ValueError(f"resume: checkpoint {resume} was trained with method={saved_method!r}, "
-                             f"the config says {config.method!r}")
+            raise ValueError(
+                f"resume: checkpoint {resume} was trained with method={saved_method!r}, "
+                f"the config says {config.method!r}"
+            )
         trainer.load_state_dict(state)
         history = list(state.get("history", []))
     start = trainer.iteration
     pin = device.type == "cuda"
-    views = dict(crop_size=config.crop_size, seed=config.seed, rank=rank, contour_width=config.contour_width,
-                 task=task_of(config), num_classes=config.num_classes)
+    views = dict(
+        crop_size=config.crop_size,
+        seed=config.seed,
+        rank=rank,
+        contour_width=config.contour_width,
+        task=task_of(config),
+        num_classes=config.num_classes,
+    )
     labelled_loader = _loader(
         ViewDataset(train_set, labelled_idx, stream=0, labelled=True, **views),
         BatchStream(len(labelled_idx), config.batch_labelled, config.seed, rank, world_size, start),
-        config.num_workers, pin)
+        config.num_workers,
+        pin,
+    )
     unlabelled_loader = None
     if config.semi:
         unlabelled_loader = _loader(
             ViewDataset(train_set, unlabelled_idx, stream=1, labelled=False, **views),
             BatchStream(len(unlabelled_idx), config.batch_unlabelled, config.seed + 1, rank, world_size, start),
-            config.num_workers, pin)
+            config.num_workers,
+            pin,
+        )
     if main_process:
         atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
         # A resume drops the rows logged after its checkpoint (they will be logged again); a fresh
         # run into a used folder starts a new log instead of appending to the old run's.
         atomic_write_text(out / "log.jsonl", "".join(json.dumps(row) + "\n" for row in history))
-        print(f"[train] {config.method} on {config.dataset}: {len(labelled_idx)} labelled / "
-              f"{len(unlabelled_idx)} unlabelled images, {world_size} process(es) on {device}, "
-              f"iterations {start}..{config.iterations}", flush=True)
+        print(
+            f"[train] {config.method} on {config.dataset}: {len(labelled_idx)} labelled / "
+            f"{len(unlabelled_idx)} unlabelled images, {world_size} process(es) on {device}, "
+            f"iterations {start}..{config.iterations}",
+            flush=True,
+        )
 
     def save() -> None:
         if main_process:
@@ -166,6 +198,7 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
     bar = None
     if main_process and progress:
         from tqdm import tqdm
+
         bar = tqdm(total=config.iterations, initial=start, desc=config.method, dynamic_ncols=True, file=sys.stderr)
     pending: list[tuple[int, dict[str, torch.Tensor]]] = []
     started = time.perf_counter()
@@ -176,8 +209,9 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
         unlabelled = next(unlabelled_loader) if unlabelled_loader is not None else None
         pending.append((t, trainer.step(labelled, unlabelled)))
         done = trainer.iteration
-        checkpoint_due = bool(config.checkpoint_every) and done % config.checkpoint_every == 0 \
-            and done < config.iterations
+        checkpoint_due = (
+            bool(config.checkpoint_every) and done % config.checkpoint_every == 0 and done < config.iterations
+        )
         # Flush before every checkpoint too: rows still pending when a checkpoint is written
         # would be missing from its history (and from log.jsonl) after a resume.
         if done % config.log_every == 0 or done == config.iterations or checkpoint_due:
@@ -208,8 +242,9 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
         bar.close()
     save()
     if main_process:  # the small file for inference (predict / evaluate): student weights + config
-        atomic_save(inference_export(unwrap_model(trainer.student).state_dict(), dataclasses.asdict(config)),
-                    out / "model.pt")
+        atomic_save(
+            inference_export(unwrap_model(trainer.student).state_dict(), dataclasses.asdict(config)), out / "model.pt"
+        )
     if world_size > 1:
         # Release the other ranks before rank 0 evaluates: a long evaluation must not hold them
         # at a barrier past the collective timeout. Evaluation runs on rank 0 alone, without
@@ -228,8 +263,9 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
             folder = out if n == 0 else out / split
             scores = _evaluate(trainer.eval_model("student"), test_set, config, folder)
             if trainer.teacher is not None:
-                scores["teacher"] = _evaluate(trainer.eval_model("teacher"), test_set,
-                                              dataclasses.replace(config, eval_pictures=0), folder)
+                scores["teacher"] = _evaluate(
+                    trainer.eval_model("teacher"), test_set, dataclasses.replace(config, eval_pictures=0), folder
+                )
             by_split[split] = scores
         if by_split:
             metrics = dict(next(iter(by_split.values())))
@@ -250,14 +286,17 @@ def _train(config: TrainConfig, out: Path, resume: str | Path | None, progress: 
                     rows[name.format("teacher")] = scores["teacher"]
             print("\n" + task_of(config).table(rows, first="weights") + "\n", flush=True)
         pictures = f", {out / 'predictions'}/" if by_split and config.eval_pictures else ""
-        print(f"[train] wrote {out / 'model.pt'} (for inference), {out / 'checkpoint.pt'} (to resume), "
-              f"{out / 'metrics.json'}, {out / 'losses.png'}{pictures}",
-              flush=True)
+        print(
+            f"[train] wrote {out / 'model.pt'} (for inference), {out / 'checkpoint.pt'} (to resume), "
+            f"{out / 'metrics.json'}, {out / 'losses.png'}{pictures}",
+            flush=True,
+        )
     return {"history": history, "metrics": metrics, "iteration": trainer.iteration}
 
 
-def _gather_logs(pending: list[tuple[int, dict[str, torch.Tensor]]], world_size: int,
-                 device: torch.device) -> list[dict[str, float]]:
+def _gather_logs(
+    pending: list[tuple[int, dict[str, torch.Tensor]]], world_size: int, device: torch.device
+) -> list[dict[str, float]]:
     """Turn the pending per-step tensors into floats with one host sync (averaged over ranks)."""
     if not pending:
         return []

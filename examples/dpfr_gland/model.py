@@ -163,18 +163,22 @@ def imagenet_state_dict(backbone: str, name: str = "imagenet") -> dict[str, torc
     url = IMAGENET_WEIGHTS.get((backbone, key or ""))
     if url is None:
         known = ", ".join(f"{b}:{n}" for b, n in IMAGENET_WEIGHTS)
-        raise ValueError(f"pretrained: no ImageNet weights {name!r} for backbone {backbone!r}; known: {known} "
-                         f"(or 'imagenet' for the default, or a local file)")
+        raise ValueError(
+            f"pretrained: no ImageNet weights {name!r} for backbone {backbone!r}; known: {known} "
+            f"(or 'imagenet' for the default, or a local file)"
+        )
     target = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[1]
     try:
-        return torch.hub.load_state_dict_from_url(url, map_location="cpu", check_hash=True, weights_only=True,
-                                                  progress=True)
+        return torch.hub.load_state_dict_from_url(
+            url, map_location="cpu", check_hash=True, weights_only=True, progress=True
+        )
     except (OSError, RuntimeError) as error:  # URLError is an OSError (offline); a bad hash a RuntimeError
         raise RuntimeError(
             f"pretrained={name!r}: could not fetch {url} ({error}). On a machine without internet, download "
             f"that file elsewhere and place it at {target} (torch's hub cache; TORCH_HOME moves it), or give "
             f"its local path as pretrained=/path/to/{target.name}; pretrained=none trains from random "
-            f"weights") from error
+            f"weights"
+        ) from error
 
 
 class ResNetEncoder(nn.Module):
@@ -285,18 +289,21 @@ class ResNetEncoder(nn.Module):
         else:
             file = Path(path)
             if not file.is_file():
-                raise FileNotFoundError(f"pretrained must be a local file holding a ResNet state dict, "
-                                        f"got {str(path)!r}")
+                raise FileNotFoundError(
+                    f"pretrained must be a local file holding a ResNet state dict, got {str(path)!r}"
+                )
             state = torch.load(file, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise TypeError(f"pretrained file {str(path)!r} must hold a state dict (names -> tensors), "
-                            f"got {type(state).__name__}")
+            raise TypeError(
+                f"pretrained file {str(path)!r} must hold a state dict (names -> tensors), got {type(state).__name__}"
+            )
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
         own = self.state_dict()
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
         wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
         if missing or unexpected or wrong:
+
             def show(keys: list[str]) -> str:
                 return ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
 
@@ -306,10 +313,14 @@ class ResNetEncoder(nn.Module):
             if unexpected:
                 parts.append(f"unexpected keys: {show(unexpected)}")
             if wrong:
-                parts.append("wrong shapes: " + show(
-                    [f"{k} (expected {tuple(own[k].shape)}, got {tuple(state[k].shape)})" for k in wrong]))
-            raise ValueError(f"pretrained file {str(path)!r} does not match a torchvision {self.backbone} "
-                             f"(in_channels={self.conv1.in_channels}); " + "; ".join(parts))
+                parts.append(
+                    "wrong shapes: "
+                    + show([f"{k} (expected {tuple(own[k].shape)}, got {tuple(state[k].shape)})" for k in wrong])
+                )
+            raise ValueError(
+                f"pretrained file {str(path)!r} does not match a torchvision {self.backbone} "
+                f"(in_channels={self.conv1.in_channels}); " + "; ".join(parts)
+            )
         self.load_state_dict(state, strict=True)
 
 
@@ -415,8 +426,9 @@ class RMPBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
         pooled = [
-            F.interpolate(self.conv(F.max_pool2d(x, k, stride=k, ceil_mode=True)), size=size,
-                          mode="bilinear", align_corners=False)
+            F.interpolate(
+                self.conv(F.max_pool2d(x, k, stride=k, ceil_mode=True)), size=size, mode="bilinear", align_corners=False
+            )
             for k in self.kernels
         ]
         return torch.cat([*pooled, x], dim=1)
@@ -631,14 +643,18 @@ class CENet(nn.Module):
     def _check_images(self, images: object) -> torch.Tensor:
         images = check_features("images", images)
         if images.shape[1] != self.in_channels:
-            raise ValueError(f"images must have {self.in_channels} channels [B, {self.in_channels}, H, W], "
-                             f"got shape {tuple(images.shape)}")
+            raise ValueError(
+                f"images must have {self.in_channels} channels [B, {self.in_channels}, H, W], "
+                f"got shape {tuple(images.shape)}"
+            )
         h, w = images.shape[-2:]
         m = self.size_multiple
         if h % m or w % m or h == 0 or w == 0:
-            raise ValueError(f"images must have H and W that are positive multiples of {m} [B, C, H, W], "
-                             f"got shape {tuple(images.shape)}; pad or crop (e.g. to "
-                             f"{max(m, -(-h // m) * m)}x{max(m, -(-w // m) * m)})")
+            raise ValueError(
+                f"images must have H and W that are positive multiples of {m} [B, C, H, W], "
+                f"got shape {tuple(images.shape)}; pad or crop (e.g. to "
+                f"{max(m, -(-h // m) * m)}x{max(m, -(-w // m) * m)})"
+            )
         return images
 
     @staticmethod
@@ -647,8 +663,9 @@ class CENet(nn.Module):
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"perturb must return a torch.Tensor, got {type(out).__name__}")
         if out.shape != x.shape:
-            raise ValueError(f"perturb must return a map of the shape it was given {tuple(x.shape)}, "
-                             f"got shape {tuple(out.shape)}")
+            raise ValueError(
+                f"perturb must return a map of the shape it was given {tuple(x.shape)}, got shape {tuple(out.shape)}"
+            )
         return out
 
     def forward(
@@ -697,10 +714,12 @@ class CENet(nn.Module):
             return self.decode_from_site(state, perturb)
         b = state.site.shape[0]
         if perturb is None or not isinstance(perturb_last, int) or not 1 <= perturb_last <= b:
-            raise ValueError(f"perturb_last must be an int in 1..{b} (the batch) and come with perturb, "
-                             f"got {perturb_last!r} with perturb={'set' if perturb is not None else None}")
+            raise ValueError(
+                f"perturb_last must be an int in 1..{b} (the batch) and come with perturb, "
+                f"got {perturb_last!r} with perturb={'set' if perturb is not None else None}"
+            )
         clean = self.decode_from_site(state)
-        tail = SiteState(state.site[b - perturb_last:], tuple(s[b - perturb_last:] for s in state.skips))
+        tail = SiteState(state.site[b - perturb_last :], tuple(s[b - perturb_last :] for s in state.skips))
         perturbed = self.decode_from_site(tail, perturb)
         return CENetOutput(*(torch.cat([c, p]) for c, p in zip(clean, perturbed)))
 

@@ -65,11 +65,14 @@ def draw_loss_curves(history: Sequence[dict[str, float]], path: str | Path, colu
         True
     """
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = sorted({k for row in history for k in row if k != "iteration"},
-                  key=lambda k: (_ORDER.index(k) if k in _ORDER else len(_ORDER), k))
+    keys = sorted(
+        {k for row in history for k in row if k != "iteration"},
+        key=lambda k: (_ORDER.index(k) if k in _ORDER else len(_ORDER), k),
+    )
     panels: dict[str, list[str]] = {}
     for key in keys:
         if key == "kept" or key.startswith("kept_"):
@@ -81,8 +84,9 @@ def draw_loss_curves(history: Sequence[dict[str, float]], path: str | Path, colu
         panels.setdefault(title, []).append(key)
     rows = max(1, math.ceil(len(panels) / columns))
     cols = max(1, min(columns, len(panels)))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows), sharex=True, squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.4 * cols, 2.6 * rows), sharex=True, squeeze=False, layout="constrained"
+    )
     for ax, (title, members) in zip(axes.flat, panels.items()):
         for n, key in enumerate(members):
             points = [(row["iteration"], row[key]) for row in history if key in row and math.isfinite(row[key])]
@@ -100,7 +104,7 @@ def draw_loss_curves(history: Sequence[dict[str, float]], path: str | Path, colu
             ax.legend(fontsize=6)
     for ax in axes[-1]:
         ax.set_xlabel("iteration", fontsize=8)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.set_axis_off()
     atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=100))
     plt.close(fig)

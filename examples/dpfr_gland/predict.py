@@ -102,8 +102,17 @@ def _write_tiled_tiff(path: Path, array: np.ndarray, dtype: np.dtype, tile: int 
     os.close(fd)
     tmp = Path(name)
     try:
-        tifffile.imwrite(tmp, tiles(), shape=(height, width), dtype=dtype, tile=(tile, tile), bigtiff=True,
-                         compression="zlib", photometric="minisblack", metadata=None)
+        tifffile.imwrite(
+            tmp,
+            tiles(),
+            shape=(height, width),
+            dtype=dtype,
+            tile=(tile, tile),
+            bigtiff=True,
+            compression="zlib",
+            photometric="minisblack",
+            metadata=None,
+        )
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -123,46 +132,99 @@ def _overlay_downsampled(image: np.ndarray, instances: np.ndarray, side: int, st
     return draw_outlines(np.ascontiguousarray(np.concatenate(pictures)), np.concatenate(labels), width=1)
 
 
-def _predict_out_of_core(model: nn.Module, image: np.ndarray, out: Path, stem: str, tile: int, overlap: int,
-                         batch_size: int, min_size: int, dilation: int, amp: bool, geojson: bool, window: str,
-                         tile_progress: bool, overlay_side: int, scale: float = 1.0) -> dict[str, Any]:
+def _predict_out_of_core(
+    model: nn.Module,
+    image: np.ndarray,
+    out: Path,
+    stem: str,
+    tile: int,
+    overlap: int,
+    batch_size: int,
+    min_size: int,
+    dilation: int,
+    amp: bool,
+    geojson: bool,
+    window: str,
+    tile_progress: bool,
+    overlay_side: int,
+    scale: float = 1.0,
+) -> dict[str, Any]:
     try:  # checked first: the TIFFs are written only after the whole prediction
         import tifffile  # noqa: F401
     except ImportError as error:
-        raise ValueError(f"an image of {image.shape[0]}x{image.shape[1]} pixels is predicted out of core and "
-                         f"written as tiled TIFFs, which needs tifffile (pip install tifffile, the recipe's "
-                         f"'large' extra)") from error
+        raise ValueError(
+            f"an image of {image.shape[0]}x{image.shape[1]} pixels is predicted out of core and "
+            f"written as tiled TIFFs, which needs tifffile (pip install tifffile, the recipe's "
+            f"'large' extra)"
+        ) from error
     height, width = image.shape[:2]
     work = out / f".{stem}.work"  # memory-mapped maps, removed when the outputs are written
     work.mkdir(parents=True, exist_ok=True)
     try:
         classes = np.lib.format.open_memmap(work / "classes.npy", mode="w+", dtype=np.uint8, shape=(height, width))
-        probability = np.lib.format.open_memmap(work / "probability.npy", mode="w+", dtype=np.float16,
-                                                shape=(height, width)) if geojson else None
-        predict_large(model, image, tile=tile, overlap=overlap, batch_size=batch_size, window=window, amp=amp,
-                      out=classes, probability_out=probability, progress=tile_progress, scale=scale)
+        probability = (
+            np.lib.format.open_memmap(work / "probability.npy", mode="w+", dtype=np.float16, shape=(height, width))
+            if geojson
+            else None
+        )
+        predict_large(
+            model,
+            image,
+            tile=tile,
+            overlap=overlap,
+            batch_size=batch_size,
+            window=window,
+            amp=amp,
+            out=classes,
+            probability_out=probability,
+            progress=tile_progress,
+            scale=scale,
+        )
         instances = np.lib.format.open_memmap(work / "instances.npy", mode="w+", dtype=np.int32, shape=(height, width))
         instances_by_strips(classes, min_size=min_size, dilation=dilation, out=instances)
         glands = max((int(np.asarray(instances[y : y + 2048]).max()) for y in range(0, height, 2048)), default=0)
-        instance_path = _write_tiled_tiff(out / f"{stem}_instances.tif", instances,
-                                          np.dtype(np.uint16 if glands <= 65535 else np.uint32))
+        instance_path = _write_tiled_tiff(
+            out / f"{stem}_instances.tif", instances, np.dtype(np.uint16 if glands <= 65535 else np.uint32)
+        )
         class_path = _write_tiled_tiff(out / f"{stem}_classes.tif", classes, np.dtype(np.uint8))
-        overlay_path = _save(out / f"{stem}_overlay.png",
-                             Image.fromarray(_overlay_downsampled(image, instances, overlay_side)), "PNG")
-        geojson_path = write_geojson(out / f"{stem}.geojson", gland_features(instances, probability)) if geojson \
-            else None
+        overlay_path = _save(
+            out / f"{stem}_overlay.png", Image.fromarray(_overlay_downsampled(image, instances, overlay_side)), "PNG"
+        )
+        geojson_path = (
+            write_geojson(out / f"{stem}.geojson", gland_features(instances, probability)) if geojson else None
+        )
         del classes, probability, instances
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {"image": stem, "glands": glands, "instances": str(instance_path), "classes": str(class_path),
-            "overlay": str(overlay_path), "geojson": None if geojson_path is None else str(geojson_path)}
+    return {
+        "image": stem,
+        "glands": glands,
+        "instances": str(instance_path),
+        "classes": str(class_path),
+        "overlay": str(overlay_path),
+        "geojson": None if geojson_path is None else str(geojson_path),
+    }
 
 
-def predict_file(model: nn.Module, path: str | Path, out: str | Path, tile: int = 256, overlap: int | None = None,
-                 batch_size: int = 4, min_size: int = 16, dilation: int = 2, amp: bool = True,
-                 task: Task | str = "instance", geojson: bool = False, window: str = "gaussian",
-                 tile_progress: bool = False, in_memory_pixels: int = IN_MEMORY_PIXELS,
-                 overlay_side: int = 4096, scale: float = 1.0, target_mpp: float = 0.0) -> dict[str, Any]:
+def predict_file(
+    model: nn.Module,
+    path: str | Path,
+    out: str | Path,
+    tile: int = 256,
+    overlap: int | None = None,
+    batch_size: int = 4,
+    min_size: int = 16,
+    dilation: int = 2,
+    amp: bool = True,
+    task: Task | str = "instance",
+    geojson: bool = False,
+    window: str = "gaussian",
+    tile_progress: bool = False,
+    in_memory_pixels: int = IN_MEMORY_PIXELS,
+    overlay_side: int = 4096,
+    scale: float = 1.0,
+    target_mpp: float = 0.0,
+) -> dict[str, Any]:
     """Predict one image file and write its instance map, class map and overlay into ``out``.
 
     For the semantic task (``task="semantic"``, e.g. PGland) there is no instance map: the class
@@ -241,11 +303,27 @@ def predict_file(model: nn.Module, path: str | Path, out: str | Path, tile: int 
     min_size, dilation = native_postprocess(min_size, dilation, scale)
     instance_task = (TASKS[task] if isinstance(task, str) else task).has_instances
     if isinstance(image, np.memmap) and instance_task and image.shape[0] * image.shape[1] > in_memory_pixels:
-        result = _predict_out_of_core(model, image, out, path.stem, tile, overlap, batch_size, min_size, dilation,
-                                      amp, geojson, window, tile_progress, overlay_side, scale)
+        result = _predict_out_of_core(
+            model,
+            image,
+            out,
+            path.stem,
+            tile,
+            overlap,
+            batch_size,
+            min_size,
+            dilation,
+            amp,
+            geojson,
+            window,
+            tile_progress,
+            overlay_side,
+            scale,
+        )
         return {**result, "image": str(path), "scale": scale}
-    probs = predict_probabilities(model, np.asarray(image), scale=scale, tile=tile, overlap=overlap,
-                                  batch_size=batch_size, amp=amp, window=window)
+    probs = predict_probabilities(
+        model, np.asarray(image), scale=scale, tile=tile, overlap=overlap, batch_size=batch_size, amp=amp, window=window
+    )
     best, winner = probs.max(dim=0)
     classes = winner.to(torch.uint8).numpy()
     probability = best.numpy() if geojson and instance_task else None
@@ -255,28 +333,44 @@ def predict_file(model: nn.Module, path: str | Path, out: str | Path, tile: int 
         regions, glands = ndimage.label(classes > 0)
         class_path = _save(out / f"{stem}_classes.png", Image.fromarray(classes, mode="L"), "PNG")
         overlay_path = _save(out / f"{stem}_overlay.png", Image.fromarray(draw_outlines(image, regions)), "PNG")
-        return {"image": str(path), "glands": int(glands), "instances": None, "classes": str(class_path),
-                "overlay": str(overlay_path), "geojson": None, "scale": scale}
+        return {
+            "image": str(path),
+            "glands": int(glands),
+            "instances": None,
+            "classes": str(class_path),
+            "overlay": str(overlay_path),
+            "geojson": None,
+            "scale": scale,
+        }
     instances = instances_by_strips(classes, min_size=min_size, dilation=dilation)
     glands = int(instances.max()) if instances.size else 0
     if glands <= 65535:
         instance_path = _save(out / f"{stem}_instances.png", Image.fromarray(instances.astype(np.uint16)), "PNG")
     else:  # PNG holds 16 bits; a 32-bit grey TIFF holds any count
-        instance_path = _save(out / f"{stem}_instances.tif", Image.fromarray(instances.astype(np.int32), mode="I"),
-                              "TIFF")
+        instance_path = _save(
+            out / f"{stem}_instances.tif", Image.fromarray(instances.astype(np.int32), mode="I"), "TIFF"
+        )
     class_path = _save(out / f"{stem}_classes.png", Image.fromarray(classes, mode="L"), "PNG")
-    overlay_path = _save(out / f"{stem}_overlay.png", Image.fromarray(draw_outlines(np.asarray(image), instances)),
-                         "PNG")
+    overlay_path = _save(
+        out / f"{stem}_overlay.png", Image.fromarray(draw_outlines(np.asarray(image), instances)), "PNG"
+    )
     geojson_path = None
     if geojson:
         geojson_path = write_geojson(out / f"{stem}.geojson", gland_features(instances, probability))  # streamed
-    return {"image": str(path), "glands": glands, "instances": str(instance_path), "classes": str(class_path),
-            "overlay": str(overlay_path), "geojson": None if geojson_path is None else str(geojson_path),
-            "scale": scale}
+    return {
+        "image": str(path),
+        "glands": glands,
+        "instances": str(instance_path),
+        "classes": str(class_path),
+        "overlay": str(overlay_path),
+        "geojson": None if geojson_path is None else str(geojson_path),
+        "scale": scale,
+    }
 
 
-def predict_folder(model: nn.Module, images: str | Path, out: str | Path, on_error: str = "stop",
-                   progress: bool = True, **options: Any) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+def predict_folder(
+    model: nn.Module, images: str | Path, out: str | Path, on_error: str = "stop", progress: bool = True, **options: Any
+) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
     """:func:`predict_file` for one file or every image directly inside a folder (natural name order).
 
     Args:
@@ -303,9 +397,14 @@ def predict_folder(model: nn.Module, images: str | Path, out: str | Path, on_err
     source = Path(images)
     if not source.exists():
         raise FileNotFoundError(f"images {source} does not exist")
-    files = [source] if source.is_file() else sorted(
-        [*_images_in(source), *(p for p in source.iterdir() if p.is_file() and p.suffix.lower() == ".npy")],
-        key=lambda p: _natural_key(p.name))
+    files = (
+        [source]
+        if source.is_file()
+        else sorted(
+            [*_images_in(source), *(p for p in source.iterdir() if p.is_file() and p.suffix.lower() == ".npy")],
+            key=lambda p: _natural_key(p.name),
+        )
+    )
     if not files:
         raise ValueError(f"images: no {'/'.join(IMAGE_EXTENSIONS)} file in {source}")
     results, skipped = [], []
@@ -326,8 +425,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--weights", required=True, help="model.pt (inference export) or checkpoint.pt")
     parser.add_argument("--images", required=True, help="an image file or a folder of images")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--network", choices=("student", "teacher"), default="student",
-                        help="which network of a resume checkpoint (model.pt holds the student)")
+    parser.add_argument(
+        "--network",
+        choices=("student", "teacher"),
+        default="student",
+        help="which network of a resume checkpoint (model.pt holds the student)",
+    )
     parser.add_argument("--tile", type=int, default=None, help="tile side, a multiple of 32 (default: the run's)")
     parser.add_argument("--overlap", type=int, default=None, help="tile overlap (default: the run's, or tile/4)")
     parser.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
@@ -337,10 +440,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--on-error", choices=("stop", "skip"), default="stop", help="what to do with unreadable files")
     parser.add_argument("--geojson", action="store_true", help="also write NAME.geojson (QuPath) per image")
     parser.add_argument("--window", choices=WINDOWS, default="gaussian", help="blending window of the tiles")
-    parser.add_argument("--scale", type=float, default=None,
-                        help="network pixels per image pixel (default: the run's scale, from the checkpoint)")
-    parser.add_argument("--target-mpp", type=float, default=None,
-                        help="microns per pixel to work at, for images that state theirs (default: the run's)")
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=None,
+        help="network pixels per image pixel (default: the run's scale, from the checkpoint)",
+    )
+    parser.add_argument(
+        "--target-mpp",
+        type=float,
+        default=None,
+        help="microns per pixel to work at, for images that state theirs (default: the run's)",
+    )
     parser.add_argument("--tile-progress", action="store_true", help="a progress bar over each image's tiles")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -349,27 +460,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         model, config = load_checkpoint_model(args.weights, device, weights=args.network)
     except (FileNotFoundError, ValueError) as error:
         parser.error(f"--weights: {error}")
-    options = dict(tile=args.tile if args.tile is not None else int(config.get("eval_tile", 256)),
-                   overlap=args.overlap if args.overlap is not None else config.get("eval_overlap"),
-                   batch_size=args.batch_size,
-                   min_size=args.min_size if args.min_size is not None else int(config.get("min_size", 16)),
-                   dilation=args.dilation if args.dilation is not None else int(config.get("contour_width", 2)),
-                   task=task_of(config), geojson=args.geojson, window=args.window,
-                   tile_progress=args.tile_progress,
-                   scale=args.scale if args.scale is not None else float(config.get("scale", 1.0)),
-                   target_mpp=args.target_mpp if args.target_mpp is not None else float(config.get("target_mpp", 0.0)))
+    options = dict(
+        tile=args.tile if args.tile is not None else int(config.get("eval_tile", 256)),
+        overlap=args.overlap if args.overlap is not None else config.get("eval_overlap"),
+        batch_size=args.batch_size,
+        min_size=args.min_size if args.min_size is not None else int(config.get("min_size", 16)),
+        dilation=args.dilation if args.dilation is not None else int(config.get("contour_width", 2)),
+        task=task_of(config),
+        geojson=args.geojson,
+        window=args.window,
+        tile_progress=args.tile_progress,
+        scale=args.scale if args.scale is not None else float(config.get("scale", 1.0)),
+        target_mpp=args.target_mpp if args.target_mpp is not None else float(config.get("target_mpp", 0.0)),
+    )
     try:
         scale_for(options["scale"], options["target_mpp"])
     except ValueError as error:
         parser.error(f"--scale: {error}")
     try:
-        results, skipped = predict_folder(model, args.images, args.out, on_error=args.on_error,
-                                          progress=not args.no_progress, **options)
+        results, skipped = predict_folder(
+            model, args.images, args.out, on_error=args.on_error, progress=not args.no_progress, **options
+        )
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))
     glands = sum(r["glands"] for r in results)
-    print(f"[predict] {len(results)} image(s), {glands} gland(s) -> {args.out}"
-          + (f"; skipped {len(skipped)}: " + ", ".join(f for f, _ in skipped) if skipped else ""))
+    print(
+        f"[predict] {len(results)} image(s), {glands} gland(s) -> {args.out}"
+        + (f"; skipped {len(skipped)}: " + ", ".join(f for f, _ in skipped) if skipped else "")
+    )
     return 1 if skipped else 0
 
 

@@ -47,8 +47,9 @@ class Pseudo(NamedTuple):
         return self.mask.float().mean()
 
 
-def class_share_pseudo_labels(probs: torch.Tensor, shares: torch.Tensor, keep: float,
-                              ignore_index: int = 255) -> tuple[torch.Tensor, torch.Tensor]:
+def class_share_pseudo_labels(
+    probs: torch.Tensor, shares: torch.Tensor, keep: float, ignore_index: int = 255
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-class thresholds that make the kept pseudo labels carry ``shares`` (DARS).
 
     ``keep * N`` pixels are kept in all (``N`` pixels in the batch); class ``c`` gets
@@ -74,8 +75,9 @@ def class_share_pseudo_labels(probs: torch.Tensor, shares: torch.Tensor, keep: f
         [0, 255, 255, 1]
     """
     if probs.dim() != 4 or shares.shape != (probs.shape[1],):
-        raise ValueError(f"probs must be [B, K, H, W] and shares [K], got {tuple(probs.shape)} and "
-                         f"{tuple(shares.shape)}")
+        raise ValueError(
+            f"probs must be [B, K, H, W] and shares [K], got {tuple(probs.shape)} and {tuple(shares.shape)}"
+        )
     confidence, argmax = probs.detach().max(dim=1)
     total = keep * argmax.numel()
     mask = torch.zeros_like(argmax, dtype=torch.bool)
@@ -116,17 +118,26 @@ class PseudoLabelRule(nn.Module):
         (True, True)
     """
 
-    def __init__(self, rule: str = "entropy", threshold: float = 0.5, min_class_keep: float = 0.2,
-                 min_size: int = 16, contour_width: int = 2, ignore_index: int = 255, momentum: float = 0.999,
-                 n_sigma: float = 2.0) -> None:
+    def __init__(
+        self,
+        rule: str = "entropy",
+        threshold: float = 0.5,
+        min_class_keep: float = 0.2,
+        min_size: int = 16,
+        contour_width: int = 2,
+        ignore_index: int = 255,
+        momentum: float = 0.999,
+        n_sigma: float = 2.0,
+    ) -> None:
         super().__init__()
         if rule not in RULES:
             raise ValueError(f"rule must be one of {', '.join(map(repr, RULES))}, got {rule!r}")
         self.rule, self.threshold, self.min_class_keep = rule, threshold, min_class_keep
         self.min_size, self.contour_width, self.ignore_index = min_size, contour_width, ignore_index
         self.momentum, self.n_sigma = momentum, n_sigma
-        self.entropy_rule = densessl.EntropyPseudoLabeler(threshold, ignore_index=ignore_index,
-                                                          min_class_keep=min_class_keep)
+        self.entropy_rule = densessl.EntropyPseudoLabeler(
+            threshold, ignore_index=ignore_index, min_class_keep=min_class_keep
+        )
         self.register_buffer("mean", torch.tensor(1.0 / 3))  # SoftMatch starts at uniform confidence
         self.register_buffer("var", torch.tensor(1.0))
 
@@ -137,8 +148,9 @@ class PseudoLabelRule(nn.Module):
             return Pseudo(pseudo.labels, pseudo.mask, None)
         probs = logits.softmax(dim=1)
         if self.rule == "instance":
-            labels, mask = instance_pseudo_labels(probs, self.threshold, self.min_size, self.contour_width,
-                                                  self.ignore_index)
+            labels, mask = instance_pseudo_labels(
+                probs, self.threshold, self.min_size, self.contour_width, self.ignore_index
+            )
             return Pseudo(labels, mask, None)
         if self.rule == "class_share":
             if shares is None or float(shares.sum()) <= 0:  # no labelled pixel seen yet: the entropy rule

@@ -63,8 +63,10 @@ def scaled_size(height: int, width: int, scale: float, minimum: int = 1, what: s
     scale = _check_scale(scale)
     size = (max(1, int(round(height * scale))), max(1, int(round(width * scale))))
     if min(size) < minimum:
-        raise ValueError(f"scale={scale:g} leaves {what} of {height}x{width} px at {size[0]}x{size[1]} px, smaller "
-                         f"than {minimum} px (the network's stride); use a larger scale")
+        raise ValueError(
+            f"scale={scale:g} leaves {what} of {height}x{width} px at {size[0]}x{size[1]} px, smaller "
+            f"than {minimum} px (the network's stride); use a larger scale"
+        )
     return size
 
 

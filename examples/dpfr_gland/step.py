@@ -110,11 +110,11 @@ class Stream(enum.IntEnum):
     """The named random streams of one iteration: each draws from its own generator, seeded by
     ``(seed, iteration, rank, stream)`` (the values are part of every stored run: never renumber)."""
 
-    STRONG_VIEW = 1    # the unlabelled images' strong views
-    CUTMIX = 2         # CutMix's boxes and partners
-    FLOW = 3           # the flow's input noise and pixel subset
-    CONTRAST = 4       # the contrast's anchors and negatives
-    RANDOM_STEP = 5    # FDP's random-direction control
+    STRONG_VIEW = 1  # the unlabelled images' strong views
+    CUTMIX = 2  # CutMix's boxes and partners
+    FLOW = 3  # the flow's input noise and pixel subset
+    CONTRAST = 4  # the contrast's anchors and negatives
+    RANDOM_STEP = 5  # FDP's random-direction control
     LABELLED_VIEW = 6  # the labelled images' photometric view (augment_labelled)
 
 
@@ -205,8 +205,11 @@ class _RandomStep(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         noise = torch.randn(features.shape, generator=self.generator, device=features.device, dtype=torch.float32)
         direction = noise / torch.linalg.vector_norm(noise, dim=1, keepdim=True).clamp_min(1e-12)
-        length = self.xi * torch.linalg.vector_norm(features.detach().float(), dim=1, keepdim=True) \
-            if self.relative else self.xi
+        length = (
+            self.xi * torch.linalg.vector_norm(features.detach().float(), dim=1, keepdim=True)
+            if self.relative
+            else self.xi
+        )
         return features + (direction * length).to(features.dtype)
 
 
@@ -247,28 +250,41 @@ class Trainer:
         (['loss', 'sup', 'weight'], 1, True)
     """
 
-    def __init__(self, config: TrainConfig, device: torch.device | str = "cpu", rank: int = 0,
-                 world_size: int = 1) -> None:
+    def __init__(
+        self, config: TrainConfig, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1
+    ) -> None:
         self.config = config
         self.device = torch.device(device)
         self.rank, self.world_size = rank, world_size
         self.amp = bool(config.amp and self.device.type == "cuda")
         torch.manual_seed(config.seed)  # the same initial weights on every rank
         pretrained = None if config.pretrained.lower() in ("", "none") else config.pretrained
-        student = CENet(num_classes=config.num_classes, backbone=config.backbone, pretrained=pretrained,
-                        perturb_at=config.perturb_at)
+        student = CENet(
+            num_classes=config.num_classes,
+            backbone=config.backbone,
+            pretrained=pretrained,
+            perturb_at=config.perturb_at,
+        )
         student = student.to(self.device)
         self.num_classes = config.num_classes
-        self.teacher = densessl.EMATeacher(student, decay=config.ema_decay, buffers=config.teacher_buffers) \
-            if config.semi else None
+        self.teacher = (
+            densessl.EMATeacher(student, decay=config.ema_decay, buffers=config.teacher_buffers)
+            if config.semi
+            else None
+        )
         if self.teacher is not None:
             self.teacher.eval()
         self.flow: densessl.FlowDensityHead | None = None
         self.flow_optimizer: torch.optim.Optimizer | None = None
         self.perturbation: densessl.DensityPerturbation | _RandomStep | None = None
         if config.uses_flow:
-            self.flow = densessl.FlowDensityHead(student.feature_channels, self.num_classes, depth=config.flow_depth,
-                                                 hidden=config.flow_hidden, ignore_index=_IGNORE).to(self.device)
+            self.flow = densessl.FlowDensityHead(
+                student.feature_channels,
+                self.num_classes,
+                depth=config.flow_depth,
+                hidden=config.flow_hidden,
+                ignore_index=_IGNORE,
+            ).to(self.device)
             self.flow_optimizer = torch.optim.Adam(self.flow.parameters(), lr=config.flow_lr)
             # DDFP's site ("classifier"): the step moves the block's input, the density is
             # measured at the block's output (student.density_block; None at the other sites).
@@ -276,17 +292,23 @@ class Trainer:
                 self.perturbation = _RandomStep(config.xi, config.xi_relative)
             else:
                 head = _DensityInput(student.density_block, config.flow_normalize)
-                self.perturbation = densessl.DensityPerturbation(self.flow, xi=config.xi, relative=config.xi_relative,
-                                                                 head=None if head.is_identity else head)
+                self.perturbation = densessl.DensityPerturbation(
+                    self.flow, xi=config.xi, relative=config.xi_relative, head=None if head.is_identity else head
+                )
         self.projector: nn.Module | None = None
         self.contrast: densessl.HardAnchorContrast | None = None
         params = list(student.parameters())
         if config.uses_contrast:
-            self.projector = densessl.ProjectionHead(student.decoder_channels, config.projection_hidden,
-                                                     config.projection_dim).to(self.device)
-            self.contrast = densessl.HardAnchorContrast(config.temperature, config.num_anchors,
-                                                        config.num_negatives, ignore_index=_IGNORE,
-                                                        num_classes=self.num_classes)
+            self.projector = densessl.ProjectionHead(
+                student.decoder_channels, config.projection_hidden, config.projection_dim
+            ).to(self.device)
+            self.contrast = densessl.HardAnchorContrast(
+                config.temperature,
+                config.num_anchors,
+                config.num_negatives,
+                ignore_index=_IGNORE,
+                num_classes=self.num_classes,
+            )
             params += list(self.projector.parameters())
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
@@ -303,9 +325,13 @@ class Trainer:
             config.contour_width,
             ignore_index=_IGNORE,
         ).to(self.device)
-        self.alignment = densessl.DistributionAlignment(self.num_classes, config.alignment_momentum,
-                                                        ignore_index=_IGNORE).to(self.device) \
-            if config.distribution_alignment and config.semi else None
+        self.alignment = (
+            densessl.DistributionAlignment(self.num_classes, config.alignment_momentum, ignore_index=_IGNORE).to(
+                self.device
+            )
+            if config.distribution_alignment and config.semi
+            else None
+        )
         self.student: nn.Module = student
         self._flow_loss: nn.Module | None = None
         if world_size > 1:
@@ -368,8 +394,7 @@ class Trainer:
     # -- one step -------------------------------------------------------------------
 
     def _generator(self, iteration: int, purpose: Stream) -> torch.Generator:
-        return torch.Generator(device=self.device).manual_seed(
-            _seed(self.config.seed, iteration, self.rank, purpose))
+        return torch.Generator(device=self.device).manual_seed(_seed(self.config.seed, iteration, self.rank, purpose))
 
     def _autocast(self) -> Any:
         return torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp)
@@ -400,8 +425,10 @@ class Trainer:
                 with torch.no_grad():
                     self.flow.log_prob(features)
                 self._flow_loss = DistributedDataParallel(
-                    _FlowLoss(self.flow), device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                    find_unused_parameters=True)
+                    _FlowLoss(self.flow),
+                    device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                    find_unused_parameters=True,
+                )
             else:
                 self._flow_loss = _FlowLoss(self.flow)
         loss = self._flow_loss(features, labels)
@@ -412,8 +439,9 @@ class Trainer:
         self.flow_optimizer.step()
         return loss.detach() / features.shape[1]
 
-    def step(self, labelled: tuple[torch.Tensor, torch.Tensor],
-             unlabelled: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def step(
+        self, labelled: tuple[torch.Tensor, torch.Tensor], unlabelled: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
         """One training iteration, the module docstring's equations in order; advances :attr:`iteration`.
 
         Args:
@@ -451,21 +479,21 @@ class Trainer:
             raise ValueError(f"unlabelled: method {config.method!r} needs an unlabelled batch, got None")
         x_w = unlabelled.to(self.device, non_blocking=True)
         logs: dict[str, torch.Tensor] = {"weight": torch.tensor(w)}
-        teacher_out, pseudo, shares = self._teach(x_l, y_l, x_w, logs)          # 1. teacher, once
-        x_s, y_u, w_u = self._strong_views(x_w, pseudo, t)                       # 2. views
-        out = self._student_forward(x_l, x_s, t)                                 # 3. student, once
+        teacher_out, pseudo, shares = self._teach(x_l, y_l, x_w, logs)  # 1. teacher, once
+        x_s, y_u, w_u = self._strong_views(x_w, pseudo, t)  # 2. views
+        out = self._student_forward(x_l, x_s, t)  # 3. student, once
         n_l, n_u = x_l.shape[0], x_w.shape[0]
-        s_l, s_u, s_rho = out.logits[:n_l], out.logits[n_l:n_l + n_u], out.logits[n_l + n_u:]
-        class_weight = self._class_weight(y_u, shares, logs)                     # 4. losses
+        s_l, s_u, s_rho = out.logits[:n_l], out.logits[n_l : n_l + n_u], out.logits[n_l + n_u :]
+        class_weight = self._class_weight(y_u, shares, logs)  # 4. losses
         sup = masked_cross_entropy(s_l, y_l, ignore_index=_IGNORE, weight=self.class_weight)
         mt = masked_cross_entropy(s_u, y_u, ignore_index=_IGNORE, weight=class_weight, pixel_weight=w_u)
         fdp = self._perturbed_loss(out.logits, s_u, s_rho, y_u, class_weight, w_u, mt, logs)
-        con = self._contrast_loss(out.decoder[:n_l + n_u], y_l, y_u, t, logs)
+        con = self._contrast_loss(out.decoder[: n_l + n_u], y_l, y_u, t, logs)
         loss = sup + w * (config.unsup_weight * mt + config.alpha_perturbed * fdp + config.alpha_contrast * con)
         logs.update(sup=sup.detach(), mt=mt.detach(), loss=loss.detach())
-        if self.flow is not None:                                                # 5. the flow
+        if self.flow is not None:  # 5. the flow
             logs["flow_nll_per_dim"] = self._fit_flow(*self._flow_batch(teacher_out, out, x_l, y_l, pseudo), t)
-        stepped = self._backward_and_step(loss)                                  # 6. updates
+        stepped = self._backward_and_step(loss)  # 6. updates
         if stepped:  # the teacher must not average in a student that GradScaler did not move
             self.teacher.update(self.student)
         logs["skipped"] = torch.tensor(0.0 if stepped else 1.0)
@@ -473,8 +501,7 @@ class Trainer:
 
     # -- the step's parts, in its order ----------------------------------------------
 
-    def _labelled_views(self, labelled: tuple[torch.Tensor, torch.Tensor],
-                        t: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _labelled_views(self, labelled: tuple[torch.Tensor, torch.Tensor], t: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The labelled batch on the device; with ``augment_labelled``, its photometric strong view
         (colour, stain, blur, noise: no pixel moves, so the labels still fit)."""
         x_l = labelled[0].to(self.device, non_blocking=True)
@@ -488,8 +515,9 @@ class Trainer:
         if self.projector is not None:
             self.projector.train()
 
-    def _teach(self, x_l: torch.Tensor, y_l: torch.Tensor, x_w: torch.Tensor,
-               logs: dict[str, torch.Tensor]) -> tuple[Any, Pseudo, torch.Tensor]:
+    def _teach(
+        self, x_l: torch.Tensor, y_l: torch.Tensor, x_w: torch.Tensor, logs: dict[str, torch.Tensor]
+    ) -> tuple[Any, Pseudo, torch.Tensor]:
         """Step 1: the teacher's one pass (over ``[x_l; x_w]`` when the flow learns from the
         teacher's labelled features, else ``x_w``), its pseudo labels on ``x_w`` by the config's
         rule, and the labelled class shares (the ``class_share`` quotas and ``unsup_class_balance``'s
@@ -499,12 +527,15 @@ class Trainer:
         on_labelled = self._teacher_on_labelled
         with self._autocast():
             teacher_out = self.teacher(torch.cat([x_l, x_w]) if on_labelled else x_w)
-        logits = teacher_out.logits[x_l.shape[0] if on_labelled else 0:].float()
+        logits = teacher_out.logits[x_l.shape[0] if on_labelled else 0 :].float()
         if self.alignment is not None:  # boost the classes the teacher under-predicts
             self.alignment.observe_labels(y_l)
             logits = self.alignment(logits)
-        shares = self.alignment.target if self.alignment is not None else \
-            torch.bincount(y_l[y_l != _IGNORE].flatten(), minlength=self.num_classes).float()
+        shares = (
+            self.alignment.target
+            if self.alignment is not None
+            else torch.bincount(y_l[y_l != _IGNORE].flatten(), minlength=self.num_classes).float()
+        )
         pseudo = self.pseudo_labeler(logits, shares=shares)
         logs["kept"] = pseudo.kept_fraction.detach()
         logs.update(_class_keep_rates(logits, pseudo.mask, class_names(config)))
@@ -516,15 +547,17 @@ class Trainer:
     def _teacher_on_labelled(self) -> bool:
         return self.flow is not None and self.config.flow_labelled_source == "teacher"
 
-    def _strong_views(self, x_w: torch.Tensor, pseudo: Pseudo,
-                      t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _strong_views(
+        self, x_w: torch.Tensor, pseudo: Pseudo, t: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Step 2: strong views of the weak views (pixel-aligned), then CutMix of images, pseudo
         labels and (the ``soft`` rule's) per-pixel weights alike."""
         x_s = augment.strong_from_weak(x_w, self._generator(t, Stream.STRONG_VIEW))
         y_u, w_u = pseudo.labels, pseudo.weight
         if self.config.cutmix:
-            maps = augment.cutmix(x_s, y_u, *(() if w_u is None else (w_u,)),
-                                  generator=self._generator(t, Stream.CUTMIX))
+            maps = augment.cutmix(
+                x_s, y_u, *(() if w_u is None else (w_u,)), generator=self._generator(t, Stream.CUTMIX)
+            )
             x_s, y_u = maps[0], maps[1]
             w_u = None if w_u is None else maps[2]
         return x_s, y_u, w_u
@@ -544,8 +577,9 @@ class Trainer:
                 self.perturbation.generator = self._generator(t, Stream.RANDOM_STEP)
             return self.student(torch.cat([x_l, x_s]), perturb=self.perturbation, perturb_last=x_s.shape[0])
 
-    def _class_weight(self, y_u: torch.Tensor, shares: torch.Tensor,
-                      logs: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    def _class_weight(
+        self, y_u: torch.Tensor, shares: torch.Tensor, logs: dict[str, torch.Tensor]
+    ) -> torch.Tensor | None:
         """The per-class weights of the unlabelled CE: ``unsup_class_balance``'s, which bring the kept
         pseudo labels to the labelled class shares, times ``contour_weight``'s (``None``: all 1)."""
         if not self.config.unsup_class_balance:
@@ -557,9 +591,17 @@ class Trainer:
             return self.class_weight
         return weight if self.class_weight is None else weight * self.class_weight
 
-    def _perturbed_loss(self, logits: torch.Tensor, s_u: torch.Tensor, s_rho: torch.Tensor, y_u: torch.Tensor,
-                        class_weight: torch.Tensor | None, w_u: torch.Tensor | None, mt: torch.Tensor,
-                        logs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _perturbed_loss(
+        self,
+        logits: torch.Tensor,
+        s_u: torch.Tensor,
+        s_rho: torch.Tensor,
+        y_u: torch.Tensor,
+        class_weight: torch.Tensor | None,
+        w_u: torch.Tensor | None,
+        mt: torch.Tensor,
+        logs: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
         """FDP's term: the perturbed branch's CE on the same pseudo labels (a zero with a graph during
         the flow's warm-up, a plain zero without FDP). Logs ``fdp``, ``fdp_gain`` (its CE minus the
         clean branch's) and ``flip`` (the share of unlabelled pixels whose argmax the step changed)."""
@@ -575,8 +617,9 @@ class Trainer:
         logs["fdp"] = fdp.detach()
         return fdp
 
-    def _contrast_loss(self, decoder: torch.Tensor, y_l: torch.Tensor, y_u: torch.Tensor, t: int,
-                       logs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _contrast_loss(
+        self, decoder: torch.Tensor, y_l: torch.Tensor, y_u: torch.Tensor, t: int, logs: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
         """FR's term: hard-anchor contrast of the projected *clean* decoder maps (in ``fr`` and ``dpfr``
         alike, so the two ablation rows differ in the perturbation only); the labelled pixels (true
         labels) join the pseudo-labelled ones, so there are two classes before the teacher is sure.
@@ -586,14 +629,19 @@ class Trainer:
         with self._autocast():
             embeddings = self.projector(decoder)
         size = embeddings.shape[-2:]
-        labels = torch.cat([downsample_labels(y, size, ignore_index=_IGNORE, mode="majority",
-                                              num_classes=self.num_classes) for y in (y_l, y_u)])
+        labels = torch.cat(
+            [
+                downsample_labels(y, size, ignore_index=_IGNORE, mode="majority", num_classes=self.num_classes)
+                for y in (y_l, y_u)
+            ]
+        )
         con = self.contrast(embeddings.float(), labels, generator=self._generator(t, Stream.CONTRAST))
         logs["contrast"] = con.detach()
         return con
 
-    def _flow_batch(self, teacher_out: Any, out: Any, x_l: torch.Tensor, y_l: torch.Tensor,
-                    pseudo: Pseudo) -> tuple[torch.Tensor, torch.Tensor]:
+    def _flow_batch(
+        self, teacher_out: Any, out: Any, x_l: torch.Tensor, y_l: torch.Tensor, pseudo: Pseudo
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Step 5's data: detached features of the labelled images (the teacher's, or the clean
         student pass's with ``flow_labelled_source="student"``) and of the unlabelled ones (the
         teacher's), normalised as the density sees them; labels at the density's resolution, the
@@ -601,14 +649,24 @@ class Trainer:
         config = self.config
         features = teacher_out.features.detach().float()
         if not self._teacher_on_labelled:
-            features = torch.cat([out.features[:x_l.shape[0]].detach().float(), features])
+            features = torch.cat([out.features[: x_l.shape[0]].detach().float(), features])
         if config.flow_normalize:
             features = normalize_pixels(features)
         size = features.shape[-2:]
         unlabelled = pseudo.labels if config.flow_pseudo_labels else torch.full_like(pseudo.labels, _IGNORE)
-        labels = torch.cat([downsample_labels(y, size, ignore_index=_IGNORE, mode="majority",
-                                              num_classes=self.num_classes, min_fraction=config.flow_label_fraction)
-                            for y in (y_l, unlabelled)])
+        labels = torch.cat(
+            [
+                downsample_labels(
+                    y,
+                    size,
+                    ignore_index=_IGNORE,
+                    mode="majority",
+                    num_classes=self.num_classes,
+                    min_fraction=config.flow_label_fraction,
+                )
+                for y in (y_l, unlabelled)
+            ]
+        )
         return features, labels
 
     def learning_rate(self, iteration: int) -> float:
@@ -655,5 +713,7 @@ class Trainer:
             return unwrap_model(self.student)
         if weights == "teacher" and self.teacher is not None:
             return self.teacher.model
-        raise ValueError(f"weights must be 'student' or 'teacher' (methods with a teacher), got {weights!r} "
-                         f"for method {self.config.method!r}")
+        raise ValueError(
+            f"weights must be 'student' or 'teacher' (methods with a teacher), got {weights!r} "
+            f"for method {self.config.method!r}"
+        )

@@ -59,8 +59,9 @@ def _image_maps(run: Run, image: np.ndarray, pixels: int, seed: int) -> dict[str
     if config.flow_normalize:
         features = normalize_pixels(features)
     log_prob = flow.log_prob(features)[0]  # [h', w'] at the density's resolution
-    logits = torch.nn.functional.interpolate(out.logits.float(), size=log_prob.shape, mode="bilinear",
-                                             align_corners=False)
+    logits = torch.nn.functional.interpolate(
+        out.logits.float(), size=log_prob.shape, mode="bilinear", align_corners=False
+    )
     rows = (torch.arange(log_prob.shape[0]) * x.shape[-2] // log_prob.shape[0]) < h
     cols = (torch.arange(log_prob.shape[1]) * x.shape[-1] // log_prob.shape[1]) < w
     inside = rows[:, None] & cols[None, :]  # the image, not its padding
@@ -68,12 +69,18 @@ def _image_maps(run: Run, image: np.ndarray, pixels: int, seed: int) -> dict[str
     if sample.numel() > pixels:
         g = torch.Generator().manual_seed(seed)
         sample = sample[torch.randperm(sample.numel(), generator=g)[:pixels]]
-    return {"log_prob": log_prob.cpu(), "logits": logits[0].cpu(), "inside": inside.cpu(), "sample": sample.cpu(),
-            "pooled": features[0][:, inside.to(features.device)].mean(1).cpu()}
+    return {
+        "log_prob": log_prob.cpu(),
+        "logits": logits[0].cpu(),
+        "inside": inside.cpu(),
+        "sample": sample.cpu(),
+        "pooled": features[0][:, inside.to(features.device)].mean(1).cpu(),
+    }
 
 
-def score_images(run: Run, images: Sequence[np.ndarray], reference: Sequence[np.ndarray], quantile: float = 0.05,
-                 pixels: int = 4096) -> dict[str, Any]:
+def score_images(
+    run: Run, images: Sequence[np.ndarray], reference: Sequence[np.ndarray], quantile: float = 0.05, pixels: int = 4096
+) -> dict[str, Any]:
     """The ranking scores of ``images`` against the labelled ``reference`` images.
 
     Args:
@@ -103,8 +110,13 @@ def score_images(run: Run, images: Sequence[np.ndarray], reference: Sequence[np.
         pooled.append(m["pooled"])
         maps.append((m["log_prob"] < threshold) & m["inside"])
     low_t, entropy_t = torch.cat(low), torch.cat(entropy)
-    return {"low_density": low_t, "entropy": entropy_t, "combined": rank_combined(low_t, entropy_t),
-            "pooled": torch.stack(pooled), "low_maps": maps}
+    return {
+        "low_density": low_t,
+        "entropy": entropy_t,
+        "combined": rank_combined(low_t, entropy_t),
+        "pooled": torch.stack(pooled),
+        "low_maps": maps,
+    }
 
 
 def _reference_images(config: Any) -> list[np.ndarray]:
@@ -118,6 +130,7 @@ def _reference_images(config: Any) -> list[np.ndarray]:
 
 def _contact_sheet(images: list[np.ndarray], maps: list[torch.Tensor], names: list[str], path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -162,8 +175,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         files = _images_in(Path(args.images)) if Path(args.images).is_dir() else []
         if not files:
             raise ValueError(f"--images: no image files in {args.images}")
-        reference = [read_image(p) for p in _images_in(Path(args.reference))] if args.reference \
+        reference = (
+            [read_image(p) for p in _images_in(Path(args.reference))]
+            if args.reference
             else _reference_images(run.config)
+        )
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))
     images = [read_image(p) for p in files]
@@ -176,11 +192,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     writer = csv.writer(buffer)
     writer.writerow(["rank", "name", "picked", "combined", "low_density", "entropy"])
     for rank, i in enumerate(order, start=1):
-        writer.writerow([rank, files[i].name, int(i in picks), f"{float(scores['combined'][i]):.4f}",
-                         f"{float(scores['low_density'][i]):.4f}", f"{float(scores['entropy'][i]):.4f}"])
+        writer.writerow(
+            [
+                rank,
+                files[i].name,
+                int(i in picks),
+                f"{float(scores['combined'][i]):.4f}",
+                f"{float(scores['low_density'][i]):.4f}",
+                f"{float(scores['entropy'][i]):.4f}",
+            ]
+        )
     atomic_write(out / "ranking.csv", lambda handle: handle.write(buffer.getvalue().encode()))
-    _contact_sheet([images[i] for i in picks], [scores["low_maps"][i] for i in picks], [files[i].name for i in picks],
-                   out / "suggestions.png")
+    _contact_sheet(
+        [images[i] for i in picks],
+        [scores["low_maps"][i] for i in picks],
+        [files[i].name for i in picks],
+        out / "suggestions.png",
+    )
     print(f"[suggest] label next: {', '.join(files[i].name for i in picks)}")
     print(f"[suggest] wrote {out / 'ranking.csv'} and {out / 'suggestions.png'}")
     return 0

@@ -90,16 +90,43 @@ class GlandPreset:
 #: The presets, from easy to hard.
 PRESETS: dict[str, GlandPreset] = {
     "easy": GlandPreset(
-        glands=(3, 5), radius=(28, 44), irregularity=0.08, touching=0.0, gap=10, distractors=(0, 1),
-        contrast=1.0, stain_jitter=0.02, blur=0.6, noise=0.01, malignant=0.2,
+        glands=(3, 5),
+        radius=(28, 44),
+        irregularity=0.08,
+        touching=0.0,
+        gap=10,
+        distractors=(0, 1),
+        contrast=1.0,
+        stain_jitter=0.02,
+        blur=0.6,
+        noise=0.01,
+        malignant=0.2,
     ),
     "medium": GlandPreset(
-        glands=(4, 7), radius=(24, 48), irregularity=0.14, touching=0.3, gap=4, distractors=(2, 4),
-        contrast=0.8, stain_jitter=0.05, blur=0.8, noise=0.02, malignant=0.5,
+        glands=(4, 7),
+        radius=(24, 48),
+        irregularity=0.14,
+        touching=0.3,
+        gap=4,
+        distractors=(2, 4),
+        contrast=0.8,
+        stain_jitter=0.05,
+        blur=0.8,
+        noise=0.02,
+        malignant=0.5,
     ),
     "hard": GlandPreset(
-        glands=(7, 11), radius=(22, 50), irregularity=0.2, touching=0.6, gap=1, distractors=(4, 7),
-        contrast=0.6, stain_jitter=0.09, blur=1.1, noise=0.035, malignant=0.6,
+        glands=(7, 11),
+        radius=(22, 50),
+        irregularity=0.2,
+        touching=0.6,
+        gap=1,
+        distractors=(4, 7),
+        contrast=0.6,
+        stain_jitter=0.09,
+        blur=1.1,
+        noise=0.035,
+        malignant=0.6,
     ),
 }
 
@@ -190,8 +217,18 @@ def instance_boundaries(labels: np.ndarray) -> np.ndarray:
 
 
 _PALETTE = np.array(
-    [[255, 220, 0], [0, 230, 120], [0, 200, 255], [255, 80, 200], [255, 140, 0], [140, 255, 60],
-     [80, 120, 255], [255, 60, 60], [200, 120, 255], [0, 255, 230]],
+    [
+        [255, 220, 0],
+        [0, 230, 120],
+        [0, 200, 255],
+        [255, 80, 200],
+        [255, 140, 0],
+        [140, 255, 60],
+        [80, 120, 255],
+        [255, 60, 60],
+        [200, 120, 255],
+        [0, 255, 230],
+    ],
     dtype=np.uint8,
 )
 
@@ -269,8 +306,15 @@ def _stamp_bank() -> np.ndarray:
     return bank
 
 
-def _stamp(canvas: np.ndarray, ys: np.ndarray, xs: np.ndarray, kind: str, angles: np.ndarray,
-           rng: np.random.Generator, strength: tuple[float, float] = (0.75, 1.0)) -> None:
+def _stamp(
+    canvas: np.ndarray,
+    ys: np.ndarray,
+    xs: np.ndarray,
+    kind: str,
+    angles: np.ndarray,
+    rng: np.random.Generator,
+    strength: tuple[float, float] = (0.75, 1.0),
+) -> None:
     """Stamp nuclei of one kind at ``(ys, xs)`` with orientations ``angles`` (radians), in place (max)."""
     if len(ys) == 0:
         return
@@ -321,8 +365,15 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], cell: int) -
 # ----------------------------------------------------------------------------- layout
 
 
-def _blob_depth(shape: tuple[int, int], centre: np.ndarray, radius: float, aspect: float, angle: float,
-                harmonics: np.ndarray, phases: np.ndarray) -> tuple[tuple[slice, slice], np.ndarray]:
+def _blob_depth(
+    shape: tuple[int, int],
+    centre: np.ndarray,
+    radius: float,
+    aspect: float,
+    angle: float,
+    harmonics: np.ndarray,
+    phases: np.ndarray,
+) -> tuple[tuple[slice, slice], np.ndarray]:
     """Normalised radius ``d`` (< 1 inside) of a Fourier-perturbed ellipse, over its bounding box."""
     reach = radius * (1.0 + np.abs(harmonics).sum()) + 1.0
     y0, y1 = max(0, int(centre[0] - reach)), min(shape[0], int(centre[0] + reach) + 2)
@@ -412,8 +463,9 @@ def _relabel(instances: np.ndarray, min_area: int) -> np.ndarray:
 _DISTRACTOR_KINDS = ("pseudogland", "vessel", "cluster", "space")
 
 
-def _layout_distractors(rng: np.random.Generator, instances: np.ndarray, preset: GlandPreset
-                        ) -> tuple[np.ndarray, list[str]]:
+def _layout_distractors(
+    rng: np.random.Generator, instances: np.ndarray, preset: GlandPreset
+) -> tuple[np.ndarray, list[str]]:
     """Place gland-like distractors in the stroma, clear of every gland; returns labels 1..m and kinds."""
     shape = instances.shape
     area = shape[0] * shape[1] / 256.0**2
@@ -454,8 +506,14 @@ def _layout_distractors(rng: np.random.Generator, instances: np.ndarray, preset:
 # ----------------------------------------------------------------------------- rendering
 
 
-def _render(rng: np.random.Generator, instances: np.ndarray, distractor_labels: np.ndarray,
-            distractor_kinds: Sequence[str], preset: GlandPreset, malignant: bool) -> np.ndarray:
+def _render(
+    rng: np.random.Generator,
+    instances: np.ndarray,
+    distractor_labels: np.ndarray,
+    distractor_kinds: Sequence[str],
+    preset: GlandPreset,
+    malignant: bool,
+) -> np.ndarray:
     """Concentration maps -> stain mixing -> blur and noise; returns uint8 RGB."""
     shape = instances.shape
     n = int(instances.max())
@@ -507,8 +565,15 @@ def _render(rng: np.random.Generator, instances: np.ndarray, distractor_labels: 
     # Stroma: fibroblasts along the fibres, and lymphocytes.
     stroma = structures == 0
     ys, xs = _points_in(stroma, int(stroma.sum() / 320), rng)
-    _stamp(nuclei, ys, xs, "fibroblast", (0.0 if horizontal else math.pi / 2) + rng.normal(0.0, 0.3, len(ys)),
-           rng, (0.55, 0.9))
+    _stamp(
+        nuclei,
+        ys,
+        xs,
+        "fibroblast",
+        (0.0 if horizontal else math.pi / 2) + rng.normal(0.0, 0.3, len(ys)),
+        rng,
+        (0.55, 0.9),
+    )
     ys, xs = _points_in(stroma, int(stroma.sum() / 700), rng)
     _stamp(nuclei, ys, xs, "lymphocyte", np.zeros(len(ys)), rng, (0.8, 1.0))
 
@@ -585,8 +650,9 @@ class SyntheticGlands:
         True
     """
 
-    def __init__(self, preset: str | GlandPreset = "medium", size: int | tuple[int, int] = 256, seed: int = 0,
-                 min_area: int = 40) -> None:
+    def __init__(
+        self, preset: str | GlandPreset = "medium", size: int | tuple[int, int] = 256, seed: int = 0, min_area: int = 40
+    ) -> None:
         if isinstance(preset, str):
             if preset not in PRESETS:
                 raise ValueError(f"preset must be one of {sorted(PRESETS)} or a GlandPreset, got {preset!r}")
@@ -734,8 +800,9 @@ def contact_sheet(
     return sheet
 
 
-def write_contact_sheet(path: str | Path, presets: Sequence[str] = ("easy", "medium", "hard"), num: int = 4,
-                        size: int = 256, seed: int = 0) -> Path:
+def write_contact_sheet(
+    path: str | Path, presets: Sequence[str] = ("easy", "medium", "hard"), num: int = 4, size: int = 256, seed: int = 0
+) -> Path:
     """Write a contact sheet PNG: one row per preset, ``num`` samples each, raw | outlined.
 
     Args:

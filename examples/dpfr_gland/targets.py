@@ -155,8 +155,12 @@ def instances_to_classes(instances: _ArrayT, contour_width: int = 2) -> _ArrayT:
     """
     contour_width = check_int_in_range("contour_width", contour_width, 1)
     tensor = check_tensor(
-        "instances", _as_tensor("instances", instances), ndim=(2, 3), dims="[H, W] or [B, H, W]",
-        dtypes=INT_DTYPES, dtype_words="an integer type",
+        "instances",
+        _as_tensor("instances", instances),
+        ndim=(2, 3),
+        dims="[H, W] or [B, H, W]",
+        dtypes=INT_DTYPES,
+        dtype_words="an integer type",
     )
     labels = tensor.detach().cpu().numpy()
     if labels.size and labels.min() < 0:
@@ -181,7 +185,11 @@ def _class_map(pred: object) -> tuple[np.ndarray, bool]:
     tensor = _as_tensor("pred", pred)
     if tensor.is_floating_point():
         tensor = check_tensor(
-            "pred", tensor, ndim=(3, 4), dims="[3, H, W] or [B, 3, H, W] (scores)", dtypes=FLOAT_DTYPES,
+            "pred",
+            tensor,
+            ndim=(3, 4),
+            dims="[3, H, W] or [B, 3, H, W] (scores)",
+            dtypes=FLOAT_DTYPES,
             dtype_words="float16, bfloat16, float32 or float64",
         )
         class_dim = tensor.dim() - 3
@@ -194,16 +202,18 @@ def _class_map(pred: object) -> tuple[np.ndarray, bool]:
         check_finite("pred", tensor)
         return tensor.detach().argmax(dim=class_dim).cpu().numpy(), tensor.dim() == 4
     tensor = check_tensor(
-        "pred", tensor, ndim=(2, 3), dims="[H, W] or [B, H, W] (class map)", dtypes=INT_DTYPES,
+        "pred",
+        tensor,
+        ndim=(2, 3),
+        dims="[H, W] or [B, H, W] (class map)",
+        dtypes=INT_DTYPES,
         dtype_words="an integer type (class map) or a float type (scores)",
     )
     tensor = check_labels("pred", tensor, num_classes=NUM_CLASSES, ignore_index=None, ndim=tensor.dim())
     return tensor.detach().cpu().numpy(), tensor.dim() == 3
 
 
-def _instances_from_class_map(
-    classes: np.ndarray, min_size: int, dilation: int, structure: np.ndarray
-) -> np.ndarray:
+def _instances_from_class_map(classes: np.ndarray, min_size: int, dilation: int, structure: np.ndarray) -> np.ndarray:
     """One ``[H, W]`` class map to an int32 instance map (see :func:`classes_to_instances`)."""
     components, count = ndimage.label(classes == INTERIOR, structure=structure)
     if count:
@@ -338,8 +348,10 @@ def semantic_targets(mask: np.ndarray, num_classes: int = 2, name: str = "mask")
         return (mask > 0).astype(np.int64)
     bad = (mask < 0) | (mask >= num_classes)
     if bad.any():
-        raise ValueError(f"{name} must hold classes 0..{num_classes - 1} for semantic_classes={num_classes}, "
-                         f"got value {int(mask[bad].flat[0])}")
+        raise ValueError(
+            f"{name} must hold classes 0..{num_classes - 1} for semantic_classes={num_classes}, "
+            f"got value {int(mask[bad].flat[0])}"
+        )
     return mask.astype(np.int64)
 
 

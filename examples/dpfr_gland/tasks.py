@@ -54,8 +54,9 @@ class Task:
         """The classes' names in logs and tables."""
         raise NotImplementedError
 
-    def targets(self, labels: np.ndarray, contour_width: int = 2, num_classes: int = 2,
-                name: str = "mask") -> np.ndarray:
+    def targets(
+        self, labels: np.ndarray, contour_width: int = 2, num_classes: int = 2, name: str = "mask"
+    ) -> np.ndarray:
         """The training targets of a label map as read from disk.
 
         Shapes:
@@ -63,9 +64,23 @@ class Task:
         """
         raise NotImplementedError
 
-    def score(self, model: nn.Module, dataset: Any, *, num_classes: int, tile: int, overlap: int | None,
-              min_size: int, dilation: int, amp: bool, scale: float, limit: int | None = None,
-              batch_size: int = 4, pictures: Path | None = None, progress: bool = False) -> dict[str, Any]:
+    def score(
+        self,
+        model: nn.Module,
+        dataset: Any,
+        *,
+        num_classes: int,
+        tile: int,
+        overlap: int | None,
+        min_size: int,
+        dilation: int,
+        amp: bool,
+        scale: float,
+        limit: int | None = None,
+        batch_size: int = 4,
+        pictures: Path | None = None,
+        progress: bool = False,
+    ) -> dict[str, Any]:
         """The network's scores on ``dataset`` (``pictures``: a folder for the pictures that go with them)."""
         raise NotImplementedError
 
@@ -86,18 +101,46 @@ class _Instance(Task):
     def class_names(self, num_classes: int) -> tuple[str, ...]:
         return ("background", "interior", "contour")
 
-    def targets(self, labels: np.ndarray, contour_width: int = 2, num_classes: int = 2,
-                name: str = "mask") -> np.ndarray:
+    def targets(
+        self, labels: np.ndarray, contour_width: int = 2, num_classes: int = 2, name: str = "mask"
+    ) -> np.ndarray:
         return instances_to_classes(np.ascontiguousarray(labels), contour_width=contour_width)
 
-    def score(self, model: nn.Module, dataset: Any, *, num_classes: int, tile: int, overlap: int | None,
-              min_size: int, dilation: int, amp: bool, scale: float, limit: int | None = None,
-              batch_size: int = 4, pictures: Path | None = None, progress: bool = False) -> dict[str, Any]:
+    def score(
+        self,
+        model: nn.Module,
+        dataset: Any,
+        *,
+        num_classes: int,
+        tile: int,
+        overlap: int | None,
+        min_size: int,
+        dilation: int,
+        amp: bool,
+        scale: float,
+        limit: int | None = None,
+        batch_size: int = 4,
+        pictures: Path | None = None,
+        progress: bool = False,
+    ) -> dict[str, Any]:
         from . import evaluate
 
-        return dict(evaluate.evaluate(model, dataset, tile=tile, overlap=overlap, batch_size=batch_size,
-                                      min_size=min_size, dilation=dilation, amp=amp, limit=limit, out=pictures,
-                                      progress=progress, scale=scale))
+        return dict(
+            evaluate.evaluate(
+                model,
+                dataset,
+                tile=tile,
+                overlap=overlap,
+                batch_size=batch_size,
+                min_size=min_size,
+                dilation=dilation,
+                amp=amp,
+                limit=limit,
+                out=pictures,
+                progress=progress,
+                scale=scale,
+            )
+        )
 
     def table(self, rows: dict[str, dict[str, Any]], first: str = "run") -> str:
         from . import evaluate
@@ -114,18 +157,44 @@ class _Semantic(Task):
     def class_names(self, num_classes: int) -> tuple[str, ...]:
         return ("background", "gland") if num_classes == 2 else tuple(f"class{c}" for c in range(num_classes))
 
-    def targets(self, labels: np.ndarray, contour_width: int = 2, num_classes: int = 2,
-                name: str = "mask") -> np.ndarray:
+    def targets(
+        self, labels: np.ndarray, contour_width: int = 2, num_classes: int = 2, name: str = "mask"
+    ) -> np.ndarray:
         return semantic_targets(labels, num_classes, name=name)
 
-    def score(self, model: nn.Module, dataset: Any, *, num_classes: int, tile: int, overlap: int | None,
-              min_size: int, dilation: int, amp: bool, scale: float, limit: int | None = None,
-              batch_size: int = 4, pictures: Path | None = None, progress: bool = False) -> dict[str, Any]:
+    def score(
+        self,
+        model: nn.Module,
+        dataset: Any,
+        *,
+        num_classes: int,
+        tile: int,
+        overlap: int | None,
+        min_size: int,
+        dilation: int,
+        amp: bool,
+        scale: float,
+        limit: int | None = None,
+        batch_size: int = 4,
+        pictures: Path | None = None,
+        progress: bool = False,
+    ) -> dict[str, Any]:
         from . import evaluate
 
-        return dict(evaluate.evaluate_semantic(model, dataset, num_classes, tile=tile, overlap=overlap,
-                                               batch_size=batch_size, amp=amp, limit=limit, progress=progress,
-                                               scale=scale))
+        return dict(
+            evaluate.evaluate_semantic(
+                model,
+                dataset,
+                num_classes,
+                tile=tile,
+                overlap=overlap,
+                batch_size=batch_size,
+                amp=amp,
+                limit=limit,
+                progress=progress,
+                scale=scale,
+            )
+        )
 
     def table(self, rows: dict[str, dict[str, Any]], first: str = "run") -> str:
         from . import evaluate

@@ -216,6 +216,7 @@ def blend_tiles(
     bar = None
     if progress:
         from tqdm import tqdm
+
         bar = tqdm(total=len(rows) * len(cols), desc="tiles", unit="tile")
 
     def region(y: int, x: int) -> torch.Tensor:
@@ -249,8 +250,10 @@ def blend_tiles(
                 with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
                     logits = logits_of(model(tiles))
                 if logits.dim() != 4 or logits.shape[0] != len(chunk) or logits.shape[-2:] != tiles.shape[-2:]:
-                    raise ValueError(f"model output (logits) must be [{len(chunk)}, K, {tile_h}, {tile_w}] for "
-                                     f"tiles of shape {tuple(tiles.shape)}, got shape {tuple(logits.shape)}")
+                    raise ValueError(
+                        f"model output (logits) must be [{len(chunk)}, K, {tile_h}, {tile_w}] for "
+                        f"tiles of shape {tuple(tiles.shape)}, got shape {tuple(logits.shape)}"
+                    )
                 check_finite("model output (logits)", logits)
                 probs = logits.float().softmax(dim=1) * weights
                 if band is None:

@@ -71,10 +71,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m examples.dpfr_gland.train", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="JSON config (examples/dpfr_gland/configs/*.json)")
     parser.add_argument("--out", default="outputs/train", help="output folder")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field (repeatable)")
-    parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
-                        help="continue from CKPT (default: OUT/checkpoint.pt)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field (repeatable)",
+    )
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="CKPT",
+        help="continue from CKPT (default: OUT/checkpoint.pt)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     args = parser.parse_args(argv)
     try:
