@@ -28,6 +28,8 @@ from torch import nn
 
 from .targets import instances_to_classes, semantic_targets
 
+Kwargs = dict[str, Any]
+
 
 class Task:
     """One task of the recipe (see the module docstring); :data:`INSTANCE` and :data:`SEMANTIC`
@@ -81,7 +83,15 @@ class Task:
         pictures: Path | None = None,
         progress: bool = False,
     ) -> dict[str, Any]:
-        """The network's scores on ``dataset`` (``pictures``: a folder for the pictures that go with them)."""
+        """The network's scores on ``dataset`` (``pictures``: a folder for the pictures that go with them;
+        ``min_size``, ``dilation`` and ``pictures`` are for the instance task)."""
+        common = dict(
+            tile=tile, overlap=overlap, batch_size=batch_size, amp=amp, limit=limit, progress=progress, scale=scale
+        )
+        instance_only = dict(min_size=min_size, dilation=dilation, out=pictures)
+        return dict(self._score(model, dataset, common, instance_only, num_classes))
+
+    def _score(self, model: nn.Module, dataset: Any, common: Kwargs, instance_only: Kwargs, num_classes: int) -> Any:
         raise NotImplementedError
 
     def table(self, rows: dict[str, dict[str, Any]], first: str = "run") -> str:
@@ -106,41 +116,10 @@ class _Instance(Task):
     ) -> np.ndarray:
         return instances_to_classes(np.ascontiguousarray(labels), contour_width=contour_width)
 
-    def score(
-        self,
-        model: nn.Module,
-        dataset: Any,
-        *,
-        num_classes: int,
-        tile: int,
-        overlap: int | None,
-        min_size: int,
-        dilation: int,
-        amp: bool,
-        scale: float,
-        limit: int | None = None,
-        batch_size: int = 4,
-        pictures: Path | None = None,
-        progress: bool = False,
-    ) -> dict[str, Any]:
+    def _score(self, model: nn.Module, dataset: Any, common: Kwargs, instance_only: Kwargs, num_classes: int) -> Any:
         from . import evaluate
 
-        return dict(
-            evaluate.evaluate(
-                model,
-                dataset,
-                tile=tile,
-                overlap=overlap,
-                batch_size=batch_size,
-                min_size=min_size,
-                dilation=dilation,
-                amp=amp,
-                limit=limit,
-                out=pictures,
-                progress=progress,
-                scale=scale,
-            )
-        )
+        return evaluate.evaluate(model, dataset, **common, **instance_only)
 
     def table(self, rows: dict[str, dict[str, Any]], first: str = "run") -> str:
         from . import evaluate
@@ -162,39 +141,10 @@ class _Semantic(Task):
     ) -> np.ndarray:
         return semantic_targets(labels, num_classes, name=name)
 
-    def score(
-        self,
-        model: nn.Module,
-        dataset: Any,
-        *,
-        num_classes: int,
-        tile: int,
-        overlap: int | None,
-        min_size: int,
-        dilation: int,
-        amp: bool,
-        scale: float,
-        limit: int | None = None,
-        batch_size: int = 4,
-        pictures: Path | None = None,
-        progress: bool = False,
-    ) -> dict[str, Any]:
+    def _score(self, model: nn.Module, dataset: Any, common: Kwargs, instance_only: Kwargs, num_classes: int) -> Any:
         from . import evaluate
 
-        return dict(
-            evaluate.evaluate_semantic(
-                model,
-                dataset,
-                num_classes,
-                tile=tile,
-                overlap=overlap,
-                batch_size=batch_size,
-                amp=amp,
-                limit=limit,
-                progress=progress,
-                scale=scale,
-            )
-        )
+        return evaluate.evaluate_semantic(model, dataset, num_classes, **common)
 
     def table(self, rows: dict[str, dict[str, Any]], first: str = "run") -> str:
         from . import evaluate
