@@ -56,7 +56,7 @@ from .augment import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 from .checkpoint import atomic_write, atomic_write_text, load_checkpoint_model
 from .synthetic import draw_outlines
 from .targets import classes_to_instances
-from .tiling import STRIDE, blend_tiles, check_tiling
+from .tiling import TileSpec, blend_tiles, model_stride
 
 # ----------------------------------------------------------------------------- prediction
 
@@ -125,7 +125,7 @@ def predict(
         dtype_words="float16, bfloat16, float32 or float64",
     )
     check_finite("image", image)
-    check_tiling(tile, overlap, batch_size)
+    spec = TileSpec(tile, overlap, batch_size, window, amp)
     single = image.dim() == 3
     images = image[None] if single else image
     h, w = images.shape[-2:]
@@ -138,11 +138,7 @@ def predict(
                 h,
                 w,
                 lambda y0, x0, th, tw, x=x: x[:, y0 : y0 + th, x0 : x0 + tw],
-                tile=tile,
-                overlap=overlap,
-                batch_size=batch_size,
-                window=window,
-                amp=amp,
+                spec,
             )
         ]
         results.append(torch.cat(bands, dim=1))
@@ -198,7 +194,7 @@ def predict_probabilities(
     from .scale import resize_image, scaled_size
 
     native = image.shape[:2]
-    size = scaled_size(*native, scale, minimum=min(STRIDE, *native), what="image")
+    size = scaled_size(*native, scale, minimum=min(model_stride(model), *native), what="image")
     probs = predict(
         model,
         to_tensor(resize_image(image, size), mean, std),

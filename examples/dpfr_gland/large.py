@@ -37,7 +37,7 @@ from densessl.checks import check_int_in_range
 from .augment import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 from .scale import resize_image, scaled_size
 from .targets import BACKGROUND, INTERIOR
-from .tiling import STRIDE, WINDOWS, blend_tiles, check_tiling, window_weights
+from .tiling import STRIDE, WINDOWS, TileSpec, blend_tiles, model_stride, window_weights
 
 
 class RegionReader(Protocol):
@@ -242,7 +242,8 @@ def predict_large(
     """
     reader = _reader(image)
     height, width = int(reader.shape[0]), int(reader.shape[1])
-    check_tiling(tile, overlap, batch_size)
+    spec = TileSpec(tile, overlap, batch_size, window, amp)
+    spec.check(model_stride(model))  # before any output is written
     if out is None:
         out = np.empty((height, width), np.uint8)
     for name, array in (("out", out), ("probability_out", probability_out)):
@@ -268,11 +269,7 @@ def predict_large(
         net_h,
         net_w,
         read,
-        tile=tile,
-        overlap=overlap,
-        batch_size=batch_size,
-        window=window,
-        amp=amp,
+        spec,
         progress=progress,
     ):
         best, classes = probs.max(dim=0)

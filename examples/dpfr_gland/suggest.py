@@ -6,7 +6,9 @@ Run::
 
 For every image of ``--images`` the run's EMA teacher gives the class scores and the features the
 flow models (at the run's ``perturb_at`` site, normalised as in training), and the run's flow
-their per-pixel log-density. Per image:
+their per-pixel log-density, all three through the recipe's one sliding window
+(:func:`~examples.dpfr_gland.tiling.blend_tiles` with the run's ``eval_tile``, so an image of any
+size fits in memory and is seen as evaluation sees it). Per image:
 
 - ``low_density``: the share of pixels whose log-density lies below the ``--quantile`` of the
   labelled pixels' (:func:`densessl.functional.low_density_fraction`) — appearance the labels
@@ -36,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from densessl.functional import diverse_top_k, image_entropy, low_density_fraction, normalize_pixels, rank_combined
 
@@ -43,38 +46,53 @@ from .augment import to_tensor
 from .checkpoint import Run, atomic_write, load_run
 from .data import _images_in, read_image
 from .scale import resize_image, scaled_size
+from .tiling import TileSpec, blend_tiles, model_stride
 
 
-@torch.no_grad()
 def _image_maps(run: Run, image: np.ndarray, pixels: int, seed: int) -> dict[str, torch.Tensor]:
-    """Teacher logits, per-pixel log-density and pooled features of one image."""
+    """Teacher probabilities, per-pixel log-density and pooled features of one image, at the
+    network's scale, through the recipe's one sliding window (the run's ``eval_tile``)."""
     model, flow, config = run.teacher, run.flow, run.config
     assert model is not None and flow is not None
-    image = resize_image(image, scaled_size(*image.shape[:2], config.scale, minimum=min(32, *image.shape[:2])))
-    x = to_tensor(image)[None].to(run.device)  # at the network's scale: ranking needs no native map
-    h, w = x.shape[-2:]
-    x = torch.nn.functional.pad(x, (0, (-w) % 32, 0, (-h) % 32), mode="replicate")
-    out = model(x)
-    features = out.features.float()
-    if config.flow_normalize:
-        features = normalize_pixels(features)
-    log_prob = flow.log_prob(features)[0]  # [h', w'] at the density's resolution
-    logits = torch.nn.functional.interpolate(
-        out.logits.float(), size=log_prob.shape, mode="bilinear", align_corners=False
+    image = resize_image(
+        image, scaled_size(*image.shape[:2], config.scale, minimum=min(model_stride(model), *image.shape[:2]))
     )
-    rows = (torch.arange(log_prob.shape[0]) * x.shape[-2] // log_prob.shape[0]) < h
-    cols = (torch.arange(log_prob.shape[1]) * x.shape[-1] // log_prob.shape[1]) < w
-    inside = rows[:, None] & cols[None, :]  # the image, not its padding
-    sample = log_prob[inside]
+    x = to_tensor(image).to(run.device)  # at the network's scale: ranking needs no native map
+    classes = config.num_classes
+
+    def head(out: Any) -> torch.Tensor:
+        """[b, K + 1 + C, h, w]: class probabilities, log-density, (normalised) features."""
+        size = out.logits.shape[-2:]
+        features = out.features.float()
+        if config.flow_normalize:
+            features = normalize_pixels(features)
+        with torch.autocast(device_type=x.device.type, enabled=False):  # the flow in float32
+            log_prob = flow.log_prob(features)[:, None]  # [b, 1, h', w'] at the density's resolution
+        if log_prob.shape[-2:] != size:
+            log_prob = F.interpolate(log_prob, size=size, mode="nearest")
+        if features.shape[-2:] != size:
+            features = F.interpolate(features, size=size, mode="bilinear", align_corners=False)
+        return torch.cat([out.logits.float().softmax(dim=1), log_prob, features], dim=1)
+
+    spec = TileSpec(config.eval_tile, config.eval_overlap)
+    h, w = x.shape[-2:]
+    maps = torch.cat(
+        [
+            band
+            for _, band in blend_tiles(model, h, w, lambda y0, x0, th, tw: x[:, y0 : y0 + th, x0 : x0 + tw], spec, head)
+        ],
+        dim=1,
+    )
+    probs, log_prob, features = maps[:classes], maps[classes], maps[classes + 1 :]
+    sample = log_prob.flatten()
     if sample.numel() > pixels:
         g = torch.Generator().manual_seed(seed)
         sample = sample[torch.randperm(sample.numel(), generator=g)[:pixels]]
     return {
         "log_prob": log_prob.cpu(),
-        "logits": logits[0].cpu(),
-        "inside": inside.cpu(),
+        "logits": probs.clamp(min=1e-12).log().cpu(),  # logits of the blended probabilities
         "sample": sample.cpu(),
-        "pooled": features[0][:, inside.to(features.device)].mean(1).cpu(),
+        "pooled": features.flatten(1).mean(1).cpu(),
     }
 
 
@@ -96,7 +114,7 @@ def score_images(
 
     Returns:
         ``{"low_density", "entropy", "combined"}`` as ``[N]`` tensors, ``"pooled"`` ``[N, C]`` and
-        ``"low_maps"`` (per image, a bool map of its low-density pixels at the density's resolution).
+        ``"low_maps"`` (per image, a bool map of its low-density pixels at the network's scale).
     """
     if not reference:
         raise ValueError("reference: at least one labelled image is needed")
@@ -105,10 +123,10 @@ def score_images(
     low, entropy, pooled, maps = [], [], [], []
     for image in images:
         m = _image_maps(run, image, pixels, 0)
-        low.append(low_density_fraction(m["log_prob"][None], ref, quantile, mask=m["inside"][None]))
-        entropy.append(image_entropy(m["logits"][None], mask=m["inside"][None]))
+        low.append(low_density_fraction(m["log_prob"][None], ref, quantile))
+        entropy.append(image_entropy(m["logits"][None]))
         pooled.append(m["pooled"])
-        maps.append((m["log_prob"] < threshold) & m["inside"])
+        maps.append(m["log_prob"] < threshold)
     low_t, entropy_t = torch.cat(low), torch.cat(entropy)
     return {
         "low_density": low_t,
@@ -141,9 +159,9 @@ def _contact_sheet(images: list[np.ndarray], maps: list[torch.Tensor], names: li
         ax.set_axis_off()
     for n, (ax, image, low, name) in enumerate(zip(axes.flat, images, maps, names)):
         h, w = image.shape[:2]
-        # the map covers the image padded to a multiple of 32: nearest cell of each pixel
-        rows = np.arange(h) * low.shape[0] // (-(-h // 32) * 32)
-        cols = np.arange(w) * low.shape[1] // (-(-w // 32) * 32)
+        # the map is at the network's scale: the nearest cell of each native pixel
+        rows = np.arange(h) * low.shape[0] // h
+        cols = np.arange(w) * low.shape[1] // w
         big = low.numpy()[rows][:, cols]
         shown = image.copy()
         shown[big] = (0.5 * shown[big] + 0.5 * np.array([230, 30, 30])).astype(np.uint8)
