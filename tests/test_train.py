@@ -983,3 +983,55 @@ def test_the_choice_fields_declare_their_choices_and_they_match_the_code_that_re
         T.TrainConfig(pseudo_labels="hard")
     with pytest.raises(TypeError, match="method must be a str"):
         T.TrainConfig(method=3)
+
+
+def test_every_numeric_field_declares_its_bounds_and_they_are_enforced():
+    import dataclasses
+    import typing
+
+    from examples.dpfr_gland import config as C
+
+    hints = typing.get_type_hints(T.TrainConfig, include_extras=True)
+    unbounded = {"synthetic_size", "flow_warmup"}  # checked against other fields in __post_init__
+    checked = 0
+    for f in dataclasses.fields(T.TrainConfig):
+        kind = hints[f.name]
+        base = typing.get_args(kind)[0] if typing.get_origin(kind) is typing.Annotated else kind
+        if base not in (int, float) or f.name in unbounded:
+            continue
+        bounds = [m for m in getattr(kind, "__metadata__", ()) if isinstance(m, C.Bounds)]
+        assert len(bounds) == 1, f"{f.name} declares no bounds"
+        (b,) = bounds
+        assert b.low is not None
+        below = b.low if b.open_low else b.low - 1
+        with pytest.raises(ValueError, match=rf"^{f.name} must be "):
+            T.TrainConfig(**{f.name: base(below)})
+        if b.high is not None:
+            with pytest.raises(ValueError, match=rf"^{f.name} must be in "):
+                T.TrainConfig(**{f.name: base(b.high if b.open_high else b.high + 1)})
+        if base is float:
+            with pytest.raises(ValueError, match=rf"^{f.name} must be "):
+                T.TrainConfig(**{f.name: float("nan")})
+        checked += 1
+    assert checked >= 40
+    with pytest.raises(ValueError, match="eval_tile must be a positive multiple of 32, got 48"):
+        T.TrainConfig(eval_tile=48)
+    assert T.TrainConfig(ema_decay=1.0, alignment_momentum=0.0, min_class_keep=0.0).ema_decay == 1.0
+
+
+def test_every_stored_result_row_and_shipped_config_still_loads():
+    """The rows the studies committed carry flat config dicts from older versions of the config:
+    each must load (unknown keys would be an error; bounds must hold for every stored value)."""
+    import json
+    from pathlib import Path
+
+    from examples.dpfr_gland.config import config_from_dict
+
+    rows = sorted((Path(__file__).parents[1] / "benchmarks" / "results").rglob("*.json"))
+    loaded = 0
+    for path in rows:
+        row = json.loads(path.read_text())
+        if isinstance(row, dict) and isinstance(row.get("config"), dict) and "method" in row["config"]:
+            config_from_dict(row["config"])
+            loaded += 1
+    assert loaded >= 100

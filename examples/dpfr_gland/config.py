@@ -8,6 +8,7 @@ name the key of any bad value.
 from __future__ import annotations
 
 __all__ = [
+    "Bounds",
     "METHODS",
     "METHOD_SECTIONS",
     "SECTIONS",
@@ -27,13 +28,71 @@ import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from .data import parse_ratio
 from .tasks import task_of
 
+
 #: The ablation switches, from the plainest to the full recipe.
 # The choices of the string fields, declared beside each field as its type (checked on construction).
+@dataclass(frozen=True)
+class Bounds:
+    """The range of a numeric config field, declared beside it in its type (``Annotated``).
+
+    Args:
+        low: the least value (``None``: unbounded).
+        high: the greatest value (``None``: unbounded).
+        open_low: ``low`` itself is excluded.
+        open_high: ``high`` itself is excluded.
+        multiple: the value must be a multiple of this (ints).
+
+    Example:
+        >>> Bounds(0, 1, open_high=True).check("alignment_momentum", 0.5)
+        >>> Bounds(1).check("iterations", 0)
+        Traceback (most recent call last):
+        ...
+        ValueError: iterations must be >= 1, got 0
+    """
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+    multiple: int | None = None
+
+    def words(self, kind: type) -> str:
+        """The range in words, as error messages say it."""
+        if self.multiple is not None:
+            return f"a positive multiple of {self.multiple}"
+        finite = "a finite number " if kind is float else ""
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}{')' if self.open_high else ']'}"
+        if self.low is not None:
+            return f"{finite}{'>' if self.open_low else '>='} {self.low:g}"
+        return f"{finite}{'<' if self.open_high else '<='} {self.high:g}"
+
+    def check(self, name: str, value: float) -> None:
+        """Raise ``ValueError`` naming ``name`` when ``value`` is outside the range."""
+        bad = isinstance(value, float) and not math.isfinite(value)
+        if self.low is not None:
+            bad |= value <= self.low if self.open_low else value < self.low
+        if self.high is not None:
+            bad |= value >= self.high if self.open_high else value > self.high
+        if self.multiple is not None:
+            bad |= value % self.multiple != 0
+        if bad:
+            raise ValueError(f"{name} must be {self.words(type(value))}, got {value}")
+
+
+#: Numeric field types with their bounds (``TrainConfig`` checks every field against its own).
+Count = Annotated[int, Bounds(1)]
+Steps = Annotated[int, Bounds(0)]
+Positive = Annotated[float, Bounds(0, open_low=True)]
+NonNegative = Annotated[float, Bounds(0)]
+Fraction = Annotated[float, Bounds(0, 1)]
+Pixels32 = Annotated[int, Bounds(32, multiple=32)]
+
 Method = Literal["supervised", "mean_teacher", "fdp", "fr", "dpfr"]
 TaskName = Literal["instance", "semantic"]
 Dataset = Literal["synthetic", "glas", "crag", "folder"]
@@ -229,7 +288,7 @@ class TrainConfig:
 
     method: Method = "dpfr"
     task: TaskName = "instance"
-    semantic_classes: int = 2
+    semantic_classes: Annotated[int, Bounds(2)] = 2
     dataset: Dataset = "synthetic"
     data: str = ""
     test_data: str = ""
@@ -238,52 +297,52 @@ class TrainConfig:
     test_split: str = "testA"
     synthetic_preset: SyntheticPreset = "medium"
     synthetic_size: int = 128
-    synthetic_train: int = 16
-    synthetic_test: int = 4
-    synthetic_seed: int = -1
+    synthetic_train: Count = 16
+    synthetic_test: Count = 4
+    synthetic_seed: Annotated[int, Bounds(-1)] = -1
     synthetic_mix: str = ""
     label_ratio: str = "1/4"
     labelled: str = ""
-    seed: int = 0
+    seed: Steps = 0
     backbone: Backbone = "resnet34"
     pretrained: str = ""
-    scale: float = 1.0
-    target_mpp: float = 0.0
-    crop_size: int = 96
-    batch_labelled: int = 2
-    batch_unlabelled: int = 2
-    iterations: int = 100
-    lr: float = 1e-3
+    scale: Positive = 1.0
+    target_mpp: NonNegative = 0.0
+    crop_size: Pixels32 = 96
+    batch_labelled: Count = 2
+    batch_unlabelled: Count = 2
+    iterations: Count = 100
+    lr: Positive = 1e-3
     lr_schedule: LrSchedule = "poly"
-    lr_power: float = 0.9
-    weight_decay: float = 1e-4
-    contour_weight: float = 1.0
-    ema_decay: float = 0.99
-    threshold: float = 0.5
+    lr_power: Positive = 0.9
+    weight_decay: NonNegative = 1e-4
+    contour_weight: Positive = 1.0
+    ema_decay: Fraction = 0.99
+    threshold: Positive = 0.5
     pseudo_labels: PseudoLabels = "entropy"
-    min_class_keep: float = 0.2
+    min_class_keep: Fraction = 0.2
     distribution_alignment: bool = True
     unsup_class_balance: bool = False
-    alignment_momentum: float = 0.99
-    unsup_weight: float = 1.0
-    alpha_perturbed: float = 0.5
-    alpha_contrast: float = 0.3
-    xi: float = 0.25
+    alignment_momentum: Annotated[float, Bounds(0, 1, open_high=True)] = 0.99
+    unsup_weight: NonNegative = 1.0
+    alpha_perturbed: NonNegative = 0.5
+    alpha_contrast: NonNegative = 0.3
+    xi: NonNegative = 0.25
     xi_relative: bool = True
-    supervised_warmup: int = 20
-    rampup: int = 20
+    supervised_warmup: Steps = 20
+    rampup: Steps = 20
     flow_warmup: int = 20
-    flow_depth: int = 2
-    flow_hidden: int = 64
-    flow_lr: float = 1e-3
-    flow_grad_clip: float = 1.0
-    flow_pixels: int = 20000
-    flow_noise: float = 0.01
-    num_anchors: int = 256
-    num_negatives: int = 512
-    temperature: float = 0.5
-    projection_hidden: int = 256
-    projection_dim: int = 128
+    flow_depth: Count = 2
+    flow_hidden: Count = 64
+    flow_lr: Positive = 1e-3
+    flow_grad_clip: NonNegative = 1.0
+    flow_pixels: Count = 20000
+    flow_noise: NonNegative = 0.01
+    num_anchors: Count = 256
+    num_negatives: Count = 512
+    temperature: Positive = 0.5
+    projection_hidden: Count = 256
+    projection_dim: Count = 128
     perturb_at: PerturbAt = "classifier"
     perturb_direction: PerturbDirection = "density"
     cutmix: bool = True
@@ -292,26 +351,25 @@ class TrainConfig:
     flow_normalize: bool = True
     flow_labelled_source: FlowSource = "teacher"
     flow_pseudo_labels: bool = False
-    flow_label_fraction: float = 0.5
-    contour_width: int = 2
-    min_size: int = 16
+    flow_label_fraction: Fraction = 0.5
+    contour_width: Count = 2
+    min_size: Steps = 16
     device: str = "auto"
     amp: bool = True
-    num_workers: int = 0
-    log_every: int = 10
-    checkpoint_every: int = 0
-    eval_tile: int = 256
-    eval_overlap: int = 32
-    eval_limit: int = 0
-    eval_pictures: int = 4
+    num_workers: Steps = 0
+    log_every: Count = 10
+    checkpoint_every: Steps = 0
+    eval_tile: Pixels32 = 256
+    eval_overlap: Steps = 32
+    eval_limit: Steps = 0
+    eval_pictures: Steps = 4
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            setattr(self, f.name, _check_type(f.name, getattr(self, f.name), _field_types()[f.name]))
-        if self.semantic_classes < 2:
-            raise ValueError(f"semantic_classes must be >= 2, got {self.semantic_classes}")
-        if not (math.isfinite(self.contour_weight) and self.contour_weight > 0):
-            raise ValueError(f"contour_weight must be a finite number > 0, got {self.contour_weight}")
+            kind = _field_types()[f.name]
+            setattr(self, f.name, _check_type(f.name, getattr(self, f.name), kind))
+            for bounds in getattr(kind, "__metadata__", ()):
+                bounds.check(f.name, getattr(self, f.name))
         if self.contour_weight != 1.0 and not task_of(self).has_instances:
             raise ValueError(
                 f"contour_weight applies to the instance task (it has a contour class), got "
@@ -343,73 +401,11 @@ class TrainConfig:
                 raise ValueError(
                     f"labelled must list distinct image indices >= 0, comma-separated, got {self.labelled!r}"
                 )
-        if self.synthetic_seed < -1:
-            raise ValueError(f"synthetic_seed must be >= 0 (or -1: the run's seed), got {self.synthetic_seed}")
-        if not 0 <= self.flow_label_fraction <= 1:
-            raise ValueError(f"flow_label_fraction must be in [0, 1], got {self.flow_label_fraction}")
         if self.cutmix and self.semi and self.batch_unlabelled < 2:
             raise ValueError(
                 f"cutmix pastes boxes between unlabelled images of a batch and needs "
                 f"batch_unlabelled >= 2, got {self.batch_unlabelled}; set cutmix=false"
             )
-        for name in ("crop_size", "eval_tile"):
-            value = getattr(self, name)
-            if value < 32 or value % 32:
-                raise ValueError(f"{name} must be a positive multiple of 32, got {value}")
-        for name in (
-            "batch_labelled",
-            "batch_unlabelled",
-            "iterations",
-            "flow_depth",
-            "flow_hidden",
-            "flow_pixels",
-            "num_anchors",
-            "num_negatives",
-            "projection_hidden",
-            "projection_dim",
-            "contour_width",
-            "log_every",
-            "synthetic_train",
-            "synthetic_test",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in (
-            "supervised_warmup",
-            "rampup",
-            "num_workers",
-            "checkpoint_every",
-            "eval_overlap",
-            "eval_limit",
-            "eval_pictures",
-            "min_size",
-            "seed",
-        ):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("lr", "flow_lr", "threshold", "temperature", "lr_power", "scale"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {value}")
-        for name in (
-            "target_mpp",
-            "weight_decay",
-            "unsup_weight",
-            "alpha_perturbed",
-            "alpha_contrast",
-            "xi",
-            "flow_noise",
-            "flow_grad_clip",
-        ):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-        if not 0 <= self.min_class_keep <= 1:
-            raise ValueError(f"min_class_keep must be in [0, 1], got {self.min_class_keep}")
-        if not 0 <= self.alignment_momentum < 1:
-            raise ValueError(f"alignment_momentum must be in [0, 1), got {self.alignment_momentum}")
-        if not 0 <= self.ema_decay <= 1:
-            raise ValueError(f"ema_decay must be in [0, 1], got {self.ema_decay}")
         if self.uses_flow and self.flow_warmup < 1:
             raise ValueError(
                 f"flow_warmup must be >= 1 for method {self.method!r} (the flow must be fitted "
@@ -470,12 +466,14 @@ def resolve_split_file(name: str) -> Path:
 
 
 def _field_types() -> dict[str, Any]:
-    return typing.get_type_hints(TrainConfig)
+    return typing.get_type_hints(TrainConfig, include_extras=True)
 
 
 def _check_type(name: str, value: object, kind: Any) -> object:
     """Check one config value against its field type (an int is a fine float, a bool is no int; a
-    ``Literal`` field takes one of its strings)."""
+    ``Literal`` field takes one of its strings; the bounds of an ``Annotated`` one are checked apart)."""
+    if typing.get_origin(kind) is Annotated:
+        kind = typing.get_args(kind)[0]
     if typing.get_origin(kind) is Literal:
         allowed = typing.get_args(kind)
         if not isinstance(value, str):
@@ -570,6 +568,8 @@ def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
 
 
 def _parse_value(key: str, text: str, kind: Any) -> object:
+    if typing.get_origin(kind) is Annotated:
+        kind = typing.get_args(kind)[0]
     if kind is bool:
         lowered = text.strip().lower()
         if lowered in ("1", "true", "yes", "on"):
