@@ -160,18 +160,7 @@ def score_by_appearance(model: Any, config: TrainConfig, count: int) -> dict[str
     with torch.no_grad():
         for i in range(len(test)):
             image, instances = test[i]
-            preds.append(
-                predict_instances(
-                    model,
-                    image,
-                    tile=config.eval_tile,
-                    overlap=config.eval_overlap,
-                    min_size=config.min_size,
-                    dilation=config.contour_width,
-                    amp=config.amp,
-                    scale=config.scale,
-                )
-            )
+            preds.append(predict_instances(model, image, **config.prediction_options))
             gts.append(np.asarray(instances))
     minority = set(test.minority)
     groups = {

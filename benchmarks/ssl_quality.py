@@ -352,9 +352,7 @@ def test_measurements(model: torch.nn.Module, dataset: Any, config: TrainConfig)
     per_image = []
     for i in range(len(dataset)):
         image, instances = dataset[i]
-        probs = predict_probabilities(
-            model, image, scale=config.scale, tile=config.eval_tile, overlap=config.eval_overlap
-        )
+        probs = predict_probabilities(model, image, **config.window_options)
         predicted += np.bincount(probs.argmax(0).flatten().numpy(), minlength=NUM_CLASSES)
         pred = classes_to_instances(probs, min_size=min_size, dilation=dilation).numpy()
         per_image.append(list(glas_object_counts(pred, np.asarray(instances))))

@@ -104,15 +104,7 @@ def _pictures(results: dict[str, dict[str, Any]], config: TrainConfig, out: Path
         panels = [("ground truth", gt)] + [
             (
                 m,
-                predict_instances(
-                    models[m],
-                    image,
-                    tile=config.eval_tile,
-                    overlap=config.eval_overlap,
-                    min_size=config.min_size,
-                    dilation=config.contour_width,
-                    scale=config.scale,
-                ),
+                predict_instances(models[m], image, **config.prediction_options),
             )
             for m in methods
         ]

@@ -442,6 +442,25 @@ class TrainConfig:
         """Whether the method adds the contrastive loss (FR)."""
         return self.method in ("fr", "dpfr")
 
+    @property
+    def window_options(self) -> dict[str, Any]:
+        """How this run's images go through the sliding window: the keyword arguments ``tile``,
+        ``overlap``, ``amp`` and ``scale`` of
+        :func:`~examples.dpfr_gland.evaluate.predict_probabilities` (and of every caller of it)."""
+        return {"tile": self.eval_tile, "overlap": self.eval_overlap, "amp": self.amp, "scale": self.scale}
+
+    @property
+    def prediction_options(self) -> dict[str, Any]:
+        """:attr:`window_options` plus how probabilities become instances (``min_size``,
+        ``dilation``): the keyword arguments of
+        :func:`~examples.dpfr_gland.evaluate.predict_instances`, ``evaluate`` and ``save_predictions``.
+
+        Example:
+            >>> sorted(TrainConfig().prediction_options)
+            ['amp', 'dilation', 'min_size', 'overlap', 'scale', 'tile']
+        """
+        return {**self.window_options, "min_size": self.min_size, "dilation": self.contour_width}
+
 
 SPLITS = Path(__file__).resolve().parent / "splits"
 

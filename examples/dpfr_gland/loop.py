@@ -31,14 +31,7 @@ from .tasks import task_of
 
 def _evaluate(model: nn.Module, dataset: Any, config: TrainConfig, out: Path) -> dict[str, Any]:
     """Test metrics by :func:`examples.dpfr_gland.evaluate.evaluate`, pictures by ``save_predictions``."""
-    options = dict(
-        tile=config.eval_tile,
-        overlap=config.eval_overlap,
-        min_size=config.min_size,
-        dilation=config.contour_width,
-        amp=config.amp,
-        scale=config.scale,
-    )
+    options = config.prediction_options
     task = task_of(config)
     metrics = task.score(model, dataset, num_classes=config.num_classes, limit=config.eval_limit or None, **options)
     if config.eval_pictures and task.has_instances:

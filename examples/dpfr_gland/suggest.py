@@ -74,7 +74,8 @@ def _image_maps(run: Run, image: np.ndarray, pixels: int, seed: int) -> dict[str
             features = F.interpolate(features, size=size, mode="bilinear", align_corners=False)
         return torch.cat([out.logits.float().softmax(dim=1), log_prob, features], dim=1)
 
-    spec = TileSpec(config.eval_tile, config.eval_overlap)
+    window = config.window_options
+    spec = TileSpec(window["tile"], window["overlap"], amp=window["amp"])
     h, w = x.shape[-2:]
     maps = torch.cat(
         [
