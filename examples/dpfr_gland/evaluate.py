@@ -491,6 +491,31 @@ def _write_prediction(path: Path, image: np.ndarray, gt: np.ndarray, pred: np.nd
     atomic_write(path, lambda handle: handle.write(png))
 
 
+def _predicted(
+    model: nn.Module,
+    dataset: object,
+    limit: int | None,
+    progress: bool,
+    desc: str,
+    mean: Sequence[float],
+    std: Sequence[float],
+    scale: float,
+    min_size: int,
+    dilation: int,
+    **window: Any,
+) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """``(name, image, instances, predicted instances)`` of each item of ``dataset`` in order, by
+    :func:`predict_instances`: the one loop :func:`evaluate` and :func:`save_predictions` share."""
+    min_size, dilation, limit = _check_options(min_size, dilation, limit)
+    names = _names(dataset)
+    samples = _samples(dataset, limit)
+    for index, image, gt in tqdm(samples, total=_length(dataset, limit), disable=not progress, desc=desc):
+        pred = predict_instances(
+            model, image, min_size=min_size, dilation=dilation, mean=mean, std=std, scale=scale, **window
+        )
+        yield names[index] if names is not None and index < len(names) else f"{index:04d}", image, gt, pred
+
+
 def _check_options(min_size: int, dilation: int, limit: int | None) -> tuple[int, int, int | None]:
     min_size = check_int_in_range("min_size", min_size, 0)
     dilation = check_int_in_range("dilation", dilation, 0)
@@ -572,26 +597,11 @@ def evaluate(
         Sirinukunwattana et al., "Gland segmentation in colon histology images: The GlaS
         challenge contest", Medical Image Analysis 35, 2017.
     """
-    min_size, dilation, limit = _check_options(min_size, dilation, limit)
-    names = _names(dataset)
+    options = dict(tile=tile, overlap=overlap, batch_size=batch_size, min_size=min_size, dilation=dilation, amp=amp)
     folder = None if out is None else Path(out)
     preds, gts = [], []
     tp = fp = fn = 0
-    samples = _samples(dataset, limit)
-    for index, image, gt in tqdm(samples, total=_length(dataset, limit), disable=not progress, desc="evaluate"):
-        pred = predict_instances(
-            model,
-            image,
-            tile=tile,
-            overlap=overlap,
-            batch_size=batch_size,
-            min_size=min_size,
-            dilation=dilation,
-            amp=amp,
-            mean=mean,
-            std=std,
-            scale=scale,
-        )
+    for name, image, gt, pred in _predicted(model, dataset, limit, progress, "evaluate", mean, std, scale, **options):
         preds.append(pred)
         gts.append(gt)
         p, g = pred > 0, gt > 0
@@ -599,7 +609,6 @@ def evaluate(
         fp += int(np.count_nonzero(p & ~g))
         fn += int(np.count_nonzero(~p & g))
         if folder is not None:
-            name = names[index] if names is not None and index < len(names) else f"{index:04d}"
             _write_prediction(folder / f"{name}.png", image, gt, pred, name)
     if not preds:
         raise ValueError("dataset holds no images: nothing to evaluate")
@@ -669,26 +678,10 @@ def save_predictions(
         >>> [p.name for p in paths]
         ['0000.png']
     """
-    min_size, dilation, limit = _check_options(min_size, dilation, limit)
+    options = dict(tile=tile, overlap=overlap, batch_size=batch_size, min_size=min_size, dilation=dilation, amp=amp)
     folder = Path(out)
-    names = _names(dataset)
     written = []
-    samples = _samples(dataset, limit)
-    for index, image, gt in tqdm(samples, total=_length(dataset, limit), disable=not progress, desc="pictures"):
-        pred = predict_instances(
-            model,
-            image,
-            tile=tile,
-            overlap=overlap,
-            batch_size=batch_size,
-            min_size=min_size,
-            dilation=dilation,
-            amp=amp,
-            mean=mean,
-            std=std,
-            scale=scale,
-        )
-        name = names[index] if names is not None and index < len(names) else f"{index:04d}"
+    for name, image, gt, pred in _predicted(model, dataset, limit, progress, "pictures", mean, std, scale, **options):
         path = folder / f"{name}.png"
         _write_prediction(path, image, gt, pred, name)
         written.append(path)
