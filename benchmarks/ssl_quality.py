@@ -100,7 +100,7 @@ CURVE_RATIOS = ("1/8", "1", "1/4", "1/2", "1/16")  # the headline gap first: a p
 MAIN_RATIOS = ("1/8", "1/4")
 #: The pseudo-label rules the ``pseudo`` group compares (``mean_teacher`` at 1/8, meant for
 #: ``--split validation``: the default is chosen there, never on the test part); the first is the default.
-PSEUDO_RULES = ("entropy", "instance", "class_share", "soft")
+PSEUDO_RULES = ("entropy", "instance", "class_share", "soft", "distill")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The recipe's pseudo-label rules (examples/dpfr_gland/pseudo.py) and per-pixel loss weights.
 
 Oracles: hand-made teacher maps (two touching glands whose seam the teacher is unsure of),
-hand-counted quotas, ``F.cross_entropy(reduction="none")`` for the weighted loss."""
+hand-counted quotas, ``F.cross_entropy(reduction="none")`` for the weighted loss and, with probability
+targets, for ``distill``'s soft cross-entropy; autograd for its gradient."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from densessl.functional import masked_cross_entropy
-from examples.dpfr_gland.pseudo import PseudoLabelRule, class_share_pseudo_labels
+from examples.dpfr_gland.pseudo import PseudoLabelRule, class_share_pseudo_labels, soft_cross_entropy
 from examples.dpfr_gland.targets import BACKGROUND, CONTOUR, INTERIOR, instance_pseudo_labels
 
 
@@ -121,7 +122,7 @@ def test_pixel_weights_scale_each_pixels_loss_and_keep_the_mean_over_used_pixels
         masked_cross_entropy(logits, labels, pixel_weight=torch.full((2, 4, 5), 1.5))
 
 
-@pytest.mark.parametrize("rule", ["instance", "class_share", "soft"])
+@pytest.mark.parametrize("rule", ["instance", "class_share", "soft", "distill"])
 def test_every_rule_trains_a_step_and_its_state_resumes(rule):
     from examples.dpfr_gland.config import TrainConfig
     from examples.dpfr_gland.step import Trainer
@@ -150,3 +151,42 @@ def test_every_rule_trains_a_step_and_its_state_resumes(rule):
         torch.equal(a, b)
         for a, b in zip(again.pseudo_labeler.state_dict().values(), trainer.pseudo_labeler.state_dict().values())
     )
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 1000), weighted=st.booleans())
+def test_soft_cross_entropy_is_torchs_probability_target_loss_and_pulls_toward_the_target(seed, weighted):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64).softmax(1)
+    weight = torch.rand(3, generator=g, dtype=torch.float64) + 0.5 if weighted else None
+    got = soft_cross_entropy(logits.float(), target.float(), None if weight is None else weight.float())
+    expected = F.cross_entropy(logits, target, weight=weight, reduction="none").mean()  # torch's own rule
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
+    if weight is None:  # the gradient is softmax - target per pixel, over the number of pixels
+        (grad,) = torch.autograd.grad(soft_cross_entropy(logits, target), logits)
+        torch.testing.assert_close(grad, (logits.softmax(1) - target) / (2 * 4 * 5))
+
+
+def test_distill_teaches_the_seam_contour_the_hard_rules_delete():
+    probs = _touching_glands()
+    edge = probs[0, CONTOUR] == 0.5
+    probs[0, :, edge] = torch.tensor([0.1, 0.6, 0.3])[:, None]  # the edges and the seam: interior 0.6, contour 0.3
+    logits = probs.log()
+    pseudo = PseudoLabelRule("distill")(logits)
+    torch.testing.assert_close(pseudo.target, probs)
+    hard = PseudoLabelRule("entropy")(logits)
+    assert torch.equal(pseudo.labels, hard.labels) and torch.equal(pseudo.mask, hard.mask)
+    assert not bool((hard.labels[0][edge] == CONTOUR).any())  # the hard rule teaches the edge as interior
+    # a student that predicts almost no contour: the soft target raises the contour on every edge
+    # pixel; the entropy rule keeps no edge pixel (its surest 20 % of interior are the sure cores),
+    # so its loss teaches the edge nothing
+    student = torch.tensor([0.1, 0.9, 1e-3]).log().view(1, 3, 1, 1).expand_as(probs).clone().requires_grad_(True)
+    (soft,) = torch.autograd.grad(soft_cross_entropy(student, pseudo.target), student)
+    (hard_grad,) = torch.autograd.grad(masked_cross_entropy(student, hard.labels), student)
+    assert bool((soft[0, CONTOUR][edge] < 0).all())
+    assert not bool(hard.mask[0][edge].any()) and bool((hard_grad[0, :, edge] == 0).all())
+    with pytest.raises(ValueError, match=r"logits and target must both be \[B, K, H, W\], got \(1, 3, 20, 28\)"):
+        soft_cross_entropy(student, probs[:, :2])
+    with pytest.raises(ValueError, match=r"weight must be \[K=3\]"):
+        soft_cross_entropy(student, probs, torch.ones(2))

@@ -99,7 +99,7 @@ Dataset = Literal["synthetic", "glas", "crag", "folder"]
 SyntheticPreset = Literal["easy", "medium", "hard"]
 Backbone = Literal["resnet34", "resnet50", "resnet101"]
 LrSchedule = Literal["constant", "poly"]
-PseudoLabels = Literal["entropy", "instance", "class_share", "soft"]
+PseudoLabels = Literal["entropy", "instance", "class_share", "soft", "distill"]
 PerturbAt = Literal["bottleneck", "decoder", "classifier"]
 PerturbDirection = Literal["density", "random"]
 TeacherBuffers = Literal["ema", "copy"]
@@ -188,7 +188,10 @@ class TrainConfig:
             as instances, each given its full contour band by the labelled targets' rule: the
             contour the entropy filter drops comes back), ``"class_share"`` (DARS: per-class
             thresholds so that the kept pseudo labels carry the labelled class shares) or
-            ``"soft"`` (SoftMatch: every pixel, weighted by a truncated Gaussian of its confidence).
+            ``"soft"`` (SoftMatch: every pixel, weighted by a truncated Gaussian of its confidence)
+            or ``"distill"`` (no hard label: a cross-entropy against the teacher's whole class
+            distribution on every pixel, so a contour the teacher gives 0.3 is taught as 0.3, not
+            as interior; the sure pixels' labels still serve the contrast and the flow).
         min_class_keep: per class of the teacher's argmax, the least fraction of its pixels
             kept as pseudo labels, the surest first (:class:`densessl.EntropyPseudoLabeler`;
             0: the entropy threshold alone, as in the paper). Default 0.2: with the threshold

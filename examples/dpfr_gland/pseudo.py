@@ -12,14 +12,21 @@ The rules differ in which pixels they keep and how much each counts:
 - ``soft`` (SoftMatch, Chen et al. ICLR 2023): every argmax pixel is kept, weighted by a
   truncated Gaussian of its confidence: ``1`` at or above the running mean confidence ``mu``,
   ``exp(-(p - mu)^2 / (2 var / n_sigma^2))`` below it, with ``mu`` and ``var`` running averages
-  (momentum 0.999) of the batches' confidence (USB's ``n_sigma = 2``).
+  (momentum 0.999) of the batches' confidence (USB's ``n_sigma = 2``);
+- ``distill``: no hard label at all — the student's unlabelled cross-entropy is taken against the
+  teacher's whole (aligned) class distribution on every pixel (:func:`soft_cross_entropy`), the
+  Mean Teacher's consistency (Tarvainen & Valpola, NeurIPS 2017) with a cross-entropy in place of
+  their squared error. A hard argmax deletes a class wherever it is never the most probable: the
+  thin contour between touching glands, which the teacher gives 0.3 and the interior 0.6, is taught
+  as interior; a soft target teaches the 0.3. The entropy rule's sure pixels still give the labels
+  the contrast and the flow read.
 
 :class:`PseudoLabelRule` applies the one a config names and keeps the running state (``soft``).
 """
 
 from __future__ import annotations
 
-__all__ = ["RULES", "PseudoLabelRule", "class_share_pseudo_labels"]
+__all__ = ["RULES", "PseudoLabelRule", "class_share_pseudo_labels", "soft_cross_entropy"]
 
 from typing import NamedTuple
 
@@ -31,16 +38,19 @@ import densessl
 from .targets import instance_pseudo_labels
 
 #: The pseudo-label rules a config can name (``pseudo_labels``).
-RULES = ("entropy", "instance", "class_share", "soft")
+RULES = ("entropy", "instance", "class_share", "soft", "distill")
 
 
 class Pseudo(NamedTuple):
-    """Pseudo labels of one batch: ``labels`` (``ignore_index`` where not kept), ``mask`` (kept)
-    and ``weight`` (per-pixel factor in ``[0, 1]``, or ``None`` for all ones)."""
+    """Pseudo labels of one batch: ``labels`` (``ignore_index`` where not kept), ``mask`` (kept),
+    ``weight`` (per-pixel factor in ``[0, 1]``, or ``None`` for all ones) and ``target`` (``distill``:
+    the teacher's class probabilities ``[B, K, H, W]``, which the unlabelled cross-entropy then
+    uses instead of ``labels``; ``None`` for the hard rules)."""
 
     labels: torch.Tensor
     mask: torch.Tensor
     weight: torch.Tensor | None
+    target: torch.Tensor | None = None
 
     @property
     def kept_fraction(self) -> torch.Tensor:
@@ -90,6 +100,43 @@ def class_share_pseudo_labels(
             flat_mask[members[best]] = True
     labels = torch.where(mask, argmax, torch.full_like(argmax, ignore_index))
     return labels, mask
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over pixels of ``-sum_c weight_c * target_c * log_softmax(logits)_c``, in float32.
+
+    Its gradient in the logits is ``softmax(logits) - target`` per pixel (all weights 1), so the
+    student moves toward the teacher's distribution, minority classes included.
+
+    Args:
+        logits: the student's class scores.
+        target: class probabilities per pixel (each pixel's sum 1).
+        weight: optional per-class weights ``[K]``.
+
+    Shapes:
+        - logits, target: ``[B, K, H, W]``
+        - weight: ``[K]``
+        - returns: scalar
+
+    Raises:
+        ValueError: ``logits`` and ``target`` differ in shape or are not 4-D, or ``weight`` is not ``[K]``.
+
+    Example:
+        >>> import torch
+        >>> logits = torch.zeros(1, 3, 2, 2)
+        >>> round(soft_cross_entropy(logits, logits.softmax(1)).item(), 4)  # log 3
+        1.0986
+    """
+    if logits.dim() != 4 or target.shape != logits.shape:
+        raise ValueError(
+            f"logits and target must both be [B, K, H, W], got {tuple(logits.shape)} and {tuple(target.shape)}"
+        )
+    if weight is not None and weight.shape != (logits.shape[1],):
+        raise ValueError(f"weight must be [K={logits.shape[1]}], got {tuple(weight.shape)}")
+    per_class = -target.float() * logits.float().log_softmax(dim=1)
+    if weight is not None:
+        per_class = per_class * weight.float().view(1, -1, 1, 1)
+    return per_class.sum(dim=1).mean()
 
 
 class PseudoLabelRule(nn.Module):
@@ -143,9 +190,10 @@ class PseudoLabelRule(nn.Module):
 
     def forward(self, logits: torch.Tensor, shares: torch.Tensor | None = None) -> Pseudo:
         logits = logits.detach().float()
-        if self.rule == "entropy":
+        if self.rule in ("entropy", "distill"):
             pseudo = self.entropy_rule(logits)
-            return Pseudo(pseudo.labels, pseudo.mask, None)
+            target = logits.softmax(dim=1) if self.rule == "distill" else None
+            return Pseudo(pseudo.labels, pseudo.mask, None, target)
         probs = logits.softmax(dim=1)
         if self.rule == "instance":
             labels, mask = instance_pseudo_labels(

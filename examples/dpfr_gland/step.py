@@ -100,7 +100,7 @@ from densessl.utils import unwrap_model
 from . import augment
 from .config import TrainConfig
 from .model import CENet
-from .pseudo import Pseudo, PseudoLabelRule
+from .pseudo import Pseudo, PseudoLabelRule, soft_cross_entropy
 from .tasks import task_of
 
 _IGNORE = 255
@@ -161,6 +161,14 @@ def class_names(config: TrainConfig) -> tuple[str, ...]:
         ('background', 'gland')
     """
     return task_of(config).class_names(config.num_classes)
+
+
+def _unlabelled_cross_entropy(logits: torch.Tensor, pseudo: Pseudo, weight: torch.Tensor | None) -> torch.Tensor:
+    """The CE of an unlabelled branch on its (mixed) pseudo labels: against ``distill``'s soft
+    targets on every pixel, else on the kept hard labels weighted per pixel by the rule's weight."""
+    if pseudo.target is not None:
+        return soft_cross_entropy(logits, pseudo.target, weight)
+    return masked_cross_entropy(logits, pseudo.labels, ignore_index=_IGNORE, weight=weight, pixel_weight=pseudo.weight)
 
 
 def _class_keep_rates(logits: torch.Tensor, kept: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -480,15 +488,15 @@ class Trainer:
         x_w = unlabelled.to(self.device, non_blocking=True)
         logs: dict[str, torch.Tensor] = {"weight": torch.tensor(w)}
         teacher_out, pseudo, shares = self._teach(x_l, y_l, x_w, logs)  # 1. teacher, once
-        x_s, y_u, w_u = self._strong_views(x_w, pseudo, t)  # 2. views
+        x_s, mixed = self._strong_views(x_w, pseudo, t)  # 2. views
         out = self._student_forward(x_l, x_s, t)  # 3. student, once
         n_l, n_u = x_l.shape[0], x_w.shape[0]
         s_l, s_u, s_rho = out.logits[:n_l], out.logits[n_l : n_l + n_u], out.logits[n_l + n_u :]
-        class_weight = self._class_weight(y_u, shares, logs)  # 4. losses
+        class_weight = self._class_weight(mixed.labels, shares, logs)  # 4. losses
         sup = masked_cross_entropy(s_l, y_l, ignore_index=_IGNORE, weight=self.class_weight)
-        mt = masked_cross_entropy(s_u, y_u, ignore_index=_IGNORE, weight=class_weight, pixel_weight=w_u)
-        fdp = self._perturbed_loss(out.logits, s_u, s_rho, y_u, class_weight, w_u, mt, logs)
-        con = self._contrast_loss(out.decoder[: n_l + n_u], y_l, y_u, t, logs)
+        mt = _unlabelled_cross_entropy(s_u, mixed, class_weight)
+        fdp = self._perturbed_loss(out.logits, s_u, s_rho, mixed, class_weight, mt, logs)
+        con = self._contrast_loss(out.decoder[: n_l + n_u], y_l, mixed.labels, t, logs)
         loss = sup + w * (config.unsup_weight * mt + config.alpha_perturbed * fdp + config.alpha_contrast * con)
         logs.update(sup=sup.detach(), mt=mt.detach(), loss=loss.detach())
         if self.flow is not None:  # 5. the flow
@@ -539,28 +547,31 @@ class Trainer:
         pseudo = self.pseudo_labeler(logits, shares=shares)
         logs["kept"] = pseudo.kept_fraction.detach()
         logs.update(_class_keep_rates(logits, pseudo.mask, class_names(config)))
-        for c, name in enumerate(class_names(config)):  # what the kept pseudo labels teach, per class
-            logs[f"pseudo_{name}"] = (pseudo.labels == c).sum().float() / pseudo.mask.sum().clamp(min=1).float()
+        for c, name in enumerate(class_names(config)):  # what the unlabelled loss teaches, per class
+            logs[f"pseudo_{name}"] = (
+                pseudo.target[:, c].mean()  # distill: the teacher's mean probability of the class
+                if pseudo.target is not None
+                else (pseudo.labels == c).sum().float() / pseudo.mask.sum().clamp(min=1).float()
+            )
         return teacher_out, pseudo, shares
 
     @property
     def _teacher_on_labelled(self) -> bool:
         return self.flow is not None and self.config.flow_labelled_source == "teacher"
 
-    def _strong_views(
-        self, x_w: torch.Tensor, pseudo: Pseudo, t: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _strong_views(self, x_w: torch.Tensor, pseudo: Pseudo, t: int) -> tuple[torch.Tensor, Pseudo]:
         """Step 2: strong views of the weak views (pixel-aligned), then CutMix of images, pseudo
-        labels and (the ``soft`` rule's) per-pixel weights alike."""
+        labels, mask and (the ``soft`` rule's) per-pixel weights or (``distill``'s) targets alike."""
         x_s = augment.strong_from_weak(x_w, self._generator(t, Stream.STRONG_VIEW))
-        y_u, w_u = pseudo.labels, pseudo.weight
-        if self.config.cutmix:
-            maps = augment.cutmix(
-                x_s, y_u, *(() if w_u is None else (w_u,)), generator=self._generator(t, Stream.CUTMIX)
-            )
-            x_s, y_u = maps[0], maps[1]
-            w_u = None if w_u is None else maps[2]
-        return x_s, y_u, w_u
+        if not self.config.cutmix:
+            return x_s, pseudo
+        optional = [m for m in (pseudo.weight, pseudo.target) if m is not None]
+        x_s, labels, mask, *rest = augment.cutmix(
+            x_s, pseudo.labels, pseudo.mask, *optional, generator=self._generator(t, Stream.CUTMIX)
+        )[:-1]
+        weight = rest.pop(0) if pseudo.weight is not None else None
+        target = rest.pop(0) if pseudo.target is not None else None
+        return x_s, Pseudo(labels, mask, weight, target)
 
     def _perturbing(self, t: int) -> bool:
         return self.config.uses_flow and t >= self.config.flow_warmup
@@ -596,9 +607,8 @@ class Trainer:
         logits: torch.Tensor,
         s_u: torch.Tensor,
         s_rho: torch.Tensor,
-        y_u: torch.Tensor,
+        mixed: Pseudo,
         class_weight: torch.Tensor | None,
-        w_u: torch.Tensor | None,
         mt: torch.Tensor,
         logs: dict[str, torch.Tensor],
     ) -> torch.Tensor:
@@ -611,7 +621,7 @@ class Trainer:
             fdp = logits.sum() * 0.0
             logs.update(fdp_gain=torch.zeros(()), flip=torch.zeros(()))
         else:
-            fdp = masked_cross_entropy(s_rho, y_u, ignore_index=_IGNORE, weight=class_weight, pixel_weight=w_u)
+            fdp = _unlabelled_cross_entropy(s_rho, mixed, class_weight)
             logs["fdp_gain"] = fdp.detach() - mt.detach()
             logs["flip"] = (s_u.detach().argmax(1) != s_rho.detach().argmax(1)).float().mean()
         logs["fdp"] = fdp.detach()
