@@ -488,6 +488,8 @@ def run_one(
         },
         "perturbation": {k: _tail_mean(history, k) for k in ("fdp_gain", "flip", "flow_nll_per_dim")},
     }
+    if "curve" in metrics:  # eval_every: scores on every test split during training
+        row["curve"] = metrics["curve"]
     student, _ = load_checkpoint_model(out / "checkpoint.pt", weights="student")  # float32, as trained
     row["class_shares"], row["objects"] = test_measurements(student, test, config)
     if features:

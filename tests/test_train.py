@@ -1035,3 +1035,48 @@ def test_every_stored_result_row_and_shipped_config_still_loads():
             config_from_dict(row["config"])
             loaded += 1
     assert loaded >= 100
+
+
+@pytest.mark.slow
+def test_scores_during_training_change_nothing_else_and_survive_a_resume(tmp_path, monkeypatch):
+    # eval_every=2 of 5 iterations: points at 2 and 4 and the final one at 5, for the student
+    # and the teacher; the run's losses and weights equal those of the same run without them.
+    config = tiny_config(method="mean_teacher", iterations=5, checkpoint_every=3)
+    plain = T.train(config, tmp_path / "plain", progress=False)
+    scored = T.train(
+        tiny_config(method="mean_teacher", iterations=5, checkpoint_every=3, eval_every=2),
+        tmp_path / "scored",
+        progress=False,
+    )
+    assert scored["history"] == plain["history"]
+    a = torch.load(tmp_path / "plain" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "scored" / "checkpoint.pt", weights_only=True)
+    for part in ("student", "teacher"):  # evaluation in between moved no weight and no buffer
+        assert all(torch.equal(a[part][k], v) for k, v in b[part].items()), part
+    curve = scored["metrics"]["curve"]
+    assert [(row["iteration"], row["weights"]) for row in curve] == [
+        (t, w) for t in (2, 4, 5) for w in ("student", "teacher")
+    ]
+    assert all(row["split"] == "test" and 0.0 <= row["pooled_f1"] <= 1.0 for row in curve)
+    assert curve[-2]["pooled_f1"] == scored["metrics"]["pooled_f1"]  # the final point is the headline
+    assert curve[-1]["pooled_f1"] == scored["metrics"]["teacher"]["pooled_f1"]
+    logged = [json.loads(line) for line in (tmp_path / "scored" / "curve.jsonl").read_text().splitlines()]
+    assert logged == curve and "curve" not in plain["metrics"]
+
+    # killed after the checkpoint at 3: the resumed run keeps the point at 2 and adds 4 and 5
+    real_step = T.Trainer.step
+
+    def killed_at_4(self, *args):
+        if self.iteration == 4:
+            raise KeyboardInterrupt
+        return real_step(self, *args)
+
+    monkeypatch.setattr(T.Trainer, "step", killed_at_4)
+    split = tiny_config(method="mean_teacher", iterations=5, checkpoint_every=3, eval_every=2)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(split, tmp_path / "split", progress=False)
+    monkeypatch.setattr(T.Trainer, "step", real_step)
+    resumed = T.train(split, tmp_path / "split", resume=tmp_path / "split" / "checkpoint.pt", progress=False)
+    assert [(row["iteration"], row["weights"]) for row in resumed["metrics"]["curve"]] == [
+        (t, w) for t in (2, 4, 5) for w in ("student", "teacher")
+    ]

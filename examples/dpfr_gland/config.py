@@ -274,6 +274,10 @@ class TrainConfig:
         eval_overlap: tile overlap for evaluation.
         eval_limit: evaluate at most this many test images (0: all).
         eval_pictures: number of prediction pictures to write.
+        eval_every: also score the student (and the teacher) on every test split every this many
+            iterations (0: only at the end). The scores go to ``curve.jsonl`` and to
+            ``metrics.json``'s ``curve``, so a budget can be chosen on a validation part and read
+            off on the test part of the same run (``test_split="validation,test"``).
 
     Raises:
         ValueError: a field out of range (the message names the field).
@@ -366,6 +370,7 @@ class TrainConfig:
     eval_overlap: Steps = 32
     eval_limit: Steps = 0
     eval_pictures: Steps = 4
+    eval_every: Steps = 0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -681,7 +686,15 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     ),
     # the projection head and the hard-anchor contrast (fr, dpfr)
     "fr": ("alpha_contrast", "num_anchors", "num_negatives", "temperature", "projection_hidden", "projection_dim"),
-    "evaluation": ("contour_width", "min_size", "eval_tile", "eval_overlap", "eval_limit", "eval_pictures"),
+    "evaluation": (
+        "contour_width",
+        "min_size",
+        "eval_tile",
+        "eval_overlap",
+        "eval_limit",
+        "eval_pictures",
+        "eval_every",
+    ),
     "runtime": ("device", "amp", "num_workers", "log_every", "checkpoint_every"),
 }
 _ALWAYS = ("data", "model", "optimisation", "evaluation", "runtime")

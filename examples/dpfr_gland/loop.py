@@ -41,6 +41,23 @@ def _evaluate(model: nn.Module, dataset: Any, config: TrainConfig, out: Path) ->
     return dict(metrics)
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _curve_point(trainer: Trainer, test_sets: dict[str, Any], config: TrainConfig) -> list[dict[str, Any]]:
+    """The scalar scores of the student (and the teacher) on every test split at the trainer's
+    iteration: one row each, ``{"iteration", "split", "weights", <score>: float}`` (``eval_every``)."""
+    quiet = dataclasses.replace(config, eval_pictures=0)
+    rows = []
+    for split, test_set in test_sets.items():
+        for weights in ("student", "teacher") if trainer.teacher is not None else ("student",):
+            scores = _evaluate(trainer.eval_model(weights), test_set, quiet, Path("."))
+            scalars = {k: float(v) for k, v in scores.items() if _is_number(v)}
+            rows.append({"iteration": trainer.iteration, "split": split, "weights": weights, **scalars})
+    return rows
+
+
 def labelled_split(config: TrainConfig, count: int) -> tuple[Any, Any]:
     """The labelled and unlabelled training indices: ``config.labelled`` when given, else drawn
     by :func:`~examples.dpfr_gland.data.label_split` at ``label_ratio`` with ``seed``.
@@ -135,6 +152,7 @@ def _train(
         raise ValueError(f"label_ratio={config.label_ratio!r} leaves no unlabelled image for {config.method!r}")
     trainer = Trainer(config, device, rank, world_size)
     history: list[dict[str, float]] = []
+    curve: list[dict[str, Any]] = []  # eval_every's scores during training
     if resume is not None:
         state = load_checkpoint(resume, map_location=device)
         saved_method = state.get("config", {}).get("method")
@@ -145,6 +163,7 @@ def _train(
             )
         trainer.load_state_dict(state)
         history = list(state.get("history", []))
+        curve = list(state.get("curve", []))
     start = trainer.iteration
     pin = device.type == "cuda"
     views = dict(
@@ -174,6 +193,8 @@ def _train(
         # A resume drops the rows logged after its checkpoint (they will be logged again); a fresh
         # run into a used folder starts a new log instead of appending to the old run's.
         atomic_write_text(out / "log.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+        if config.eval_every:
+            atomic_write_text(out / "curve.jsonl", "".join(json.dumps(row) + "\n" for row in curve))
         print(
             f"[train] {config.method} on {config.dataset}: {len(labelled_idx)} labelled / "
             f"{len(unlabelled_idx)} unlabelled images, {world_size} process(es) on {device}, "
@@ -186,6 +207,7 @@ def _train(
             state = trainer.state_dict()
             state["config"] = dataclasses.asdict(config)
             state["history"] = history
+            state["curve"] = curve
             atomic_save(state, out / "checkpoint.pt")
 
     bar = None
@@ -229,6 +251,12 @@ def _train(
                     print(message, flush=True)
         if bar is not None:
             bar.update(1)
+        if main_process and config.eval_every and done % config.eval_every == 0 and done < config.iterations:
+            # The other ranks go on to the next step and wait for rank 0 in its first collective.
+            points = _curve_point(trainer, test_sets, config)
+            curve.extend(points)
+            with (out / "curve.jsonl").open("a") as handle:
+                handle.writelines(json.dumps(row) + "\n" for row in points)
         if checkpoint_due:
             save()
     if bar is not None:
@@ -264,6 +292,14 @@ def _train(
             metrics = dict(next(iter(by_split.values())))
             if len(by_split) > 1:
                 metrics["splits"] = by_split
+        if config.eval_every and by_split:  # the curve ends with the final scores
+            for split, scores in by_split.items():
+                for weights, part in (("student", scores), ("teacher", scores.get("teacher"))):
+                    if isinstance(part, dict):
+                        scalars = {k: float(v) for k, v in part.items() if _is_number(v)}
+                        curve.append({"iteration": trainer.iteration, "split": split, "weights": weights, **scalars})
+            atomic_write_text(out / "curve.jsonl", "".join(json.dumps(row) + "\n" for row in curve))
+            metrics["curve"] = curve
         metrics["method"] = config.method
         metrics["iterations"] = trainer.iteration
         metrics["evaluated"] = "student"
