@@ -603,6 +603,77 @@ def paired_difference(
     }
 
 
+def budget_choice(
+    curve: Sequence[dict],
+    weights: str = "student",
+    key: str = "pooled_f1",
+    on: str = "validation",
+    report: str = "test",
+) -> dict[str, float] | None:
+    """The iteration a run's ``eval_every`` curve picks on the ``on`` part (its best ``key``; the
+    earliest on a tie), with the ``report`` part's score there and at the run's end. ``None``
+    when the curve lacks either part.
+
+    Example:
+        >>> curve = [{"iteration": t, "split": s, "weights": "student", "pooled_f1": f}
+        ...          for t, v, r in ((200, 0.5, 0.4), (400, 0.7, 0.5), (600, 0.6, 0.6))
+        ...          for s, f in (("validation", v), ("test", r))]
+        >>> budget_choice(curve)
+        {'iteration': 400, 'validation': 0.7, 'test_at_choice': 0.5, 'test_final': 0.6, 'final_iteration': 600}
+    """
+    points = {(row["iteration"], row["split"]): row[key] for row in curve if row["weights"] == weights and key in row}
+    both = sorted(t for t, split in points if split == on and (t, report) in points)
+    if not both:
+        return None
+    best = max(both, key=lambda t: (points[t, on], -t))
+    return {
+        "iteration": best,
+        on: points[best, on],
+        f"{report}_at_choice": points[best, report],
+        f"{report}_final": points[both[-1], report],
+        "final_iteration": both[-1],
+    }
+
+
+def budget_table(rows: Sequence[dict]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The runs with an ``eval_every`` curve on a validation and a test part: the budget each
+    picks on validation (student O.F1) and its test score there, against the test score at its end."""
+    body = []
+    for row in sorted(rows, key=lambda r: (r["preset"], r["label_ratio"], r["method"], r["seed"])):
+        choice = budget_choice(row.get("curve") or [])
+        if choice is None:
+            continue
+        body.append(
+            [
+                row["preset"],
+                row["label_ratio"],
+                row["method"],
+                str(row["seed"]),
+                f"{choice['iteration']} of {choice['final_iteration']}",
+                f"{choice['validation']:.3f}",
+                f"{choice['test_at_choice']:.3f}",
+                f"{choice['test_final']:.3f}",
+            ]
+        )
+    if not body:
+        return []
+    header = [
+        "preset",
+        "labels",
+        "method",
+        "seed",
+        "iteration chosen",
+        "validation O.F1",
+        "test O.F1 there",
+        "test O.F1 at the end",
+    ]
+    title = (
+        "the budget chosen on the validation part (student pooled O.F1 every eval_every iterations), "
+        "read off on the test part"
+    )
+    return [(title, header, body)]
+
+
 def real_tables(rows: Sequence[dict], summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     """The real-data presets' tables: the supervised learning curve, then every method at each main
     ratio against supervised and mean_teacher (paired differences with bootstrap intervals), the gap
@@ -963,25 +1034,74 @@ def table_data(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
 def tables(summary: dict, rows: Sequence[dict] = ()) -> str:
     """The study's tables in Markdown (the real presets' too when the per-run ``rows`` are given)."""
     lines = []
-    for title, header, body in table_data(summary) + real_tables(rows, summary):
+    for title, header, body in table_data(summary) + real_tables(rows, summary) + budget_table(rows):
         lines += [f"\n**{title}**\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in body]
     return "\n".join(lines) + "\n"
+
+
+def _quote(cell: str) -> str:
+    return '"' + cell.replace('"', '""') + '"'
 
 
 def rst_tables(summary: dict, rows: Sequence[dict] = (), real: bool = False) -> str:
     """The same tables as reStructuredText ``csv-table`` directives (for ``docs/benchmarks.rst``):
     the synthetic presets', or with ``real`` the real presets'."""
 
-    def quote(cell: str) -> str:
-        return '"' + cell.replace('"', '""') + '"'
-
     parts = []
     for title, header, body in real_tables(rows, summary) if real else table_data(summary):
-        parts.append(f".. csv-table:: {title}\n   :header: {', '.join(quote(h) for h in header)}\n")
-        parts += [f"   {', '.join(quote(cell) for cell in row)}" for row in body]
+        parts.append(f".. csv-table:: {title}\n   :header: {', '.join(_quote(h) for h in header)}\n")
+        parts += [f"   {', '.join(_quote(cell) for cell in row)}" for row in body]
         parts.append("")
     return "\n".join(parts) + "\n"
+
+
+def budget_figure(rows: Sequence[dict], path: Path) -> Path | None:
+    """Student pooled O.F1 against the iteration for every run with an ``eval_every`` curve: the
+    validation part solid, the test part dashed, one colour per method, one panel per seed."""
+    runs = [r for r in rows if r.get("curve")]
+    if not runs:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from examples.dpfr_gland.checkpoint import atomic_write
+
+    seeds = sorted({r["seed"] for r in runs})
+    fig, axes = plt.subplots(1, len(seeds), figsize=(4.6 * len(seeds), 3.4), squeeze=False, layout="constrained")
+    for ax, seed in zip(axes[0], seeds):
+        for row in sorted((r for r in runs if r["seed"] == seed), key=lambda r: METHODS.index(r["method"])):
+            for split, style in (("validation", "-"), ("test", "--")):
+                points = sorted(
+                    (p["iteration"], p["pooled_f1"])
+                    for p in row["curve"]
+                    if p["weights"] == "student" and p["split"] == split
+                )
+                if points:
+                    ax.plot(
+                        *zip(*points),
+                        style,
+                        marker="o",
+                        ms=3,
+                        color=_colour(row["method"]),
+                        label=f"{row['method']} {split}",
+                    )
+            choice = budget_choice(row["curve"])
+            if choice is not None:
+                ax.axvline(choice["iteration"], color=_colour(row["method"]), lw=0.8, alpha=0.5)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("object F1 (student, pooled)")
+        ax.set_title(
+            f"{runs[0]['preset']} {runs[0]['label_ratio']}, seed {seed} (vertical: chosen on validation)", fontsize=9
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+    return path
 
 
 def _ratio(text: str) -> float:
@@ -1404,6 +1524,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
         atomic_write_text(
             ROOT / "docs" / "ssl_quality_real_validation_tables.inc", rst_tables(summary, rows, real=True)
         )
+    budget = budget_table(rows)
+    if budget and tag.startswith("cpu") and not args.results:  # eval_every runs: the budget, chosen on validation
+        parts = [
+            f".. csv-table:: {title}\n   :header: {', '.join(map(_quote, header))}\n" for title, header, _ in budget
+        ]
+        parts += [f"   {', '.join(map(_quote, cells))}" for cells in budget[0][2]]
+        atomic_write_text(ROOT / "docs" / "ssl_quality_real_budget_tables.inc", "\n".join(parts) + "\n")
+        path = budget_figure(rows, FIGURES / f"{rows[0]['preset']}_budget.png")
+        print(f"wrote {path}")
     write_result(RESULTS / f"ssl_quality_{tag}.json" if not args.results else results / "summary.json", summary)
     if rows:
         for path in figures(rows, summary, figures_dir, f"{args.scale} scale, {summary['machine']}"):

@@ -275,6 +275,34 @@ def test_paired_difference_is_paired_by_seed_and_its_interval_holds_the_estimate
     assert paired_difference(better[:1], base[1:]) is None  # no seed in common: nothing to pair
 
 
+def test_the_budget_is_chosen_on_validation_only_and_read_off_on_test(tmp_path):
+    from benchmarks.ssl_quality import budget_choice, budget_figure, budget_table
+
+    def point(t, split, f1, weights="student"):
+        return {"iteration": t, "split": split, "weights": weights, "pooled_f1": f1}
+
+    # validation peaks at 400 (0.7, tied at 800: the earlier wins); test would peak at 600, unseen;
+    # the teacher's better scores and a validation point without its test twin are not read
+    curve = [point(200, "validation", 0.5), point(200, "test", 0.40), point(400, "validation", 0.7)]
+    curve += [point(400, "test", 0.45), point(600, "validation", 0.6), point(600, "test", 0.60)]
+    curve += [point(800, "validation", 0.7), point(800, "test", 0.50), point(900, "validation", 0.9)]
+    curve += [point(400, "validation", 0.99, "teacher"), point(400, "test", 0.99, "teacher")]
+    assert budget_choice(curve) == {
+        "iteration": 400,
+        "validation": 0.7,
+        "test_at_choice": 0.45,
+        "test_final": 0.50,
+        "final_iteration": 800,
+    }
+    assert budget_choice([p for p in curve if p["split"] == "test"]) is None
+    row = {"preset": "glas", "label_ratio": "1/8", "method": "supervised", "seed": 0, "curve": curve}
+    ((_, header, body),) = budget_table([row, {**row, "curve": None}])
+    assert body == [["glas", "1/8", "supervised", "0", "400 of 800", "0.700", "0.450", "0.500"]]
+    assert len(header) == len(body[0])
+    assert budget_figure([row], tmp_path / "budget.png").stat().st_size > 0
+    assert budget_figure([{**row, "curve": None}], tmp_path / "none.png") is None
+
+
 def test_ssl_quality_reuses_a_run_only_when_every_field_its_method_reads_is_unchanged():
     import dataclasses
 
