@@ -1047,9 +1047,12 @@ def _quote(cell: str) -> str:
 def rst_tables(summary: dict, rows: Sequence[dict] = (), real: bool = False) -> str:
     """The same tables as reStructuredText ``csv-table`` directives (for ``docs/benchmarks.rst``):
     the synthetic presets', or with ``real`` the real presets'."""
+    return _rst(real_tables(rows, summary) if real else table_data(summary))
 
+
+def _rst(tables: Sequence[tuple[str, list[str], list[list[str]]]]) -> str:
     parts = []
-    for title, header, body in real_tables(rows, summary) if real else table_data(summary):
+    for title, header, body in tables:
         parts.append(f".. csv-table:: {title}\n   :header: {', '.join(_quote(h) for h in header)}\n")
         parts += [f"   {', '.join(_quote(cell) for cell in row)}" for row in body]
         parts.append("")
@@ -1526,11 +1529,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         )
     budget = budget_table(rows)
     if budget and tag.startswith("cpu") and not args.results:  # eval_every runs: the budget, chosen on validation
-        parts = [
-            f".. csv-table:: {title}\n   :header: {', '.join(map(_quote, header))}\n" for title, header, _ in budget
-        ]
-        parts += [f"   {', '.join(map(_quote, cells))}" for cells in budget[0][2]]
-        atomic_write_text(ROOT / "docs" / "ssl_quality_real_budget_tables.inc", "\n".join(parts) + "\n")
+        atomic_write_text(ROOT / "docs" / "ssl_quality_real_budget_tables.inc", _rst(budget))
         path = budget_figure(rows, FIGURES / f"{rows[0]['preset']}_budget.png")
         print(f"wrote {path}")
     write_result(RESULTS / f"ssl_quality_{tag}.json" if not args.results else results / "summary.json", summary)
