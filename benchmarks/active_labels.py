@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import io
 import json
 from pathlib import Path
@@ -46,8 +45,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks._io import write_result
-from benchmarks._study import reusable as _reusable
-from benchmarks._study import train_quietly
+from benchmarks._study import Folders, Study, run_study, selected, train_quietly
 from examples.dpfr_gland.checkpoint import atomic_write, atomic_write_text
 from examples.dpfr_gland.config import TrainConfig, apply_overrides, config_from_dict
 
@@ -290,124 +288,134 @@ def complete_rows(results: Path, outputs: Path, scale: dict, only: Path | None =
             )
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", choices=sorted(SCALES), default="cpu")
-    parser.add_argument("--results", default="")
-    parser.add_argument("--outputs", default="")
-    parser.add_argument("--figure", default="")
-    parser.add_argument("--report", action="store_true", help="only the summary and the figure")
-    parser.add_argument(
-        "--rescore",
-        action="store_true",
-        help="train nothing: add the wide-test score (model.pt) and the ranking quality "
-        "(checkpoint.pt) to finished runs that lack them, then report",
-    )
-    parser.add_argument("--seeds", default="", help="comma-separated subset of the scale's seeds")
-    parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated subset of the strategies")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a config override for every run (e.g. iterations=1200); a variant gets its own folders",
-    )
-    args = parser.parse_args(argv)
-    scale = SCALES[args.scale]
-    tag = args.scale
-    if args.set:  # a variant of the study: its own folders, never mixed with the study's runs
-        tag += "_set-" + hashlib.sha256("\n".join(args.set).encode()).hexdigest()[:8]
-    results = Path(args.results) if args.results else RESULTS / "active_labels" / tag
-    outputs = Path(args.outputs) if args.outputs else ROOT / "outputs" / "active_labels" / tag
-    figure = (
-        Path(args.figure)
-        if args.figure
-        else (ROOT / "docs" / "_static" / "active_labels.png" if tag == "cpu" else outputs / "active_labels.png")
-    )
-    results.mkdir(parents=True, exist_ok=True)
-    strategies = [s for s in STRATEGIES if s in set(args.strategies.split(","))]
-    seeds = [s for s in scale["seeds"] if not args.seeds or str(s) in args.seeds.split(",")]
-    plan = [(seed, "start", 0) for seed in seeds]
-    plan += [(seed, s, r) for seed in seeds for r in range(1, scale["rounds"] + 1) for s in strategies]
-    if not (args.report or args.rescore):
-        from tqdm import tqdm
+@dataclasses.dataclass(frozen=True)
+class Round:
+    """One run of the study: a seed's shared start (round 0) or a strategy's ``round``-th retraining."""
 
+    seed: int
+    strategy: str
+    round: int
+
+    @property
+    def name(self) -> str:
+        return f"s{self.seed}_{self.strategy}_r{self.round}"
+
+    @property
+    def previous(self) -> str:
+        """The run whose model picked this round's new labels."""
+        return f"s{self.seed}_start_r0" if self.round == 1 else f"s{self.seed}_{self.strategy}_r{self.round - 1}"
+
+
+class ActiveLabels(Study):
+    """The strategies for picking images to label, against random picking (:mod:`benchmarks.active_labels`)."""
+
+    name = "active_labels"
+    scales = SCALES
+    train_alike_once = False  # two strategies that pick the same images are still two points of the curve
+
+    def results_root(self) -> Path:
+        return RESULTS
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--figure", default="")
+        parser.add_argument(
+            "--rescore",
+            action="store_true",
+            help="train nothing: add the wide-test score (model.pt) and the ranking quality "
+            "(checkpoint.pt) to finished runs that lack them, then report",
+        )
+        parser.add_argument(
+            "--strategies", default=",".join(STRATEGIES), help="comma-separated subset of the strategies"
+        )
+
+    def trains(self, args: argparse.Namespace) -> bool:
+        return not (args.report or args.rescore)
+
+    def plan(self, args: argparse.Namespace) -> list[Round]:
+        scale = SCALES[args.scale]
+        seeds = selected(args.seeds, scale["seeds"])
+        strategies = selected(args.strategies, STRATEGIES)
+        rounds = range(1, scale["rounds"] + 1)
+        return [Round(seed, "start", 0) for seed in seeds] + [
+            Round(seed, s, r) for seed in seeds for r in rounds for s in strategies
+        ]
+
+    def config(self, spec: Round, args: argparse.Namespace, folders: Folders, stored: dict | None) -> TrainConfig:
+        scale = SCALES[args.scale]
+        if stored is not None:  # the labels it was trained on: reused when the study would train alike on them
+            return _config(scale, spec.seed, stored["labelled"], args.set)
+        if spec.round == 0:
+            rng = np.random.default_rng([spec.seed, 0, 17])
+            count = _config(scale, spec.seed, [0], args.set).synthetic_train
+            labelled = sorted(rng.choice(count, size=scale["start"], replace=False).tolist())
+        else:
+            labelled = json.loads((folders.results / f"{spec.previous}.json").read_text())["labelled"]
+            picked = _pick(
+                spec.strategy,
+                folders.outputs / spec.previous,
+                _config(scale, spec.seed, labelled, args.set),
+                labelled,
+                scale["step"],
+                spec.seed,
+                spec.round,
+            )
+            labelled = sorted(labelled + picked)
+        return _config(scale, spec.seed, labelled, args.set)
+
+    def run(self, spec: Round, config: TrainConfig, args: argparse.Namespace, folders: Folders) -> dict:
         from examples.dpfr_gland.batches import build_datasets
 
-        bar = tqdm(plan, desc=f"active_labels {tag}", unit="run")
-        for seed, strategy, round_ in bar:
-            name = f"s{seed}_{strategy}_r{round_}"
-            path = results / f"{name}.json"
-            if path.is_file():  # finished: reused when the study would train it alike on the same labels
-                stored = json.loads(path.read_text())
-                if _reusable(stored["config"], _config(scale, seed, stored["labelled"], args.set)):
-                    continue
-            bar.set_postfix_str(name)
-            if round_ == 0:
-                rng = np.random.default_rng([seed, 0, 17])
-                count = _config(scale, seed, [0], args.set).synthetic_train
-                labelled = sorted(rng.choice(count, size=scale["start"], replace=False).tolist())
-                previous = None
-            else:
-                prev_name = f"s{seed}_start_r0" if round_ == 1 else f"s{seed}_{strategy}_r{round_ - 1}"
-                previous = json.loads((results / f"{prev_name}.json").read_text())
-                labelled = previous["labelled"]
-                labelled = sorted(
-                    labelled
-                    + _pick(
-                        strategy,
-                        outputs / prev_name,
-                        _config(scale, seed, labelled, args.set),
-                        labelled,
-                        scale["step"],
-                        seed,
-                        round_,
-                    )
-                )
-            config = _config(scale, seed, labelled, args.set)
-            metrics = train_quietly(config, outputs / name)["metrics"]
-            train_set, _ = build_datasets(config)
-            row = {
-                "seed": seed,
-                "strategy": strategy,
-                "round": round_,
-                "labelled": labelled,
-                "num_labelled": len(labelled),
-                "minority_labelled": len(set(labelled) & set(train_set.minority)),
-                "pooled_f1": metrics["pooled_f1"],
-                "pooled_dice": metrics["pooled_dice"],
-                "pooled_hausdorff": metrics["pooled_hausdorff"],
-                "config": dataclasses.asdict(config),
-            }
-            # stored at once: the training is the costly part, and the scores below are filled
-            # in by the pass after the loop (or --rescore) if they fail or are interrupted
-            atomic_write_text(path, json.dumps(row) + "\n")
-            bar.write(
-                f"{name}: {len(labelled)} labelled ({row['minority_labelled']} minority), O.F1 {row['pooled_f1']:.3f}"
-            )
-            complete_rows(results, outputs, scale, only=path)
-    if not args.report:
-        complete_rows(results, outputs, scale)
-    rows = [json.loads(p.read_text()) for p in sorted(results.glob("s*_r*.json"))]
-    summary = summarise(rows)
-    summary["sets"] = args.set
-    write_result(results / "summary.json" if args.results else RESULTS / f"active_labels_{tag}.json", summary)
-    for line in (
-        summary["table"]
-        + [""]
-        + summary["paired_table"]
-        + [""]
-        + summary["target_table"]
-        + [""]
-        + summary["ranking_table"]
-    ):
-        print(line)
-    if rows:
-        draw(summary, figure)
-        print(f"wrote {figure}")
-        if tag == "cpu" and not args.results:
-            atomic_write_text(ROOT / "docs" / "active_labels_tables.inc", rst_tables(summary))
-    return summary
+        metrics = train_quietly(config, folders.outputs / spec.name)["metrics"]
+        train_set, _ = build_datasets(config)
+        labelled = [int(i) for i in config.labelled.split(",")]
+        return {
+            "seed": spec.seed,
+            "strategy": spec.strategy,
+            "round": spec.round,
+            "labelled": labelled,
+            "num_labelled": len(labelled),
+            "minority_labelled": len(set(labelled) & set(train_set.minority)),
+            "pooled_f1": metrics["pooled_f1"],
+            "pooled_dice": metrics["pooled_dice"],
+            "pooled_hausdorff": metrics["pooled_hausdorff"],
+            "config": dataclasses.asdict(config),
+        }
+
+    def line(self, spec: Round, row: dict) -> str:
+        return (
+            f"{spec.name}: {row['num_labelled']} labelled ({row['minority_labelled']} minority), "
+            f"O.F1 {row['pooled_f1']:.3f}"
+        )
+
+    def stored(self, spec: Round, row: dict, path: Path, args: argparse.Namespace, folders: Folders) -> None:
+        # the training is the costly part and is stored; the scores are filled in now, or by the pass
+        # of measure() (or --rescore) if they fail or are interrupted
+        complete_rows(folders.results, folders.outputs, SCALES[args.scale], only=path)
+
+    def measure(self, args: argparse.Namespace, folders: Folders) -> None:
+        if not args.report:
+            complete_rows(folders.results, folders.outputs, SCALES[args.scale])
+
+    def report(self, rows: list[dict], args: argparse.Namespace, folders: Folders) -> dict:
+        summary = summarise(rows)
+        summary["sets"] = args.set
+        write_result(folders.summary, summary)
+        tables = [summary["table"], summary["paired_table"], summary["target_table"], summary["ranking_table"]]
+        for line in [line for table in tables for line in [*table, ""]][:-1]:
+            print(line)
+        if rows:
+            default = ROOT / "docs" / "_static" / "active_labels.png" if folders.tag == "cpu" else None
+            figure = Path(args.figure) if args.figure else default or folders.outputs / "active_labels.png"
+            draw(summary, figure)
+            print(f"wrote {figure}")
+            if folders.tag == "cpu" and not folders.custom:
+                atomic_write_text(ROOT / "docs" / "active_labels_tables.inc", rst_tables(summary))
+        return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """The study's command line (:func:`benchmarks._study.run_study`)."""
+    return run_study(ActiveLabels(), argv, description=__doc__.splitlines()[0])
 
 
 # (name in the summary, where in a row, what the table calls it)

@@ -42,12 +42,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import math
 import platform
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,9 +55,8 @@ import numpy as np
 import torch
 
 from benchmarks._io import write_result
-from benchmarks._study import effective_config, train_quietly
+from benchmarks._study import Folders, Study, effective_config, run_study, selected, train_quietly
 from benchmarks._study import fingerprint as _fingerprint
-from benchmarks._study import reusable as _reusable
 from densessl.metrics import object_counts as glas_object_counts
 from examples.dpfr_gland.augment import to_tensor
 from examples.dpfr_gland.batches import build_datasets
@@ -1341,202 +1339,208 @@ def figures(rows: Sequence[dict], summary: dict, folder: Path, title: str) -> li
 # ----------------------------------------------------------------------------- the command
 
 
-def _load_rows(folder: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json")) if p.name != "summary.json"]
+class SslQuality(Study):
+    """Semi-supervised methods against supervised at few labels (:mod:`benchmarks.ssl_quality`)."""
+
+    name = "ssl_quality"
+    scales = SCALES
+
+    def results_root(self) -> Path:
+        return RESULTS
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--split",
+            choices=sorted(DATA_SEEDS),
+            default="test",
+            help="which generator seeds to train and score on (validation: for tuning)",
+        )
+        parser.add_argument(
+            "--groups",
+            default="main,control,ratio,sweep,curve",
+            help="comma-separated subset of main,control,ratio,sweep,curve,pseudo (pseudo: the pseudo-label "
+            "rules, for --split validation)",
+        )
+        parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the methods")
+        parser.add_argument(
+            "--presets",
+            default="",
+            help=f"comma-separated subset of the scale's presets, real ones ({', '.join(REAL_CONFIGS)}) included",
+        )
+        parser.add_argument(
+            "--data",
+            action="append",
+            default=[],
+            metavar="PRESET=DIR",
+            help="the folder of a real preset (default: " + ", ".join(f"{k}={v}" for k, v in REAL_DATA.items()) + ")",
+        )
+        parser.add_argument(
+            "--recount",
+            action="store_true",
+            help="(re)compute the object counts (precision / recall) of every finished run from its "
+            "model.pt (float16 student), so all rows count alike, then report",
+        )
+        parser.add_argument(
+            "--retruth",
+            action="store_true",
+            help="(re)compute the truth's class shares of every finished run at the network's scale "
+            "(rows from before that rule counted the contour on the native grid), then report",
+        )
+        parser.add_argument("--ratios", default="", help="comma-separated subset of the label ratios (e.g. 1/8)")
+        parser.add_argument(
+            "--runs",
+            default="",
+            help="comma-separated run names (e.g. glas_supervised_1of8_s0), in "
+            "this order: only these, once the other filters pass them",
+        )
+        parser.add_argument(
+            "--figures",
+            default="",
+            help="folder of the figures (default docs/_static/ssl_quality for the cpu scale on the test split)",
+        )
+
+    def tag(self, args: argparse.Namespace) -> str:
+        return args.scale if args.split == "test" else f"{args.scale}_{args.split}"
+
+    @staticmethod
+    def data(args: argparse.Namespace) -> dict[str, Path]:
+        """The real presets' folders: the defaults, then ``--data``."""
+        data = dict(REAL_DATA)
+        for item in args.data:
+            key, _, folder = item.partition("=")
+            if key not in REAL_CONFIGS or not folder:
+                raise SystemExit(f"--data expects PRESET=DIR with a preset of {', '.join(REAL_CONFIGS)}, got {item!r}")
+            data[key] = Path(folder)
+        return data
+
+    def plan(self, args: argparse.Namespace) -> list[RunSpec]:
+        scale = SCALES[args.scale]
+        groups, methods = set(args.groups.split(",")), set(args.methods.split(","))
+        presets = (
+            set(args.presets.split(","))
+            if args.presets
+            else set(scale.presets) | (set(scale.real) if scale.real_by_default else set())
+        )
+        data = self.data(args)
+        for preset in sorted(presets & set(REAL_CONFIGS)):
+            if not (data[preset] / "Grade.csv").is_file() and not any(data[preset].glob("*_anno.*")):
+                print(
+                    f"[ssl_quality] skipping the real preset {preset!r}: no data at {data[preset]} "
+                    f"(pass --data {preset}=DIR)"
+                )
+                presets.discard(preset)
+        seeds = set(selected(args.seeds, scale.seeds))
+        ratios = set(args.ratios.split(",")) if args.ratios else None
+        runs = [
+            r
+            for r in plan(scale)
+            if r.group in groups
+            and r.method in methods
+            and r.preset in presets
+            and r.seed in seeds
+            and (ratios is None or r.label_ratio in ratios)
+        ]
+        if args.runs:
+            wanted = args.runs.split(",")
+            runs = sorted((r for r in runs if r.name in wanted), key=lambda r: wanted.index(r.name))
+        return runs
+
+    def config(self, spec: RunSpec, args: argparse.Namespace, folders: Folders, stored: dict | None) -> TrainConfig:
+        return _config(spec, SCALES[args.scale], args.split, args.set, self.data(args))
+
+    def run(self, spec: RunSpec, config: TrainConfig, args: argparse.Namespace, folders: Folders) -> dict:
+        scale = SCALES[args.scale]
+        feature_runs = {(scale.presets[0], m, scale.seeds[0]) for m in ("mean_teacher", "dpfr")}
+        features = spec.group == "main" and (spec.preset, spec.method, spec.seed) in feature_runs
+        return run_one(spec, scale, args.split, args.set, folders.outputs, features, self.data(args))
+
+    def line(self, spec: RunSpec, row: dict) -> str:
+        s = row["student"]
+        return (
+            f"{spec.name}: O.F1 {s['pooled_f1']:.3f} O.Dice {s['pooled_dice']:.3f} "
+            f"O.HD {s['pooled_hausdorff']:.1f} ({row['wall_s']:.0f} s)"
+        )
+
+    def stored(self, spec: RunSpec, row: dict, path: Path, args: argparse.Namespace, folders: Folders) -> None:
+        # the resume checkpoint (student, teacher, both Adam states: ~8x model.pt) is dead weight once
+        # the result is stored; model.pt (float16 student) stays for inference
+        (folders.outputs / spec.name / "checkpoint.pt").unlink(missing_ok=True)
+
+    def measure(self, args: argparse.Namespace, folders: Folders) -> None:
+        if args.recount:
+            from examples.dpfr_gland.evaluate import load_checkpoint_model
+
+            for path, row in self._stored_rows(folders):
+                model_path = folders.outputs / row["name"] / "model.pt"
+                if not model_path.is_file():
+                    continue
+                config = TrainConfig(**{**dataclasses.asdict(TrainConfig()), **row["config"]})
+                student, _ = load_checkpoint_model(model_path)
+                counts = test_measurements(student, build_datasets(config)[1], config)[1]
+                row["objects"] = {**counts, "source": "model.pt"}
+                atomic_write_text(path, json.dumps(row) + "\n")
+                print(
+                    f"{row['name']}: precision {row['objects']['precision']:.3f} recall {row['objects']['recall']:.3f}"
+                )
+        if args.retruth:
+            for path, row in self._stored_rows(folders):
+                if row["class_shares"].get("truth_grid") == "network":
+                    continue
+                config = TrainConfig(**{**dataclasses.asdict(TrainConfig()), **row["config"]})
+                row["class_shares"] = {
+                    **row["class_shares"],
+                    "truth": truth_shares(build_datasets(config)[1], config),
+                    "truth_grid": "network",
+                }
+                atomic_write_text(path, json.dumps(row) + "\n")
+                print(f"{row['name']}: truth contour share {row['class_shares']['truth']['contour']:.4f}")
+
+    @staticmethod
+    def _stored_rows(folders: Folders) -> Iterator[tuple[Path, dict]]:
+        for path in sorted(folders.results.glob("*.json")):
+            row = json.loads(path.read_text())
+            if "name" in row:  # not the summary beside the runs (--results DIR)
+                yield path, row
+
+    def report(self, rows: list[dict], args: argparse.Namespace, folders: Folders) -> dict:
+        scale, tag = SCALES[args.scale], folders.tag
+        summary = summarise(rows) if rows else {"cells": []}
+        summary.update(
+            scale=args.scale,
+            split=args.split,
+            note=scale.note,
+            runs=len(rows),
+            sets=args.set,
+            machine=f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        )
+        print(tables(summary, rows) if rows else "no finished runs\n")
+        docs = ROOT / "docs"
+        real = any(r["preset"] in REAL_CONFIGS for r in rows)
+        if rows and tag == "cpu" and not folders.custom:
+            atomic_write_text(docs / "ssl_quality_tables.inc", rst_tables(summary))
+            if real:
+                atomic_write_text(docs / "ssl_quality_real_tables.inc", rst_tables(summary, rows, real=True))
+        if rows and tag == "cpu_validation" and not folders.custom and real:
+            # the tuning on the real preset's validation part (the pseudo-label rules): its own tables
+            atomic_write_text(docs / "ssl_quality_real_validation_tables.inc", rst_tables(summary, rows, real=True))
+        budget = budget_table(rows)
+        if budget and tag.startswith("cpu") and not folders.custom:  # eval_every runs: the budget, chosen on validation
+            atomic_write_text(docs / "ssl_quality_real_budget_tables.inc", _rst(budget))
+            path = budget_figure(rows, FIGURES / f"{rows[0]['preset']}_budget.png")
+            print(f"wrote {path}")
+        write_result(folders.summary, summary)
+        if rows:
+            figures_dir = (
+                Path(args.figures) if args.figures else (FIGURES if tag == "cpu" else folders.outputs / "figures")
+            )
+            for path in figures(rows, summary, figures_dir, f"{args.scale} scale, {summary['machine']}"):
+                print(f"wrote {path}")
+        return summary
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", choices=sorted(SCALES), default="cpu")
-    parser.add_argument(
-        "--split",
-        choices=sorted(DATA_SEEDS),
-        default="test",
-        help="which generator seeds to train and score on (validation: for tuning)",
-    )
-    parser.add_argument(
-        "--groups",
-        default="main,control,ratio,sweep,curve",
-        help="comma-separated subset of main,control,ratio,sweep,curve,pseudo (pseudo: the pseudo-label "
-        "rules, for --split validation)",
-    )
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the methods")
-    parser.add_argument(
-        "--presets",
-        default="",
-        help=f"comma-separated subset of the scale's presets, real ones ({', '.join(REAL_CONFIGS)}) included",
-    )
-    parser.add_argument(
-        "--data",
-        action="append",
-        default=[],
-        metavar="PRESET=DIR",
-        help="the folder of a real preset (default: " + ", ".join(f"{k}={v}" for k, v in REAL_DATA.items()) + ")",
-    )
-    parser.add_argument(
-        "--recount",
-        action="store_true",
-        help="(re)compute the object counts (precision / recall) of every finished run from its "
-        "model.pt (float16 student), so all rows count alike, then report",
-    )
-    parser.add_argument(
-        "--retruth",
-        action="store_true",
-        help="(re)compute the truth's class shares of every finished run at the network's scale "
-        "(rows from before that rule counted the contour on the native grid), then report",
-    )
-    parser.add_argument("--seeds", default="", help="comma-separated subset of the scale's seeds")
-    parser.add_argument("--ratios", default="", help="comma-separated subset of the label ratios (e.g. 1/8)")
-    parser.add_argument(
-        "--runs",
-        default="",
-        help="comma-separated run names (e.g. glas_supervised_1of8_s0), in "
-        "this order: only these, once the other filters pass them",
-    )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a config override for every run (e.g. for tuning on --split validation)",
-    )
-    parser.add_argument("--results", default="", help="folder of the per-run JSON (default under benchmarks/results)")
-    parser.add_argument("--outputs", default="", help="folder of the runs' checkpoints (default outputs/ssl_quality)")
-    parser.add_argument(
-        "--figures",
-        default="",
-        help="folder of the figures (default docs/_static/ssl_quality for the cpu scale on the test split)",
-    )
-    parser.add_argument("--report", action="store_true", help="only rebuild the summary, tables and figures")
-    args = parser.parse_args(argv)
-    scale = SCALES[args.scale]
-    tag = args.scale if args.split == "test" else f"{args.scale}_{args.split}"
-    if args.set:  # a variant of the recipe: its own folders, never mixed with the recipe's runs
-        tag += "_set-" + hashlib.sha256("\n".join(args.set).encode()).hexdigest()[:8]
-    results = Path(args.results) if args.results else RESULTS / "ssl_quality" / tag
-    outputs = Path(args.outputs) if args.outputs else ROOT / "outputs" / "ssl_quality" / tag
-    figures_dir = Path(args.figures) if args.figures else (FIGURES if tag == "cpu" else outputs / "figures")
-    groups = set(args.groups.split(","))
-    methods = set(args.methods.split(","))
-    presets = (
-        set(args.presets.split(","))
-        if args.presets
-        else set(scale.presets) | (set(scale.real) if scale.real_by_default else set())
-    )
-    data = dict(REAL_DATA)
-    for item in args.data:
-        key, _, folder = item.partition("=")
-        if key not in REAL_CONFIGS or not folder:
-            parser.error(f"--data expects PRESET=DIR with a preset of {', '.join(REAL_CONFIGS)}, got {item!r}")
-        data[key] = Path(folder)
-    for preset in sorted(presets & set(REAL_CONFIGS)):
-        if not (data[preset] / "Grade.csv").is_file() and not any(data[preset].glob("*_anno.*")):
-            print(
-                f"[ssl_quality] skipping the real preset {preset!r}: no data at {data[preset]} "
-                f"(pass --data {preset}=DIR)"
-            )
-            presets.discard(preset)
-    seeds = {int(s) for s in args.seeds.split(",")} if args.seeds else set(scale.seeds)
-    ratios = set(args.ratios.split(",")) if args.ratios else None
-    runs = [
-        r
-        for r in plan(scale)
-        if r.group in groups
-        and r.method in methods
-        and r.preset in presets
-        and r.seed in seeds
-        and (ratios is None or r.label_ratio in ratios)
-    ]
-    if args.runs:
-        wanted = args.runs.split(",")
-        runs = sorted((r for r in runs if r.name in wanted), key=lambda r: wanted.index(r.name))
-    feature_runs = {(scale.presets[0], m, scale.seeds[0]) for m in ("mean_teacher", "dpfr")}
-    results.mkdir(parents=True, exist_ok=True)
-    if not args.report:
-        from tqdm import tqdm
-
-        bar = tqdm(runs, desc=f"ssl_quality {tag}", unit="run", dynamic_ncols=True)
-        seen: set[str] = set()
-        for spec in bar:
-            config = _config(spec, scale, args.split, args.set, data)
-            fingerprint = _fingerprint(config)
-            path = results / f"{spec.name}.json"
-            if fingerprint in seen:
-                continue
-            seen.add(fingerprint)
-            if path.is_file() and _reusable(json.loads(path.read_text())["config"], config):
-                continue  # finished in an earlier start of the study (with every field its method reads)
-            bar.set_postfix_str(spec.name)
-            features = spec.group == "main" and (spec.preset, spec.method, spec.seed) in feature_runs
-            row = run_one(spec, scale, args.split, args.set, outputs, features, data)
-            atomic_write_text(path, json.dumps(row) + "\n")
-            # the resume checkpoint (student, teacher, both Adam states: ~8x model.pt) is dead weight once
-            # the result is stored; model.pt (float16 student) stays for inference
-            (outputs / spec.name / "checkpoint.pt").unlink(missing_ok=True)
-            s = row["student"]
-            bar.write(
-                f"{spec.name}: O.F1 {s['pooled_f1']:.3f} O.Dice {s['pooled_dice']:.3f} "
-                f"O.HD {s['pooled_hausdorff']:.1f} ({row['wall_s']:.0f} s)"
-            )
-    if args.recount:
-        from examples.dpfr_gland.evaluate import load_checkpoint_model
-
-        for path in sorted(results.glob("*.json")):
-            row = json.loads(path.read_text())
-            if "name" not in row:  # the summary beside the runs (--results DIR)
-                continue
-            model_path = outputs / row["name"] / "model.pt"
-            if not model_path.is_file():
-                continue
-            config = TrainConfig(**{**dataclasses.asdict(TrainConfig()), **row["config"]})
-            student, _ = load_checkpoint_model(model_path)
-            row["objects"] = {**test_measurements(student, build_datasets(config)[1], config)[1], "source": "model.pt"}
-            atomic_write_text(path, json.dumps(row) + "\n")
-            print(f"{row['name']}: precision {row['objects']['precision']:.3f} recall {row['objects']['recall']:.3f}")
-    if args.retruth:
-        for path in sorted(results.glob("*.json")):
-            row = json.loads(path.read_text())
-            if "name" not in row or row["class_shares"].get("truth_grid") == "network":
-                continue
-            config = TrainConfig(**{**dataclasses.asdict(TrainConfig()), **row["config"]})
-            row["class_shares"] = {
-                **row["class_shares"],
-                "truth": truth_shares(build_datasets(config)[1], config),
-                "truth_grid": "network",
-            }
-            atomic_write_text(path, json.dumps(row) + "\n")
-            print(f"{row['name']}: truth contour share {row['class_shares']['truth']['contour']:.4f}")
-    rows = _load_rows(results)
-    summary = summarise(rows) if rows else {"cells": []}
-    summary.update(
-        scale=args.scale,
-        split=args.split,
-        note=scale.note,
-        runs=len(rows),
-        sets=args.set,
-        machine=f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-    )
-    text = tables(summary, rows) if rows else "no finished runs\n"
-    print(text)
-    if rows and tag == "cpu" and not args.results:
-        atomic_write_text(ROOT / "docs" / "ssl_quality_tables.inc", rst_tables(summary))
-        if any(r["preset"] in REAL_CONFIGS for r in rows):
-            atomic_write_text(ROOT / "docs" / "ssl_quality_real_tables.inc", rst_tables(summary, rows, real=True))
-    if rows and tag == "cpu_validation" and not args.results and any(r["preset"] in REAL_CONFIGS for r in rows):
-        # the tuning on the real preset's validation part (the pseudo-label rules): its own tables
-        atomic_write_text(
-            ROOT / "docs" / "ssl_quality_real_validation_tables.inc", rst_tables(summary, rows, real=True)
-        )
-    budget = budget_table(rows)
-    if budget and tag.startswith("cpu") and not args.results:  # eval_every runs: the budget, chosen on validation
-        atomic_write_text(ROOT / "docs" / "ssl_quality_real_budget_tables.inc", _rst(budget))
-        path = budget_figure(rows, FIGURES / f"{rows[0]['preset']}_budget.png")
-        print(f"wrote {path}")
-    write_result(RESULTS / f"ssl_quality_{tag}.json" if not args.results else results / "summary.json", summary)
-    if rows:
-        for path in figures(rows, summary, figures_dir, f"{args.scale} scale, {summary['machine']}"):
-            print(f"wrote {path}")
-    return summary
+    """The study's command line (:func:`benchmarks._study.run_study`)."""
+    return run_study(SslQuality(), argv, description=__doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

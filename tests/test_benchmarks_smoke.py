@@ -306,19 +306,19 @@ def test_the_budget_is_chosen_on_validation_only_and_read_off_on_test(tmp_path):
 def test_ssl_quality_reuses_a_run_only_when_every_field_its_method_reads_is_unchanged():
     import dataclasses
 
-    from benchmarks import ssl_quality as Q
+    from benchmarks._study import reusable
     from examples.dpfr_gland.config import TrainConfig
 
     for method, reused in (("supervised", True), ("mean_teacher", False), ("dpfr", False)):
         stored = dataclasses.asdict(TrainConfig(method=method))
-        assert Q._reusable(stored, TrainConfig(method=method))
-        assert Q._reusable(stored, TrainConfig(method=method, min_class_keep=0.3)) == reused
+        assert reusable(stored, TrainConfig(method=method))
+        assert reusable(stored, TrainConfig(method=method, min_class_keep=0.3)) == reused
     fr = dataclasses.asdict(TrainConfig(method="fr"))
-    assert Q._reusable(fr, TrainConfig(method="fr", xi=3.0))  # fr has no perturbation
-    assert not Q._reusable(fr, TrainConfig(method="fr", num_anchors=8))
+    assert reusable(fr, TrainConfig(method="fr", xi=3.0))  # fr has no perturbation
+    assert not reusable(fr, TrainConfig(method="fr", num_anchors=8))
     del fr["task"]  # a field added to the recipe after the run: its default
-    assert Q._reusable(fr, TrainConfig(method="fr"))
-    assert not Q._reusable(fr, TrainConfig(method="fr", seed=1))
+    assert reusable(fr, TrainConfig(method="fr"))
+    assert not reusable(fr, TrainConfig(method="fr", seed=1))
 
 
 @pytest.mark.slow
@@ -571,3 +571,52 @@ def test_one_pass_test_measurements_equal_evaluations_instances_and_argmax():
         for image, _ in dataset
     )
     assert shares["predicted"]["contour"] == pytest.approx(argmax[2] / argmax.sum())
+
+
+def test_the_study_harness_trains_what_no_stored_row_holds_once_and_reports_every_row(tmp_path):
+    import dataclasses
+
+    from benchmarks._study import Study, run_study
+    from examples.dpfr_gland.config import TrainConfig
+
+    @dataclasses.dataclass(frozen=True)
+    class Spec:
+        name: str
+        lr: float
+
+    trained: list[str] = []
+
+    class Toy(Study):
+        name = "toy"
+        scales = {"cpu": None}
+        plan_specs = [Spec("a", 1e-3), Spec("b", 2e-3), Spec("twin_of_a", 1e-3)]
+
+        def plan(self, args):
+            return self.plan_specs
+
+        def config(self, spec, args, folders, stored):
+            return TrainConfig(method="supervised", lr=spec.lr, iterations=int(args.set[0].split("=")[1]))
+
+        def run(self, spec, config, args, folders):
+            trained.append(spec.name)
+            return {"name": spec.name, "config": dataclasses.asdict(config)}
+
+        def stored(self, spec, row, path, args, folders):
+            assert json.loads(path.read_text()) == row  # on disk before anything after it can fail
+
+        def report(self, rows, args, folders):
+            return {"rows": sorted(r["name"] for r in rows), "folder": folders.results}
+
+    argv = ["--set", "iterations=5", "--results", str(tmp_path / "r"), "--outputs", str(tmp_path / "o")]
+    first = run_study(Toy(), argv)
+    assert trained == ["a", "b"] and first["rows"] == ["a", "b"]  # the twin trains alike: once
+    assert run_study(Toy(), argv)["rows"] == ["a", "b"] and trained == ["a", "b"]  # resumed: nothing trains
+    stale = json.loads((tmp_path / "r" / "b.json").read_text())
+    stale["config"]["lr"] = 5e-3  # a stored row the study would no longer train: trained again
+    (tmp_path / "r" / "b.json").write_text(json.dumps(stale))
+    run_study(Toy(), argv)
+    assert trained == ["a", "b", "b"]
+    assert run_study(Toy(), [*argv, "--report"])["rows"] == ["a", "b"] and len(trained) == 3
+    Toy.train_alike_once = False  # a study whose alike runs are distinct points (active_labels)
+    run_study(Toy(), argv)
+    assert trained == ["a", "b", "b", "twin_of_a"]
