@@ -1059,7 +1059,8 @@ def _rst(tables: Sequence[tuple[str, list[str], list[list[str]]]]) -> str:
 
 def budget_figure(rows: Sequence[dict], path: Path) -> Path | None:
     """Student pooled O.F1 against the iteration for every run with an ``eval_every`` curve: the
-    validation part solid, the test part dashed, one colour per method, one panel per seed."""
+    validation part solid, the test part dashed, one colour per method (grey: all labels, the
+    ceiling), one panel per seed."""
     runs = [r for r in rows if r.get("curve")]
     if not runs:
         return None
@@ -1073,7 +1074,13 @@ def budget_figure(rows: Sequence[dict], path: Path) -> Path | None:
     seeds = sorted({r["seed"] for r in runs})
     fig, axes = plt.subplots(1, len(seeds), figsize=(4.6 * len(seeds), 3.4), squeeze=False, layout="constrained")
     for ax, seed in zip(axes[0], seeds):
-        for row in sorted((r for r in runs if r["seed"] == seed), key=lambda r: METHODS.index(r["method"])):
+        for row in sorted(
+            (r for r in runs if r["seed"] == seed),
+            key=lambda r: (-_ratio(r["label_ratio"]), METHODS.index(r["method"])),
+        ):
+            ceiling = _ratio(row["label_ratio"]) == 1
+            colour = "0.45" if ceiling else _colour(row["method"])
+            labels = "all labels" if ceiling else f"{row['label_ratio']} labels"
             for split, style in (("validation", "-"), ("test", "--")):
                 points = sorted(
                     (p["iteration"], p["pooled_f1"])
@@ -1086,17 +1093,15 @@ def budget_figure(rows: Sequence[dict], path: Path) -> Path | None:
                         style,
                         marker="o",
                         ms=3,
-                        color=_colour(row["method"]),
-                        label=f"{row['method']} {split}",
+                        color=colour,
+                        label=f"{row['method']}, {labels}, {split}",
                     )
             choice = budget_choice(row["curve"])
             if choice is not None:
-                ax.axvline(choice["iteration"], color=_colour(row["method"]), lw=0.8, alpha=0.5)
+                ax.axvline(choice["iteration"], color=colour, lw=0.8, alpha=0.5)
         ax.set_xlabel("iteration")
         ax.set_ylabel("object F1 (student, pooled)")
-        ax.set_title(
-            f"{runs[0]['preset']} {runs[0]['label_ratio']}, seed {seed} (vertical: chosen on validation)", fontsize=9
-        )
+        ax.set_title(f"{runs[0]['preset']}, seed {seed} (vertical: the iteration chosen on validation)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     path.parent.mkdir(parents=True, exist_ok=True)
